@@ -1,0 +1,1 @@
+"""TensorRT engine building, runners and Polygraphy validation of engines."""

@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+TINY_DIT = dict(num_attention_heads=2, attention_head_dim=16, in_channels=1, out_channels=1, num_layers=1,
+                sample_size=8, patch_size=2, num_embeds_ada_norm=10)
+
+
+def save_tiny_dit(folder: Path, seed: int = 0, **overrides) -> Path:
+    """A small random diffusers DiT saved as a model folder (config.json + safetensors)."""
+    from diffusers import DiTTransformer2DModel
+
+    torch.manual_seed(seed)
+    DiTTransformer2DModel(**{**TINY_DIT, **overrides}).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def save_tiny_pipeline(folder: Path, **overrides) -> Path:
+    """The layout of facebook/DiT-XL-2-256: model_index.json, transformer/, scheduler/."""
+    from diffusers import DDIMScheduler
+
+    save_tiny_dit(folder / "transformer", **overrides)
+    DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear").save_pretrained(folder / "scheduler")
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "DiTPipeline"}))
+    return folder
+
+
+@pytest.fixture
+def tiny_dit(tmp_path) -> Path:
+    return save_tiny_dit(tmp_path / "tiny_dit")
