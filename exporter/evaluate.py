@@ -35,7 +35,13 @@ def evaluate(loaded: LoadedDiT, out_dir: Path, n: int, seed: int, sampler: Sampl
     if metrics == "inception" and reference_images is None:
         raise UserError("--metrics inception needs --reference-images DIR (real images to compare with)")
     judge = None
-    if metrics == "digits":
+    if metrics == "inception":
+        from exporter.inception_metrics import require_torch_fidelity
+
+        require_torch_fidelity()
+        if not reference_images.is_dir():
+            raise UserError(f"reference images folder '{reference_images}' does not exist")
+    else:
         from exporter.fidelity import DigitsJudge
 
         judge = DigitsJudge()

@@ -21,7 +21,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 SPATIAL_CHANNELS = 7
 
 
-def _torch_fidelity():
+def require_torch_fidelity():
     try:
         import torch_fidelity
     except ImportError:
@@ -63,7 +63,7 @@ def load_reference_images(folder: Path) -> torch.Tensor:
 
 
 def _spatial_features(images: torch.Tensor, cuda: bool) -> np.ndarray:
-    torch_fidelity = _torch_fidelity()
+    torch_fidelity = require_torch_fidelity()
     extractor = torch_fidelity.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
     device = "cuda" if cuda else "cpu"
     extractor = extractor.to(device).eval()
@@ -82,7 +82,7 @@ def _spatial_features(images: torch.Tensor, cuda: bool) -> np.ndarray:
 
 def inception_metrics(images: torch.Tensor, reference_folder: Path) -> dict[str, float]:
     """images [N, C, H, W] in [0, 1] against a folder of real images."""
-    torch_fidelity = _torch_fidelity()
+    torch_fidelity = require_torch_fidelity()
     cuda = torch.cuda.is_available()
     generated = to_uint8_rgb(images)
     reference = load_reference_images(reference_folder)

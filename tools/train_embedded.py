@@ -31,7 +31,7 @@ from exporter.digits import load_digit_images, train_held_out_split  # noqa: E40
 from exporter.embedded import CLASSIFIER_FILE, DIT_CONFIG, EMBEDDED_DIT_DIR, SCHEDULER_CONFIG  # noqa: E402
 
 
-def train_classifier(seed: int, steps: int) -> None:
+def train_classifier(seed: int, steps: int, out_file: Path = CLASSIFIER_FILE) -> float:
     torch.manual_seed(seed)
     images, labels = load_digit_images()
     train_idx, held_idx = train_held_out_split(len(images))
@@ -56,7 +56,8 @@ def train_classifier(seed: int, steps: int) -> None:
     tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
     from safetensors.torch import save
 
-    atomic_write_bytes(CLASSIFIER_FILE, save(tensors, metadata={"held_out_accuracy": f"{acc:.4f}"}))
+    atomic_write_bytes(out_file, save(tensors, metadata={"held_out_accuracy": f"{acc:.4f}"}))
+    return acc
 
 
 def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
@@ -66,7 +67,8 @@ def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def train_dit(seed: int, steps: int, batch_size: int, peak_lr: float, ema_decay: float) -> None:
+def train_dit(seed: int, steps: int, batch_size: int, peak_lr: float, ema_decay: float,
+              out_dir: Path = EMBEDDED_DIT_DIR) -> None:
     from diffusers import DDPMScheduler, DiTTransformer2DModel
 
     torch.manual_seed(seed)
@@ -99,13 +101,13 @@ def train_dit(seed: int, steps: int, batch_size: int, peak_lr: float, ema_decay:
             eta = elapsed / (step + 1) * (steps - step - 1)
             print(f"dit step {step:5d}/{steps} loss {loss.item():.4f} "
                   f"elapsed {elapsed/60:.1f} min eta {eta/60:.1f} min", flush=True)
-    with atomic_directory(EMBEDDED_DIT_DIR) as out:
+    with atomic_directory(out_dir) as out:
         ema.save_pretrained(out / "transformer", safe_serialization=True)
         scheduler.save_pretrained(out / "scheduler")
         (out / "training.json").write_text(json.dumps(
             dict(seed=seed, steps=steps, batch_size=batch_size, peak_lr=peak_lr, ema_decay=ema_decay,
-                 final_loss=loss.item(), minutes=(time.time() - start) / 60), indent=2) + "\n")
-    print(f"wrote {EMBEDDED_DIT_DIR}", flush=True)
+                 final_loss=round(loss.item(), 5)), indent=2) + "\n")
+    print(f"wrote {out_dir}", flush=True)
 
 
 def main() -> None:
@@ -117,12 +119,15 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--ema-decay", type=float, default=0.999)
+    parser.add_argument("--out-dir", type=Path, default=EMBEDDED_DIT_DIR.parent,
+                        help="folder for embedded_dit/ and the classifier (default: the package's assets)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     if args.only in (None, "classifier"):
-        train_classifier(args.seed, args.classifier_steps)
+        train_classifier(args.seed, args.classifier_steps, args.out_dir / CLASSIFIER_FILE.name)
     if args.only in (None, "dit"):
-        train_dit(args.seed, args.dit_steps, args.batch_size, args.lr, args.ema_decay)
+        train_dit(args.seed, args.dit_steps, args.batch_size, args.lr, args.ema_decay,
+                  args.out_dir / EMBEDDED_DIT_DIR.name)
 
 
 if __name__ == "__main__":

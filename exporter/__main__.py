@@ -1,0 +1,3 @@
+from exporter.cli import app
+
+app(prog_name="dit-export")

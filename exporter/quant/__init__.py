@@ -1,0 +1,1 @@
+"""Quantization: numeric primitives (pure torch) and the model transforms built on them."""

@@ -1,0 +1,78 @@
+"""GPTQ (Frantar et al., 2022) for integer weights with group-wise scales.
+
+Columns are quantized left to right; each column's rounding error is spread over the columns
+not yet quantized through the inverse Hessian of the layer's inputs (H = 2 X^T X). A group's
+scale is chosen when the group's first column is reached, from the weights as updated so far,
+as in the reference implementation (no activation reordering).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from exporter.quant.primitives import (PER_CHANNEL, PER_TENSOR, IntFormat, choose_qparams, num_groups,
+                                       search_clip_ratio)
+
+
+class HessianAccumulator:
+    """Running 2/n X^T X of a Linear layer's inputs [..., K]."""
+
+    def __init__(self, k: int) -> None:
+        self.h = torch.zeros(k, k, dtype=torch.float64)
+        self.n = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.detach().reshape(-1, x.shape[-1]).double()
+        total = self.n + len(x)
+        self.h *= self.n / total
+        self.h += (2.0 / total) * x.T @ x
+        self.n = total
+
+
+def _group_qparams(w: torch.Tensor, fmt: IntFormat, clip_search: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    ratio = search_clip_ratio(w, fmt, PER_CHANNEL) if clip_search else 1.0
+    return choose_qparams(w, fmt, PER_CHANNEL, clip_ratio=ratio)
+
+
+def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, fmt: IntFormat, group_size: int,
+                  clip_search: bool = False, damp: float = 0.01,
+                  block_size: int = 128) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Integer codes [N, K], scales and zero-points [N, groups] of a Linear weight [N, K]."""
+    if group_size == PER_TENSOR:
+        raise ValueError("GPTQ needs per-channel or group-wise weight scales")
+    w = weight.detach().double().clone()
+    n, k = w.shape
+    g = k if group_size == PER_CHANNEL or group_size >= k else group_size
+    h = hessian.double().clone()
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    h += damp * torch.diag(h).mean() * torch.eye(k, dtype=h.dtype)
+    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+
+    groups = num_groups(k, g)
+    scales = torch.zeros(n, groups)
+    zeros = torch.zeros(n, groups)
+    codes = torch.zeros(n, k)
+    block = max(g, block_size // g * g) if g < k else block_size
+    for b0 in range(0, k, block):
+        b1 = min(b0 + block, k)
+        w1 = w[:, b0:b1].clone()
+        err1 = torch.zeros_like(w1)
+        hinv1 = hinv[b0:b1, b0:b1]
+        for i in range(b1 - b0):
+            col = b0 + i
+            if col % g == 0:
+                gi = col // g
+                span = w1[:, i:i + g] if g < k else w[:, :].clone()
+                s, z = _group_qparams(span.float(), fmt, clip_search)
+                scales[:, gi], zeros[:, gi] = s[:, 0], z[:, 0]
+            s, z = scales[:, col // g].double(), zeros[:, col // g].double()
+            q = (w1[:, i] / s + z).round().clamp(fmt.qmin, fmt.qmax)
+            codes[:, col] = q
+            err = (w1[:, i] - (q - z) * s) / hinv1[i, i]
+            w1[:, i:] -= err[:, None] * hinv1[i, i:][None, :]
+            err1[:, i] = err
+        w[:, b1:] -= err1 @ hinv[b0:b1, b1:]
+    dtype = torch.int8 if fmt.symmetric else torch.uint8
+    return codes.to(dtype), scales, zeros

@@ -1,0 +1,149 @@
+"""Integer quantization primitives, pure torch.
+
+Conventions, stated once:
+
+| granularity   | tensor viewed as        | scale / zero-point shape      |
+| ------------- | ----------------------- | ----------------------------- |
+| per-tensor    | [1, numel]              | [1, 1]                        |
+| per-channel   | [rows, K]               | [rows, 1]                     |
+| group g       | [rows, ceil(K/g), g]    | [rows, ceil(K/g)]             |
+
+Groups run along the last axis (a Linear weight's input channels, an activation's channels).
+When K is not a multiple of g the last group is shorter; for statistics it is padded by
+repeating its last element, which changes neither its minimum nor its maximum.
+
+Symmetric formats are signed with zero-point 0 and use [-2^(b-1), 2^(b-1)-1], the scale mapping
+the largest magnitude to 2^(b-1)-1. Asymmetric formats are unsigned, [0, 2^b - 1], with an
+integer zero-point (what ONNX QuantizeLinear calls uint4 / uint8).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+PER_TENSOR = 0
+PER_CHANNEL = -1
+
+
+@dataclass(frozen=True)
+class IntFormat:
+    bits: int
+    symmetric: bool = True
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.bits <= 8:
+            raise ValueError(f"integer formats have 2 to 8 bits, not {self.bits}")
+
+    @property
+    def qmin(self) -> int:
+        return -(2 ** (self.bits - 1)) if self.symmetric else 0
+
+    @property
+    def qmax(self) -> int:
+        return 2 ** (self.bits - 1) - 1 if self.symmetric else 2**self.bits - 1
+
+    @property
+    def name(self) -> str:
+        return f"{'int' if self.symmetric else 'uint'}{self.bits}"
+
+
+def group_view(x: torch.Tensor, group_size: int) -> torch.Tensor:
+    """[..., K] -> [..., ceil(K/g), g]; group_size PER_TENSOR / PER_CHANNEL as in the table."""
+    if group_size == PER_TENSOR:
+        return x.reshape(1, 1, -1)
+    k = x.shape[-1]
+    if group_size == PER_CHANNEL or group_size >= k:
+        return x.unsqueeze(-2)
+    pad = -k % group_size
+    if pad:
+        x = torch.cat([x, x[..., -1:].expand(*x.shape[:-1], pad)], dim=-1)
+    return x.reshape(*x.shape[:-1], -1, group_size)
+
+
+def ungroup(grouped: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Inverse of group_view for a tensor of the original ``shape``."""
+    return grouped.reshape(*shape[:-1], -1)[..., : shape[-1]]
+
+
+def num_groups(k: int, group_size: int) -> int:
+    return 1 if group_size in (PER_TENSOR, PER_CHANNEL) or group_size >= k else math.ceil(k / group_size)
+
+
+def qparams_from_range(lo: torch.Tensor, hi: torch.Tensor, fmt: IntFormat) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and integer zero-point mapping [lo, hi] onto the format's grid (lo <= 0 <= hi)."""
+    lo = torch.minimum(lo, torch.zeros_like(lo))
+    hi = torch.maximum(hi, torch.zeros_like(hi))
+    if fmt.symmetric:
+        scale = torch.maximum(-lo, hi) / fmt.qmax
+        zero = torch.zeros_like(scale)
+    else:
+        scale = (hi - lo) / (fmt.qmax - fmt.qmin)
+        zero = (fmt.qmin - lo / scale.clamp_min(torch.finfo(scale.dtype).tiny)).round().clamp(fmt.qmin, fmt.qmax)
+    tiny = torch.finfo(torch.float32).tiny * 2**24
+    return scale.clamp_min(tiny), zero
+
+
+def choose_qparams(x: torch.Tensor, fmt: IntFormat, group_size: int,
+                   clip_ratio: float | torch.Tensor = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Min/max scale and zero-point for each group of x (shapes as in the module table)."""
+    g = group_view(x.detach().float(), group_size)
+    lo, hi = g.amin(-1), g.amax(-1)
+    scale, zero = qparams_from_range(lo * clip_ratio, hi * clip_ratio, fmt)
+    return _as_param_shape(scale, x, group_size), _as_param_shape(zero, x, group_size)
+
+
+def _as_param_shape(p: torch.Tensor, x: torch.Tensor, group_size: int) -> torch.Tensor:
+    if group_size == PER_TENSOR:
+        return p.reshape(1, 1)
+    return p.reshape(*x.shape[:-1], -1)
+
+
+def quantize(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, fmt: IntFormat,
+             group_size: int) -> torch.Tensor:
+    """Integer codes of x, same shape as x: int8 storage for signed formats, uint8 for unsigned."""
+    g = group_view(x.float(), group_size)
+    q = (g / scale.unsqueeze(-1) + zero.unsqueeze(-1)).round().clamp(fmt.qmin, fmt.qmax)
+    return ungroup(q, x.shape).to(torch.int8 if fmt.symmetric else torch.uint8)
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int) -> torch.Tensor:
+    g = group_view(q.float(), group_size)
+    return ungroup((g - zero.unsqueeze(-1)) * scale.unsqueeze(-1), q.shape)
+
+
+def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, fmt: IntFormat,
+                  group_size: int) -> torch.Tensor:
+    """dequantize(quantize(x)) in x's dtype."""
+    g = group_view(x.float(), group_size)
+    s, z = scale.unsqueeze(-1), zero.unsqueeze(-1)
+    out = ((g / s + z).round().clamp(fmt.qmin, fmt.qmax) - z) * s
+    return ungroup(out, x.shape).to(x.dtype)
+
+
+def search_clip_ratio(x: torch.Tensor, fmt: IntFormat, group_size: int, candidates: int = 100,
+                      min_ratio: float = 0.2, p: float = 2.4) -> torch.Tensor:
+    """Per-group clip ratio (shape of the scales) minimising sum |x - fake_quant(x)|^p, as in
+    Q-DiT's MSE clip search; ratio 1.0 (plain min/max) is always a candidate."""
+    g = group_view(x.detach().float(), group_size)
+    lo, hi = g.amin(-1), g.amax(-1)
+    best_err = torch.full(lo.shape, float("inf"))
+    best_ratio = torch.ones(lo.shape)
+    for ratio in torch.linspace(1.0, min_ratio, candidates).tolist():
+        scale, zero = qparams_from_range(lo * ratio, hi * ratio, fmt)
+        s, z = scale.unsqueeze(-1), zero.unsqueeze(-1)
+        err = (((g / s + z).round().clamp(fmt.qmin, fmt.qmax) - z) * s - g).abs().pow(p).sum(-1)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_ratio = torch.where(better, torch.full_like(best_ratio, ratio), best_ratio)
+    return _as_param_shape(best_ratio, x, group_size)
+
+
+def sqnr_db(reference: torch.Tensor, approximation: torch.Tensor) -> float:
+    """20 log10(||x|| / ||x - x_hat||); +inf for an exact approximation."""
+    noise = (reference.double() - approximation.double()).norm()
+    if noise == 0:
+        return math.inf
+    return float(20 * torch.log10(reference.double().norm() / noise))
