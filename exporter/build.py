@@ -9,13 +9,15 @@ from pathlib import Path
 from typing import Any
 
 from exporter.atomic import atomic_write_text
+from exporter.calibrate import CalibrationOptions, loaded_from_checkpoint, run_calibrate
 from exporter.digits import IMAGE_SIZE
 from exporter.evaluate import evaluate
-from exporter.model_loading import load_dit
+from exporter.model_loading import LoadedDiT, load_dit
+from exporter.quant.recipes import Recipe
 from exporter.sampling import SamplerConfig
 
-# Stages later versions add after the reference evaluation, in pipeline order.
-PENDING_STAGES = ("calibrate", "export", "rewrite", "engine", "validate")
+# Stages later versions add after quantization, in pipeline order.
+PENDING_STAGES = ("export", "rewrite", "engine", "validate")
 
 
 @dataclass
@@ -38,10 +40,16 @@ def digits_shaped(transformer) -> bool:
     return cfg.in_channels == 1 and cfg.sample_size == IMAGE_SIZE
 
 
-def run_build(model: str | None, precision: str, out_dir: Path, sampler: SamplerConfig | None,
-              eval_samples: int, seed: int) -> BuildReport:
+def default_sampler(loaded: LoadedDiT) -> SamplerConfig:
+    from exporter.embedded import EMBEDDED_SAMPLER
+
+    return EMBEDDED_SAMPLER if loaded.is_embedded else SamplerConfig()
+
+
+def run_build(model: str | None, recipe: Recipe, out_dir: Path, checkpoint: Path | None, eval_samples: int,
+              seed: int, calibration: CalibrationOptions) -> BuildReport:
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = BuildReport(model=model or "embedded", precision=precision)
+    report = BuildReport(model=model or "embedded", precision=recipe.name)
 
     started = time.monotonic()
     loaded = load_dit(model)
@@ -49,29 +57,36 @@ def run_build(model: str | None, precision: str, out_dir: Path, sampler: Sampler
     report.record("load", "done", time.monotonic() - started,
                   parameters=sum(p.numel() for p in loaded.transformer.parameters()),
                   blocks=cfg.num_layers, hidden=cfg.num_attention_heads * cfg.attention_head_dim)
+    sampler = default_sampler(loaded)
 
-    sampler = sampler or default_sampler(loaded)
+    started = time.monotonic()
+    if checkpoint is not None:
+        quantized, manifest = loaded_from_checkpoint(checkpoint, loaded)
+        sampler = SamplerConfig(**manifest["sampler"])
+        report.precision = manifest["precision"]
+        report.record("calibrate", "reused", time.monotonic() - started, checkpoint=str(checkpoint))
+    else:
+        _, summary = run_calibrate(loaded, recipe, sampler, calibration, out_dir)
+        quantized, _ = loaded_from_checkpoint(Path(summary["checkpoint"]), loaded)
+        report.record("calibrate", "done", time.monotonic() - started, **summary)
+
     started = time.monotonic()
     if eval_samples <= 0:
-        report.record("reference-eval", "skipped", 0.0, reason="--eval-samples 0")
+        report.record("fidelity", "skipped", 0.0, reason="--eval-samples 0")
     elif not digits_shaped(loaded.transformer):
-        report.record("reference-eval", "skipped", 0.0,
+        report.record("fidelity", "skipped", 0.0,
                       reason="the digits benchmark needs a 1x16x16 model; use dit-export eval --metrics inception")
     else:
-        result = evaluate(loaded, out_dir, eval_samples, seed, sampler, noise_floor=False)
-        report.record("reference-eval", "done", time.monotonic() - started,
-                      frechet_distance=round(result["frechet_distance"], 3),
-                      accuracy=round(result["accuracy"], 4), grid=result["grid"])
+        fp = evaluate(loaded, out_dir, eval_samples, seed, sampler, noise_floor=False, label="fp")
+        q = evaluate(quantized, out_dir, eval_samples, seed, sampler, noise_floor=False, label=report.precision)
+        report.record("fidelity", "done", time.monotonic() - started, samples=eval_samples,
+                      fp_frechet_distance=round(fp["frechet_distance"], 3),
+                      quantized_frechet_distance=round(q["frechet_distance"], 3),
+                      distance_ratio=round(q["frechet_distance"] / fp["frechet_distance"], 3),
+                      fp_accuracy=round(fp["accuracy"], 4), quantized_accuracy=round(q["accuracy"], 4))
 
     for stage in PENDING_STAGES:
-        report.record(stage, "not-available", 0.0,
-                      reason=f"this version of dit-export has no '{stage}' stage yet for precision {precision}")
+        report.record(stage, "not-available", 0.0, reason=f"this version of dit-export has no '{stage}' stage yet")
     atomic_write_text(out_dir / "build_report.json", json.dumps(report.to_dict(), indent=2) + "\n")
     print(f"build report: {out_dir / 'build_report.json'}", flush=True)
     return report
-
-
-def default_sampler(loaded) -> SamplerConfig:
-    from exporter.embedded import EMBEDDED_SAMPLER
-
-    return EMBEDDED_SAMPLER if loaded.is_embedded else SamplerConfig()

@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from exporter.errors import UserError
+from exporter.sampling import SamplerConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Quantize a Diffusion Transformer (DiT) and export it to ONNX and TensorRT.")
@@ -30,29 +31,122 @@ def user_errors_exit_2(command):
     return wrapper
 
 
-def sampler_from_options(loaded, sampler: Optional[str], steps: Optional[int], guidance: Optional[float]):
+def sampler_from_options(loaded, sampler: Optional[str], steps: Optional[int], guidance: Optional[float],
+                         base=None):
     from dataclasses import replace
 
     from exporter.build import default_sampler
 
-    base = default_sampler(loaded)
+    base = base or default_sampler(loaded)
     overrides = {k: v for k, v in dict(kind=sampler, steps=steps, guidance_scale=guidance).items() if v is not None}
     return replace(base, **overrides)
+
+
+PRECISION_HELP = "w8a8, w4a8, w4a8-naive (dit-export precisions lists them)"
+
+
+def recipe_from_options(precision: str, weight_group_size: Optional[int], weight_method: Optional[str],
+                        activations: Optional[str], per_timestep: Optional[bool],
+                        weight_layers: Optional[str], activation_layers: Optional[str]):
+    from dataclasses import replace
+
+    from exporter.quant.policy import LayerPolicy
+    from exporter.quant.recipes import get_recipe
+
+    recipe = get_recipe(precision)
+    if weight_method is not None and weight_method not in ("rtn", "gptq"):
+        raise UserError(f"unknown weight method '{weight_method}'; valid: rtn, gptq")
+    if activations is not None and activations not in ("static", "dynamic"):
+        raise UserError(f"unknown activation mode '{activations}'; valid: static, dynamic")
+    recipe = recipe.with_overrides(weight_group_size=weight_group_size, weight_method=weight_method,
+                                   activation_mode=activations, activation_per_timestep=per_timestep)
+    if weight_layers is not None or activation_layers is not None:
+        policy = LayerPolicy.parse(
+            weight_layers if weight_layers is not None else ",".join(sorted(recipe.policy.weights)),
+            activation_layers if activation_layers is not None else ",".join(sorted(recipe.policy.activations)))
+        recipe = replace(recipe, policy=policy)
+    return recipe
+
+
+def calibration_options(trajectories: int, seed: int, buckets: Optional[int], calibration_data: Optional[Path]):
+    from exporter.calibrate import CalibrationOptions
+
+    return CalibrationOptions(trajectories=trajectories, seed=seed, buckets=buckets, data=calibration_data)
+
+
+# Options shared by `calibrate` and `build`.
+OPT_PRECISION = typer.Option("w4a8", help=PRECISION_HELP)
+OPT_TRAJECTORIES = typer.Option(32, help="sampling trajectories for calibration (every step of each is used)")
+OPT_CALIB_SEED = typer.Option(0, "--calibration-seed", help="seed of the calibration trajectories")
+OPT_BUCKETS = typer.Option(None, help="timestep buckets of static scales (default: one per sampler step)")
+OPT_CALIB_DATA = typer.Option(None, help="reuse a saved calibration.safetensors instead of sampling")
+OPT_W_GROUP = typer.Option(None, help="weight group size along input channels (-1: per output channel)")
+OPT_W_METHOD = typer.Option(None, help="weight rounding: rtn or gptq")
+OPT_ACTS = typer.Option(None, help="activation quantization: static (per-timestep tables) or dynamic")
+OPT_PER_T = typer.Option(None, "--per-timestep/--one-scale", help="static scales per timestep bucket or one")
+OPT_W_LAYERS = typer.Option(None, help="comma-separated layer roles whose weights are quantized")
+OPT_A_LAYERS = typer.Option(None, help="comma-separated layer roles whose input activations are quantized")
+
+
+@app.command()
+def precisions() -> None:
+    """List the precisions and the layer roles a policy can name."""
+    from exporter.quant.policy import ROLES
+    from exporter.quant.recipes import RECIPES
+
+    for recipe in RECIPES.values():
+        typer.echo(f"{recipe.name:12s} {recipe.description}")
+    typer.echo(f"layer roles: {', '.join(ROLES)}")
+
+
+@app.command()
+@user_errors_exit_2
+def calibrate(
+    precision: str = OPT_PRECISION,
+    model: Optional[str] = typer.Option(None, help=MODEL_HELP),
+    out: Path = typer.Option(Path("out"), help="folder for the checkpoint (out/quantized), data and reports"),
+    trajectories: int = OPT_TRAJECTORIES, calibration_seed: int = OPT_CALIB_SEED,
+    buckets: Optional[int] = OPT_BUCKETS, calibration_data: Optional[Path] = OPT_CALIB_DATA,
+    weight_group_size: Optional[int] = OPT_W_GROUP, weight_method: Optional[str] = OPT_W_METHOD,
+    activations: Optional[str] = OPT_ACTS, per_timestep: Optional[bool] = OPT_PER_T,
+    weight_layers: Optional[str] = OPT_W_LAYERS, activation_layers: Optional[str] = OPT_A_LAYERS,
+) -> None:
+    """Calibrate and quantize a DiT; write the quantized checkpoint and SQNR / range reports."""
+    from exporter.build import default_sampler
+    from exporter.calibrate import run_calibrate
+    from exporter.model_loading import load_dit
+
+    recipe = recipe_from_options(precision, weight_group_size, weight_method, activations, per_timestep,
+                                 weight_layers, activation_layers)
+    loaded = load_dit(model)
+    _, summary = run_calibrate(loaded, recipe, default_sampler(loaded),
+                               calibration_options(trajectories, calibration_seed, buckets, calibration_data), out)
+    for key, value in summary.items():
+        typer.echo(f"{key}: {value}")
 
 
 @app.command()
 @user_errors_exit_2
 def build(
-    precision: str = typer.Option("w4a8", help="target precision"),
+    precision: str = OPT_PRECISION,
     model: Optional[str] = typer.Option(None, help=MODEL_HELP),
     out: Path = typer.Option(Path("out"), help="folder for every artifact and the build report"),
-    eval_samples: int = typer.Option(200, help="samples for the reference fidelity check (0 skips it)"),
+    checkpoint: Optional[Path] = typer.Option(None, help="use this quantized checkpoint instead of calibrating"),
+    eval_samples: int = typer.Option(200, help="samples for the FP vs quantized fidelity check (0 skips it)"),
     seed: int = typer.Option(0, help="seed of the evaluation samples"),
+    trajectories: int = OPT_TRAJECTORIES, calibration_seed: int = OPT_CALIB_SEED,
+    buckets: Optional[int] = OPT_BUCKETS, calibration_data: Optional[Path] = OPT_CALIB_DATA,
+    weight_group_size: Optional[int] = OPT_W_GROUP, weight_method: Optional[str] = OPT_W_METHOD,
+    activations: Optional[str] = OPT_ACTS, per_timestep: Optional[bool] = OPT_PER_T,
+    weight_layers: Optional[str] = OPT_W_LAYERS, activation_layers: Optional[str] = OPT_A_LAYERS,
 ) -> None:
     """Run every stage of the pipeline that exists, writing artifacts and a build report."""
     from exporter.build import run_build
 
-    run_build(model, precision, out, None, eval_samples, seed)
+    recipe = recipe_from_options(precision, weight_group_size, weight_method, activations, per_timestep,
+                                 weight_layers, activation_layers)
+    run_build(model, recipe, out, checkpoint, eval_samples, seed,
+              calibration_options(trajectories, calibration_seed, buckets, calibration_data))
 
 
 @app.command("eval")
@@ -68,15 +162,26 @@ def eval_command(
     metrics: str = typer.Option("digits", help="digits (embedded-style models) or inception (real models)"),
     noise_floor: bool = typer.Option(True, help="also sample seed+1 and report the distance between the sets"),
     reference_images: Optional[Path] = typer.Option(None, help="real images for --metrics inception"),
+    checkpoint: Optional[Path] = typer.Option(None, help="evaluate this quantized checkpoint (with --model: "
+                                              "check it was made from that model)"),
 ) -> None:
     """Fidelity benchmark: sample N images with fixed seeds, score them, draw a grid."""
     from exporter.evaluate import evaluate
     from exporter.model_loading import load_dit
 
-    loaded = load_dit(model)
-    config = sampler_from_options(loaded, sampler, steps, guidance)
+    label = "fp"
+    if checkpoint is not None:
+        from exporter.calibrate import loaded_from_checkpoint
+
+        loaded, manifest = loaded_from_checkpoint(checkpoint, load_dit(model) if model else None)
+        label = manifest["precision"]
+        base = SamplerConfig(**manifest["sampler"])
+    else:
+        loaded = load_dit(model)
+        base = None
+    config = sampler_from_options(loaded, sampler, steps, guidance, base)
     report = evaluate(loaded, out, samples, seed, config, metrics=metrics, noise_floor=noise_floor,
-                      reference_images=reference_images)
+                      reference_images=reference_images, label=label)
     for key, value in report.items():
         typer.echo(f"{key}: {value}")
 

@@ -1,0 +1,92 @@
+"""`dit-export calibrate`: calibration data, quantization by recipe, reports, quantized checkpoint."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from exporter.errors import UserError
+from exporter.model_loading import LoadedDiT
+from exporter.quant.calibration import CalibrationSet, calibration_summary, collect_calibration_set
+from exporter.quant.checkpoint import load_checkpoint, model_fingerprint, save_checkpoint
+from exporter.quant.quantize import QuantizedDiT, quantize_model
+from exporter.quant.recipes import Recipe
+from exporter.quant.report import measure, write_reports
+from exporter.sampling import SamplerConfig
+
+CHECKPOINT_DIR = "quantized"
+CALIBRATION_FILE = "calibration.safetensors"
+
+
+@dataclass(frozen=True)
+class CalibrationOptions:
+    trajectories: int = 32
+    seed: int = 0
+    buckets: int | None = None  # None: one bucket per sampler timestep
+    data: Path | None = None  # reuse saved calibration data instead of sampling
+
+
+def calibration_data(loaded: LoadedDiT, sampler: SamplerConfig, options: CalibrationOptions, out_dir: Path,
+                     progress: bool = True) -> CalibrationSet:
+    if options.data is not None:
+        if not options.data.is_file():
+            raise UserError(f"calibration data '{options.data}' does not exist")
+        calib = CalibrationSet.load(options.data)
+        shape = tuple(calib.x.shape[1:])
+        cfg = loaded.transformer.config
+        if shape != (cfg.in_channels, cfg.sample_size, cfg.sample_size):
+            raise UserError(f"calibration data {options.data} has inputs {shape}, the model takes "
+                            f"{(cfg.in_channels, cfg.sample_size, cfg.sample_size)}")
+        return calib
+    calib = collect_calibration_set(loaded, sampler, options.trajectories, options.seed, progress)
+    calib.save(out_dir / CALIBRATION_FILE)
+    return calib
+
+
+def run_calibrate(loaded: LoadedDiT, recipe: Recipe, sampler: SamplerConfig, options: CalibrationOptions,
+                  out_dir: Path, progress: bool = True) -> tuple[QuantizedDiT, dict[str, Any]]:
+    """Quantizes, writes out/quantized/ (checkpoint), the reports and plots; returns the model and a summary."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    calib = calibration_data(loaded, sampler, options, out_dir, progress)
+    collected = time.monotonic()
+    qdit = quantize_model(loaded.transformer, recipe, calib,
+                          int(loaded.scheduler_config.get("num_train_timesteps", 1000)), options.buckets, progress)
+    quantized = time.monotonic()
+    report = measure(loaded.transformer, qdit, calib)
+    write_reports(report, out_dir, recipe.name)
+    save_checkpoint(qdit, out_dir / CHECKPOINT_DIR, {
+        "model_source": loaded.source,
+        "model_fingerprint": model_fingerprint(loaded.transformer),
+        "scheduler_config": loaded.scheduler_config,
+        "sampler": sampler.to_dict(),
+        "calibration": calibration_summary(calib),
+        "vae_folder": str(loaded.vae_folder) if loaded.vae_folder else None,
+    })
+    valid = [v for v in report["output_sqnr_db"] if v is not None]
+    summary = {
+        "checkpoint": str(out_dir / CHECKPOINT_DIR),
+        "layers": len(qdit.roles),
+        "buckets": qdit.buckets.count,
+        "calibration_inputs": len(calib),
+        "output_sqnr_db_min": min(valid) if valid else None,
+        "output_sqnr_db_mean": round(sum(valid) / len(valid), 2) if valid else None,
+        "seconds_sampling": round(collected - started, 1),
+        "seconds_quantizing": round(quantized - collected, 1),
+    }
+    return qdit, summary
+
+
+def loaded_from_checkpoint(folder: Path, model: LoadedDiT | None = None) -> tuple[LoadedDiT, dict[str, Any]]:
+    """The quantized model as a LoadedDiT (for sampling and eval); with ``model``, checks that the
+    checkpoint was made from that model."""
+    qdit, manifest = load_checkpoint(folder)
+    if model is not None and model_fingerprint(model.transformer) != manifest.get("model_fingerprint"):
+        raise UserError(f"checkpoint {folder} was calibrated from '{manifest.get('model_source')}', "
+                        f"not from '{model.source}'")
+    vae = manifest.get("vae_folder")
+    loaded = LoadedDiT(qdit.transformer, manifest["scheduler_config"], f"{folder} ({manifest['precision']})",
+                       Path(folder), Path(vae) if vae and Path(vae).is_dir() else None)
+    return loaded, manifest

@@ -1,0 +1,177 @@
+"""The quantized checkpoint: a folder with
+
+    manifest.json       format version, precision recipe, the transformer's diffusers config, the
+                        noise schedule and deployed sampler, timestep buckets, and per quantized
+                        layer its role, shapes and weight / activation formats
+    tensors.safetensors for each quantized layer `L`:
+                          L.codes     4-bit: uint8 [N, ceil(K/2)], ONNX nibble order
+                                      (exporter/quant/packing.py); 8-bit: int8 / uint8 [N, K]
+                          L.w_scale   float32 [N, groups]
+                          L.w_zero    float32 [N, groups] (asymmetric formats only)
+                          L.bias      float32 [N] (if the layer has one)
+                          L.a_scale, L.a_zero   float32 [buckets] (static activations only)
+                        timestep_buckets   int64 [num_train_timesteps]: t -> bucket row
+                        fp.<name>       every parameter and buffer that is not quantized
+
+It is self-contained: a model is rebuilt from it without the FP model or recalibrating.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from exporter.atomic import atomic_directory
+from exporter.errors import UserError
+from exporter.quant.packing import pack_int4, unpack_int4
+from exporter.quant.policy import LayerPolicy
+from exporter.quant.primitives import IntFormat
+from exporter.quant.qlinear import DynamicActivationQuant, QuantLinear, StaticActivationQuant, TimestepContext
+from exporter.quant.quantize import QuantizedDiT, TimestepBuckets, _set_module
+from exporter.quant.recipes import ActivationSpec, Recipe, WeightSpec
+
+FORMAT = "dit-export-quantized"
+VERSION = 1
+MANIFEST = "manifest.json"
+TENSORS = "tensors.safetensors"
+
+
+def model_fingerprint(transformer: nn.Module) -> str:
+    """sha256 over the FP model's parameter names, shapes and bytes."""
+    digest = hashlib.sha256()
+    for name, tensor in transformer.state_dict().items():
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def save_checkpoint(qdit: QuantizedDiT, folder: Path, extra: dict[str, Any]) -> Path:
+    """extra: model_source, model_fingerprint, scheduler_config, sampler, calibration."""
+    tensors: dict[str, torch.Tensor] = {"timestep_buckets": qdit.buckets.bucket_of_t.long()}
+    layers = []
+    qlinears = qdit.quant_linears()
+    for name, q in qlinears.items():
+        codes = pack_int4(q.codes) if q.fmt.bits == 4 else q.codes
+        tensors[f"{name}.codes"] = codes.contiguous()
+        tensors[f"{name}.w_scale"] = q.w_scale.contiguous()
+        if not q.fmt.symmetric:
+            tensors[f"{name}.w_zero"] = q.w_zero.contiguous()
+        if q.bias is not None:
+            tensors[f"{name}.bias"] = q.bias.contiguous()
+        act: dict[str, Any] = {"mode": "none"}
+        if isinstance(q.act, StaticActivationQuant):
+            tensors[f"{name}.a_scale"] = q.act.scale.contiguous()
+            tensors[f"{name}.a_zero"] = q.act.zero.contiguous()
+            act = {"mode": "static", "format": q.act.fmt.name, "bits": q.act.fmt.bits,
+                   "symmetric": q.act.fmt.symmetric, "granularity": "per-tensor per timestep bucket"}
+        elif isinstance(q.act, DynamicActivationQuant):
+            act = {"mode": "dynamic", "format": q.act.fmt.name, "bits": q.act.fmt.bits,
+                   "symmetric": q.act.fmt.symmetric, "group_size": q.act.group_size}
+        layers.append({
+            "name": name, "role": qdit.roles[name], "in_features": q.in_features, "out_features": q.out_features,
+            "weight": {"format": q.fmt.name, "bits": q.fmt.bits, "symmetric": q.fmt.symmetric,
+                       "group_size": q.group_size, "method": qdit.recipe.weight.method,
+                       "storage": "int4x2-low-nibble-first" if q.fmt.bits == 4 else str(q.codes.dtype).removeprefix("torch.")},
+            "activation": act,
+        })
+    quantized_prefixes = tuple(f"{n}." for n in qlinears)
+    for key, value in qdit.transformer.state_dict().items():
+        if not key.startswith(quantized_prefixes):
+            tensors[f"fp.{key}"] = value.detach().contiguous()
+    manifest = {
+        "format": FORMAT, "version": VERSION,
+        "precision": qdit.recipe.name, "recipe": qdit.recipe.to_dict(),
+        "transformer_config": {k: v for k, v in dict(qdit.transformer.config).items() if not k.startswith("_")},
+        "timestep_buckets": {"count": qdit.buckets.count, "members": qdit.buckets.members},
+        "layers": layers, **extra,
+    }
+    with atomic_directory(folder) as tmp:
+        save_file(tensors, str(tmp / TENSORS))
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return folder
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise UserError(f"'{folder}' is not a quantized checkpoint (no {MANIFEST})")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"corrupt checkpoint manifest {path}: {e}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise UserError(f"'{path}' is not a {FORMAT} manifest")
+    if manifest.get("version") != VERSION:
+        raise UserError(f"checkpoint version {manifest.get('version')} is not supported (expected {VERSION})")
+    return manifest
+
+
+def _recipe_from(d: dict[str, Any]) -> Recipe:
+    act = d.get("activation")
+    return Recipe(d["name"], d["description"], WeightSpec(**d["weight"]),
+                  ActivationSpec(**act) if act else None,
+                  LayerPolicy(frozenset(d["policy"]["weights"]), frozenset(d["policy"]["activations"])))
+
+
+def load_checkpoint(folder: Path) -> tuple[QuantizedDiT, dict[str, Any]]:
+    """The quantized model and its manifest; UserError when the folder is not a valid checkpoint."""
+    from diffusers import DiTTransformer2DModel
+
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    try:
+        tensors = load_file(str(folder / TENSORS))
+    except (OSError, SafetensorError) as e:
+        raise UserError(f"corrupt checkpoint tensors {folder / TENSORS}: {e}") from None
+    try:
+        recipe = _recipe_from(manifest["recipe"])
+        torch.manual_seed(0)
+        model = DiTTransformer2DModel(**manifest["transformer_config"]).eval().requires_grad_(False)
+        context = TimestepContext()
+        context.attach(model)
+        bucket_of_t = tensors["timestep_buckets"]
+        buckets = TimestepBuckets(bucket_of_t, manifest["timestep_buckets"]["members"])
+        roles = {}
+        for layer in manifest["layers"]:
+            name = layer["name"]
+            roles[name] = layer["role"]
+            _set_module(model, name, _quant_linear_from(layer, tensors, bucket_of_t, context))
+        fp_state = {k[3:]: v for k, v in tensors.items() if k.startswith("fp.")}
+        missing, unexpected = model.load_state_dict(fp_state, strict=False)
+        missing = [k for k in missing if not any(k.startswith(f"{n}.") for n in roles)]
+        if missing or unexpected:
+            raise ValueError(f"tensors do not match the manifest (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise UserError(f"corrupt checkpoint {folder}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    return QuantizedDiT(model, context, recipe, buckets, roles), manifest
+
+
+def _quant_linear_from(layer: dict[str, Any], tensors: dict[str, torch.Tensor], bucket_of_t: torch.Tensor,
+                       context: TimestepContext) -> QuantLinear:
+    name, w = layer["name"], layer["weight"]
+    n, k = layer["out_features"], layer["in_features"]
+    fmt = IntFormat(w["bits"], w["symmetric"])
+    codes = tensors[f"{name}.codes"]
+    if fmt.bits == 4:
+        if codes.shape != (n, (k + 1) // 2):
+            raise ValueError(f"{name}.codes has shape {tuple(codes.shape)}, expected {(n, (k + 1) // 2)}")
+        codes = unpack_int4(codes, k, fmt.symmetric)
+    elif codes.shape != (n, k):
+        raise ValueError(f"{name}.codes has shape {tuple(codes.shape)}, expected {(n, k)}")
+    scale = tensors[f"{name}.w_scale"]
+    zero = tensors.get(f"{name}.w_zero", torch.zeros_like(scale))
+    a = layer["activation"]
+    act = None
+    if a["mode"] == "static":
+        act = StaticActivationQuant(IntFormat(a["bits"], a["symmetric"]), tensors[f"{name}.a_scale"],
+                                    tensors[f"{name}.a_zero"], bucket_of_t, context)
+    elif a["mode"] == "dynamic":
+        act = DynamicActivationQuant(IntFormat(a["bits"], a["symmetric"]), a["group_size"])
+    return QuantLinear(codes, scale, zero, fmt, w["group_size"], tensors.get(f"{name}.bias"), act)

@@ -1,0 +1,89 @@
+"""Quantized Linear layers (simulated quantization over real integer codes) and the activation
+quantizers that feed them.
+
+A QuantLinear keeps the integer weight codes, their scales and zero-points (what the checkpoint
+stores, packed) and computes with the dequantized weight. Its input is quantized either
+
+- statically: one scale per timestep bucket, the bucket picked from the timestep of the forward
+  pass in progress (``TimestepContext``), per sample; or
+- dynamically: scale and zero-point computed from the activation itself per token (and per group
+  of channels), as Q-DiT does.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from exporter.quant.primitives import IntFormat, choose_qparams, dequantize, fake_quantize
+
+
+class TimestepContext:
+    """The timestep [B] of the transformer forward in progress, recorded by a pre-hook."""
+
+    def __init__(self) -> None:
+        self.timestep: torch.Tensor | None = None
+
+    def attach(self, transformer: nn.Module) -> None:
+        transformer.register_forward_pre_hook(self._record, with_kwargs=True)
+
+    def _record(self, _module, args, kwargs):
+        t = kwargs["timestep"] if "timestep" in kwargs else args[1]
+        self.timestep = torch.as_tensor(t).reshape(-1).long()
+
+    def current(self, batch: int) -> torch.Tensor:
+        if self.timestep is None:
+            raise RuntimeError("per-timestep activation scales need the transformer's timestep")
+        return self.timestep.expand(batch) if self.timestep.numel() == 1 else self.timestep
+
+
+class StaticActivationQuant(nn.Module):
+    """Per-tensor scale (and zero-point) per timestep bucket: tables [n_buckets]."""
+
+    def __init__(self, fmt: IntFormat, scale: torch.Tensor, zero: torch.Tensor, bucket_of_t: torch.Tensor,
+                 context: TimestepContext) -> None:
+        super().__init__()
+        self.fmt, self.context = fmt, context
+        self.register_buffer("scale", scale.float())
+        self.register_buffer("zero", zero.float())
+        self.register_buffer("bucket_of_t", bucket_of_t.long())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bucket = self.bucket_of_t[self.context.current(x.shape[0])]
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        s, z = self.scale[bucket].reshape(shape), self.zero[bucket].reshape(shape)
+        return (((x / s + z).round().clamp(self.fmt.qmin, self.fmt.qmax) - z) * s).to(x.dtype)
+
+
+class DynamicActivationQuant(nn.Module):
+    """Scale and zero-point from each token's own range, per group of ``group_size`` channels."""
+
+    def __init__(self, fmt: IntFormat, group_size: int) -> None:
+        super().__init__()
+        self.fmt, self.group_size = fmt, group_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale, zero = choose_qparams(x, self.fmt, self.group_size)
+        return fake_quantize(x, scale, zero, self.fmt, self.group_size)
+
+
+class QuantLinear(nn.Module):
+    def __init__(self, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, fmt: IntFormat,
+                 group_size: int, bias: torch.Tensor | None, act: nn.Module | None = None) -> None:
+        super().__init__()
+        self.out_features, self.in_features = codes.shape
+        self.fmt, self.group_size, self.act = fmt, group_size, act
+        self.register_buffer("codes", codes)
+        self.register_buffer("w_scale", scale.float())
+        self.register_buffer("w_zero", zero.float())
+        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
+        self.register_buffer("weight", dequantize(codes, self.w_scale, self.w_zero, group_size), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.act is not None:
+            x = self.act(x)
+        return F.linear(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}->{self.out_features}, {self.fmt.name}, group={self.group_size}"

@@ -1,0 +1,185 @@
+"""Quantizing a DiT: block by block over the calibration set, GPTQ-style.
+
+For each transformer block, in order: run the calibration inputs (as produced by the blocks
+already quantized) through it, recording for every targeted Linear its input range per timestep
+bucket and, for GPTQ, its input Hessian; quantize those Linears' weights; set up their activation
+quantizers; then run the quantized block to produce the next block's inputs. Linears outside the
+blocks (final layer) are handled the same way in a last pass over the whole model.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from exporter.errors import UserError
+from exporter.progress import Progress
+from exporter.quant.calibration import CalibrationSet
+from exporter.quant.gptq import HessianAccumulator, gptq_quantize
+from exporter.quant.policy import linear_roles
+from exporter.quant.primitives import choose_qparams, qparams_from_range, quantize, search_clip_ratio
+from exporter.quant.qlinear import DynamicActivationQuant, QuantLinear, StaticActivationQuant, TimestepContext
+from exporter.quant.recipes import Recipe
+
+BATCH = 256
+
+
+@dataclass
+class TimestepBuckets:
+    """bucket_of_t [num_train_timesteps] int64 and the calibrated timesteps of each bucket."""
+
+    bucket_of_t: torch.Tensor
+    members: list[list[int]]
+
+    @property
+    def count(self) -> int:
+        return len(self.members)
+
+    @classmethod
+    def build(cls, calibrated: list[int], n_buckets: int | None, num_train_timesteps: int) -> "TimestepBuckets":
+        steps = sorted(set(calibrated), reverse=True)
+        n = len(steps) if n_buckets is None else n_buckets
+        if not 1 <= n <= len(steps):
+            raise UserError(f"timestep buckets must be between 1 and {len(steps)} (calibrated timesteps), got {n}")
+        members = [chunk.tolist() for chunk in torch.tensor(steps).tensor_split(n)]
+        bucket_of_step = {t: b for b, chunk in enumerate(members) for t in chunk}
+        anchors = torch.tensor(steps)
+        nearest = (torch.arange(num_train_timesteps)[:, None] - anchors[None, :]).abs().argmin(1)
+        bucket_of_t = torch.tensor([bucket_of_step[int(anchors[i])] for i in nearest])
+        return cls(bucket_of_t, members)
+
+
+@dataclass
+class LayerStats:
+    """Per-bucket input range of one Linear, and its Hessian when GPTQ needs it."""
+
+    lo: torch.Tensor
+    hi: torch.Tensor
+    hessian: HessianAccumulator | None = None
+
+    def add(self, x: torch.Tensor, buckets: torch.Tensor) -> None:
+        flat = x.detach().float().reshape(x.shape[0], -1)
+        self.lo.scatter_reduce_(0, buckets, flat.amin(1), "amin")
+        self.hi.scatter_reduce_(0, buckets, flat.amax(1), "amax")
+        if self.hessian is not None:
+            self.hessian.add(x)
+
+
+@dataclass
+class QuantizedDiT:
+    transformer: nn.Module
+    context: TimestepContext
+    recipe: Recipe
+    buckets: TimestepBuckets
+    roles: dict[str, str]  # quantized layer name -> role
+    activation_ranges: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
+
+    def quant_linears(self) -> dict[str, QuantLinear]:
+        return {n: m for n, m in self.transformer.named_modules() if isinstance(m, QuantLinear)}
+
+
+def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, child, module)
+
+
+def quantize_linear(linear: nn.Linear, recipe: Recipe, stats: LayerStats, quantize_input: bool,
+                    buckets: TimestepBuckets, context: TimestepContext) -> QuantLinear:
+    spec, fmt = recipe.weight, recipe.weight.format
+    w = linear.weight.detach().float()
+    if spec.method == "gptq":
+        codes, scale, zero = gptq_quantize(w, stats.hessian.h, fmt, spec.group_size, clip_search=spec.clip_search)
+    else:
+        ratio = search_clip_ratio(w, fmt, spec.group_size) if spec.clip_search else 1.0
+        scale, zero = choose_qparams(w, fmt, spec.group_size, clip_ratio=ratio)
+        codes = quantize(w, scale, zero, fmt, spec.group_size)
+    act = None
+    if quantize_input and recipe.activation is not None:
+        a = recipe.activation
+        if a.mode == "dynamic":
+            act = DynamicActivationQuant(a.format, a.group_size)
+        else:
+            lo, hi = (stats.lo, stats.hi) if a.per_timestep else (stats.lo.min().expand(buckets.count),
+                                                                   stats.hi.max().expand(buckets.count))
+            a_scale, a_zero = qparams_from_range(lo, hi, a.format)
+            act = StaticActivationQuant(a.format, a_scale, a_zero, buckets.bucket_of_t, context)
+    return QuantLinear(codes, scale, zero, fmt, spec.group_size, linear.bias, act)
+
+
+def _collect(targets: dict[str, nn.Linear], recipe: Recipe, n_buckets: int, run, current_buckets) -> dict[str, LayerStats]:
+    stats = {name: LayerStats(torch.full((n_buckets,), float("inf")), torch.full((n_buckets,), -float("inf")),
+                              HessianAccumulator(m.in_features) if recipe.weight.method == "gptq" else None)
+             for name, m in targets.items()}
+    handles = [m.register_forward_hook(lambda _m, inp, _out, s=stats[name]: s.add(inp[0], current_buckets()))
+               for name, m in targets.items()]
+    try:
+        run()
+    finally:
+        for h in handles:
+            h.remove()
+    return stats
+
+
+@torch.no_grad()
+def quantize_model(fp_transformer: nn.Module, recipe: Recipe, calib: CalibrationSet,
+                   num_train_timesteps: int, n_buckets: int | None = None, progress: bool = True) -> QuantizedDiT:
+    buckets = TimestepBuckets.build(calib.timesteps, n_buckets, num_train_timesteps)
+    model = copy.deepcopy(fp_transformer).eval()
+    context = TimestepContext()
+    context.attach(model)
+    roles = {n: r for n, r in linear_roles(model).items() if r in recipe.policy.weights}
+    quantized_roles: dict[str, str] = {}
+    ranges: dict[str, tuple[list[float], list[float]]] = {}
+    batches = list(calib.batches(BATCH))
+    state = {"t": None}
+
+    def current_buckets() -> torch.Tensor:
+        return buckets.bucket_of_t[state["t"]]
+
+    def quantize_targets(prefix: str, targets: dict[str, nn.Module], run) -> None:
+        stats = _collect(targets, recipe, buckets.count, run, current_buckets)
+        for name, linear in targets.items():
+            full = prefix + name
+            quantize_input = roles[full] in recipe.policy.activations
+            _set_module(model, full, quantize_linear(linear, recipe, stats[name], quantize_input, buckets, context))
+            quantized_roles[full] = roles[full]
+            ranges[full] = (stats[name].lo.tolist(), stats[name].hi.tolist())
+
+    blocks = model.transformer_blocks
+    bar = Progress("calibrating blocks", len(blocks) + 1, enabled=progress)
+    hidden = [model.pos_embed(x) for x, _, _ in batches]
+
+    def run_block(block: nn.Module, keep: bool) -> list[torch.Tensor]:
+        out = []
+        for h, (_, t, y) in zip(hidden, batches):
+            state["t"], context.timestep = t, t
+            result = block(h, timestep=t, class_labels=y)
+            if keep:
+                out.append(result)
+        return out
+
+    for b, block in enumerate(blocks):
+        prefix = f"transformer_blocks.{b}."
+        targets = {n[len(prefix):]: model.get_submodule(n) for n in roles if n.startswith(prefix)}
+        if targets:
+            quantize_targets(prefix, targets, lambda: run_block(block, False))
+        hidden = run_block(block, True)
+        bar.advance()
+
+    outer = {n: model.get_submodule(n) for n in roles if not n.startswith("transformer_blocks.")}
+    if outer:
+        def run_model() -> None:
+            for x, t, y in batches:
+                state["t"] = t
+                model(x, t, y)
+        quantize_targets("", outer, run_model)
+    bar.advance()
+    return QuantizedDiT(model, context, recipe, buckets, quantized_roles, ranges)
+
+
+def describe(qdit: QuantizedDiT) -> dict[str, Any]:
+    return {"layers": len(qdit.roles), "buckets": qdit.buckets.count, "recipe": qdit.recipe.name}

@@ -1,0 +1,84 @@
+"""Precisions: one frozen recipe per name, selected with --precision."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal
+
+from exporter.errors import UserError
+from exporter.quant.policy import LayerPolicy
+from exporter.quant.primitives import PER_CHANNEL, PER_TENSOR, IntFormat
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    bits: int = 8
+    symmetric: bool = True
+    group_size: int = PER_CHANNEL  # PER_CHANNEL (-1) or a group size along input channels
+    method: Literal["rtn", "gptq"] = "rtn"
+    clip_search: bool = False
+
+    @property
+    def format(self) -> IntFormat:
+        return IntFormat(self.bits, self.symmetric)
+
+
+@dataclass(frozen=True)
+class ActivationSpec:
+    bits: int = 8
+    symmetric: bool = True
+    mode: Literal["static", "dynamic"] = "static"
+    # static: one per-tensor scale per timestep bucket (per_timestep) or for all timesteps;
+    # dynamic: group_size PER_CHANNEL (-1) means one scale per token.
+    per_timestep: bool = True
+    group_size: int = PER_CHANNEL
+
+    @property
+    def format(self) -> IntFormat:
+        return IntFormat(self.bits, self.symmetric)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    description: str
+    weight: WeightSpec
+    activation: ActivationSpec | None
+    policy: LayerPolicy = field(default_factory=LayerPolicy)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["policy"] = self.policy.to_dict()
+        return d
+
+    def with_overrides(self, **overrides: Any) -> "Recipe":
+        """weight_* / activation_* keyword overrides; None leaves a field as it is."""
+        weight = {k[len("weight_"):]: v for k, v in overrides.items() if k.startswith("weight_") and v is not None}
+        act = {k[len("activation_"):]: v for k, v in overrides.items()
+               if k.startswith("activation_") and v is not None}
+        if act and self.activation is None:
+            raise UserError(f"precision {self.name} quantizes no activations")
+        return replace(self, weight=replace(self.weight, **weight),
+                       activation=replace(self.activation, **act) if self.activation else None)
+
+
+RECIPES: dict[str, Recipe] = {r.name: r for r in [
+    Recipe("w8a8", "INT8 per-channel weights, INT8 static activations with per-timestep scales",
+           WeightSpec(bits=8, group_size=PER_CHANNEL, method="rtn"),
+           ActivationSpec(bits=8, mode="static", per_timestep=True)),
+    Recipe("w4a8", "INT4 group-wise GPTQ weights with clip search, INT8 dynamic per-token activations (Q-DiT)",
+           WeightSpec(bits=4, group_size=32, method="gptq", clip_search=True),
+           ActivationSpec(bits=8, mode="dynamic", group_size=PER_CHANNEL)),
+    Recipe("w4a8-naive", "baseline: INT4 per-channel round-to-nearest weights, INT8 static per-tensor activations",
+           WeightSpec(bits=4, group_size=PER_CHANNEL, method="rtn"),
+           ActivationSpec(bits=8, mode="static", per_timestep=False)),
+]}
+
+
+def get_recipe(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise UserError(f"unknown precision '{name}'; valid: {', '.join(RECIPES)}")
+    return RECIPES[name]
+
+
+__all__ = ["ActivationSpec", "PER_CHANNEL", "PER_TENSOR", "RECIPES", "Recipe", "WeightSpec", "get_recipe"]

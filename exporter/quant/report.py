@@ -1,0 +1,124 @@
+"""Quantization reports: per-layer SQNR (dB) of weights and of layer outputs per timestep, the
+model output's SQNR per timestep, and per-timestep activation ranges; as JSON and PNG plots."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from exporter.atomic import atomic_file, atomic_write_text
+from exporter.quant.calibration import CalibrationSet
+from exporter.quant.primitives import sqnr_db
+from exporter.quant.quantize import QuantizedDiT
+
+
+def _finite(x: float) -> float | None:
+    return None if math.isinf(x) or math.isnan(x) else round(x, 3)
+
+
+@torch.no_grad()
+def measure(fp: nn.Module, qdit: QuantizedDiT, calib: CalibrationSet, per_timestep: int = 64) -> dict[str, Any]:
+    """Runs up to ``per_timestep`` calibration inputs of each timestep through both models."""
+    names = list(qdit.roles)
+    fp_modules = {n: fp.get_submodule(n) for n in names}
+    q_modules = {n: qdit.transformer.get_submodule(n) for n in names}
+    report: dict[str, Any] = {"layers": {}, "timesteps": calib.timesteps, "output_sqnr_db": []}
+    outputs: dict[str, dict[str, list[torch.Tensor]]] = {n: {"fp": [], "q": []} for n in names}
+    per_t: dict[str, list[float]] = {n: [] for n in names}
+    for t in calib.timesteps:
+        idx = (calib.t == t).nonzero().flatten()[:per_timestep]
+        x, ts, y = calib.x[idx], calib.t[idx], calib.y[idx]
+        hooks = [m.register_forward_hook(lambda _m, _i, o, n=n: outputs[n]["fp"].append(o)) for n, m in fp_modules.items()]
+        hooks += [m.register_forward_hook(lambda _m, _i, o, n=n: outputs[n]["q"].append(o)) for n, m in q_modules.items()]
+        try:
+            ref = fp(x, ts, y).sample
+            out = qdit.transformer(x, ts, y).sample
+        finally:
+            for h in hooks:
+                h.remove()
+        report["output_sqnr_db"].append(_finite(sqnr_db(ref, out)))
+        for n in names:
+            per_t[n].append(sqnr_db(torch.cat(outputs[n]["fp"]), torch.cat(outputs[n]["q"])))
+            outputs[n] = {"fp": [], "q": []}
+    for n in names:
+        q = q_modules[n]
+        report["layers"][n] = {
+            "role": qdit.roles[n],
+            "weight_sqnr_db": _finite(sqnr_db(fp_modules[n].weight, q.weight)),
+            "output_sqnr_db_mean": _finite(sum(per_t[n]) / len(per_t[n])),
+            "output_sqnr_db_per_timestep": [_finite(v) for v in per_t[n]],
+        }
+        if n in qdit.activation_ranges:
+            lo, hi = qdit.activation_ranges[n]
+            report["layers"][n]["activation_range_per_bucket"] = {"min": lo, "max": hi}
+    report["buckets"] = qdit.buckets.members
+    return report
+
+
+def write_reports(report: dict[str, Any], out_dir: Path, title: str) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = [atomic_write_text(out_dir / "quant_report.json", json.dumps(report, indent=2) + "\n")]
+    names = list(report["layers"])
+    short = [n.replace("transformer_blocks.", "b").replace(".attn1.", ".").replace(".ff.net.", ".ff")
+             for n in names]
+
+    fig, ax = plt.subplots(figsize=(max(8, 0.28 * len(names)), 4.5))
+    pos = range(len(names))
+    w = [report["layers"][n]["weight_sqnr_db"] or 0 for n in names]
+    o = [report["layers"][n]["output_sqnr_db_mean"] or 0 for n in names]
+    ax.bar([p - 0.2 for p in pos], w, width=0.4, label="weight")
+    ax.bar([p + 0.2 for p in pos], o, width=0.4, label="layer output (mean over timesteps)")
+    ax.set_xticks(list(pos), short, rotation=90, fontsize=7)
+    ax.set_ylabel("SQNR (dB)")
+    ax.set_title(f"{title}: per-layer SQNR")
+    ax.legend()
+    fig.tight_layout()
+    paths.append(_save(fig, out_dir / "layer_sqnr.png"))
+
+    fig, ax = plt.subplots(figsize=(10, max(4, 0.22 * len(names))))
+    grid = [[v if v is not None else float("nan") for v in report["layers"][n]["output_sqnr_db_per_timestep"]]
+            for n in names]
+    image = ax.imshow(grid, aspect="auto", cmap="viridis")
+    ax.set_yticks(list(pos), short, fontsize=7)
+    ts = report["timesteps"]
+    ax.set_xticks(range(len(ts)), [str(t) for t in ts], rotation=90, fontsize=7)
+    ax.set_xlabel("timestep")
+    ax.set_title(f"{title}: layer output SQNR (dB) per timestep")
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    paths.append(_save(fig, out_dir / "timestep_sqnr.png"))
+
+    ranged = [n for n in names if "activation_range_per_bucket" in report["layers"][n]]
+    if ranged:
+        fig, ax = plt.subplots(figsize=(9, 5))
+        for n, label in zip(names, short):
+            if n in ranged:
+                r = report["layers"][n]["activation_range_per_bucket"]
+                amax = [max(-a, b) for a, b in zip(r["min"], r["max"])]
+                ax.plot(range(len(amax)), amax, marker=".", linewidth=1, label=label)
+        ax.set_yscale("log")
+        ax.set_xlabel("timestep bucket (0 = first sampling step, noisiest)")
+        ax.set_ylabel("input |activation| max")
+        ax.set_title(f"{title}: per-timestep activation ranges")
+        ax.legend(fontsize=6, ncol=4)
+        fig.tight_layout()
+        paths.append(_save(fig, out_dir / "activation_ranges.png"))
+    return paths
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
