@@ -47,7 +47,8 @@ PRECISION_HELP = "w8a8, w4a8, w4a8-naive (dit-export precisions lists them)"
 
 def recipe_from_options(precision: str, weight_group_size: Optional[int], weight_method: Optional[str],
                         activations: Optional[str], per_timestep: Optional[bool],
-                        weight_layers: Optional[str], activation_layers: Optional[str]):
+                        weight_layers: Optional[str], activation_layers: Optional[str],
+                        activation_group_size: Optional[int] = None):
     from dataclasses import replace
 
     from exporter.quant.policy import LayerPolicy
@@ -59,7 +60,8 @@ def recipe_from_options(precision: str, weight_group_size: Optional[int], weight
     if activations is not None and activations not in ("static", "dynamic"):
         raise UserError(f"unknown activation mode '{activations}'; valid: static, dynamic")
     recipe = recipe.with_overrides(weight_group_size=weight_group_size, weight_method=weight_method,
-                                   activation_mode=activations, activation_per_timestep=per_timestep)
+                                   activation_mode=activations, activation_per_timestep=per_timestep,
+                                   activation_group_size=activation_group_size)
     if weight_layers is not None or activation_layers is not None:
         policy = LayerPolicy.parse(
             weight_layers if weight_layers is not None else ",".join(sorted(recipe.policy.weights)),
@@ -83,6 +85,7 @@ OPT_CALIB_DATA = typer.Option(None, help="reuse a saved calibration.safetensors 
 OPT_W_GROUP = typer.Option(None, help="weight group size along input channels (-1: per output channel)")
 OPT_W_METHOD = typer.Option(None, help="weight rounding: rtn or gptq")
 OPT_ACTS = typer.Option(None, help="activation quantization: static (per-timestep tables) or dynamic")
+OPT_A_GROUP = typer.Option(None, help="dynamic activation group size along channels (-1: one per token)")
 OPT_PER_T = typer.Option(None, "--per-timestep/--one-scale", help="static scales per timestep bucket or one")
 OPT_W_LAYERS = typer.Option(None, help="comma-separated layer roles whose weights are quantized")
 OPT_A_LAYERS = typer.Option(None, help="comma-separated layer roles whose input activations are quantized")
@@ -109,6 +112,7 @@ def calibrate(
     buckets: Optional[int] = OPT_BUCKETS, calibration_data: Optional[Path] = OPT_CALIB_DATA,
     weight_group_size: Optional[int] = OPT_W_GROUP, weight_method: Optional[str] = OPT_W_METHOD,
     activations: Optional[str] = OPT_ACTS, per_timestep: Optional[bool] = OPT_PER_T,
+    activation_group_size: Optional[int] = OPT_A_GROUP,
     weight_layers: Optional[str] = OPT_W_LAYERS, activation_layers: Optional[str] = OPT_A_LAYERS,
 ) -> None:
     """Calibrate and quantize a DiT; write the quantized checkpoint and SQNR / range reports."""
@@ -117,7 +121,7 @@ def calibrate(
     from exporter.model_loading import load_dit
 
     recipe = recipe_from_options(precision, weight_group_size, weight_method, activations, per_timestep,
-                                 weight_layers, activation_layers)
+                                 weight_layers, activation_layers, activation_group_size)
     loaded = load_dit(model)
     _, summary = run_calibrate(loaded, recipe, default_sampler(loaded),
                                calibration_options(trajectories, calibration_seed, buckets, calibration_data), out)
@@ -138,13 +142,14 @@ def build(
     buckets: Optional[int] = OPT_BUCKETS, calibration_data: Optional[Path] = OPT_CALIB_DATA,
     weight_group_size: Optional[int] = OPT_W_GROUP, weight_method: Optional[str] = OPT_W_METHOD,
     activations: Optional[str] = OPT_ACTS, per_timestep: Optional[bool] = OPT_PER_T,
+    activation_group_size: Optional[int] = OPT_A_GROUP,
     weight_layers: Optional[str] = OPT_W_LAYERS, activation_layers: Optional[str] = OPT_A_LAYERS,
 ) -> None:
     """Run every stage of the pipeline that exists, writing artifacts and a build report."""
     from exporter.build import run_build
 
     recipe = recipe_from_options(precision, weight_group_size, weight_method, activations, per_timestep,
-                                 weight_layers, activation_layers)
+                                 weight_layers, activation_layers, activation_group_size)
     run_build(model, recipe, out, checkpoint, eval_samples, seed,
               calibration_options(trajectories, calibration_seed, buckets, calibration_data))
 

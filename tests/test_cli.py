@@ -17,14 +17,24 @@ def assert_one_line_error(result, fragment):
 
 
 def test_build_runs_the_existing_stages_and_says_what_is_missing(tmp_path):
-    result = run_cli("build", "--precision", "w4a8", "--eval-samples", "20", "--out", str(tmp_path))
+    result = run_cli("build", "--precision", "w8a8", "--trajectories", "4", "--eval-samples", "20",
+                     "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "build_report.json").read_text())
-    status = {s["stage"]: s["status"] for s in report["stages"]}
-    assert status["load"] == "done" and status["reference-eval"] == "done"
-    assert status["calibrate"] == "not-available"
-    assert "[calibrate] not-available" in result.stdout
-    assert (tmp_path / "fp_samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    stages = {s["stage"]: s for s in report["stages"]}
+    assert stages["load"]["status"] == "done" and stages["calibrate"]["status"] == "done"
+    assert stages["fidelity"]["status"] == "done" and stages["fidelity"]["distance_ratio"] > 0
+    assert stages["export"]["status"] == "not-available"
+    assert "[export] not-available" in result.stdout
+    assert "calibrating blocks" in result.stderr  # progress
+    for png in ("fp_samples.png", "w8a8_samples.png", "layer_sqnr.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    again = run_cli("build", "--checkpoint", str(tmp_path / "quantized"), "--eval-samples", "0",
+                    "--out", str(tmp_path / "again"))
+    assert again.returncode == 0, again.stderr
+    reused = json.loads((tmp_path / "again" / "build_report.json").read_text())
+    assert reused["precision"] == "w8a8" and reused["stages"][1]["status"] == "reused"
 
 
 @pytest.mark.parametrize("args, fragment", [
@@ -33,6 +43,11 @@ def test_build_runs_the_existing_stages_and_says_what_is_missing(tmp_path):
     (["eval", "-n", "4", "--sampler", "euler"], "unknown sampler 'euler'"),
     (["eval", "-n", "4", "--metrics", "clip"], "unknown metrics 'clip'"),
     (["eval", "-n", "4", "--metrics", "inception"], "--reference-images"),
+    (["calibrate", "--precision", "w3a5"], "unknown precision 'w3a5'; valid: w8a8, w4a8, w4a8-naive"),
+    (["build", "--precision", "int2"], "unknown precision 'int2'"),
+    (["calibrate", "--weight-method", "adaround"], "unknown weight method"),
+    (["calibrate", "--weight-layers", "attn_qkv,conv"], "unknown layer roles"),
+    (["eval", "--checkpoint", "/no/such/ckpt"], "not a quantized checkpoint"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(args, fragment, tmp_path):
     assert_one_line_error(run_cli(*args, "--out", str(tmp_path / "o")), fragment)

@@ -92,7 +92,7 @@ def test_gptq_beats_round_to_nearest_on_the_layer_output():
     acc = HessianAccumulator(96)
     for chunk in x.split(500):
         acc.add(chunk)
-    torch.testing.assert_close(acc.h, 2 * x.double().T @ x.double() / len(x))
+    torch.testing.assert_close(acc.h, 2 * x.double().T @ x.double() / len(x), rtol=1e-4, atol=1e-4)
     for fmt, g in [(IntFormat(4), 32), (IntFormat(4, symmetric=False), 40), (IntFormat(3), PER_CHANNEL)]:
         codes, scale, zero = gptq_quantize(w, acc.h, fmt, g)
         assert codes.min() >= fmt.qmin and codes.max() <= fmt.qmax

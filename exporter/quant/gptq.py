@@ -15,18 +15,35 @@ from exporter.quant.primitives import (PER_CHANNEL, PER_TENSOR, IntFormat, choos
 
 
 class HessianAccumulator:
-    """Running 2/n X^T X of a Linear layer's inputs [..., K]."""
+    """Running 2/n X^T X of a Linear layer's inputs [..., K] (float32 products, float64 sum).
+
+    Layers fed the same tensor (q, k and v) share one product: ``add`` remembers the last input.
+    """
+
+    _last: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def __init__(self, k: int) -> None:
         self.h = torch.zeros(k, k, dtype=torch.float64)
         self.n = 0
 
     def add(self, x: torch.Tensor) -> None:
-        x = x.detach().reshape(-1, x.shape[-1]).double()
-        total = self.n + len(x)
+        x = x.detach()
+        cached = HessianAccumulator._last
+        if cached is not None and cached[0] is x:
+            xtx = cached[1]
+        else:
+            flat = x.reshape(-1, x.shape[-1]).float()
+            xtx = (flat.T @ flat).double()
+            HessianAccumulator._last = (x, xtx)
+        rows = x.numel() // x.shape[-1]
+        total = self.n + rows
         self.h *= self.n / total
-        self.h += (2.0 / total) * x.T @ x
+        self.h += (2.0 / total) * xtx
         self.n = total
+
+    @staticmethod
+    def forget() -> None:
+        HessianAccumulator._last = None
 
 
 def _group_qparams(w: torch.Tensor, fmt: IntFormat, clip_search: bool) -> tuple[torch.Tensor, torch.Tensor]:

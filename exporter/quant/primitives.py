@@ -126,19 +126,19 @@ def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, fmt:
 def search_clip_ratio(x: torch.Tensor, fmt: IntFormat, group_size: int, candidates: int = 100,
                       min_ratio: float = 0.2, p: float = 2.4) -> torch.Tensor:
     """Per-group clip ratio (shape of the scales) minimising sum |x - fake_quant(x)|^p, as in
-    Q-DiT's MSE clip search; ratio 1.0 (plain min/max) is always a candidate."""
+    Q-DiT's MSE clip search; ratio 1.0 (plain min/max) is always a candidate and wins ties."""
     g = group_view(x.detach().float(), group_size)
     lo, hi = g.amin(-1), g.amax(-1)
-    best_err = torch.full(lo.shape, float("inf"))
-    best_ratio = torch.ones(lo.shape)
-    for ratio in torch.linspace(1.0, min_ratio, candidates).tolist():
-        scale, zero = qparams_from_range(lo * ratio, hi * ratio, fmt)
+    ratios = torch.linspace(1.0, min_ratio, candidates)
+    chunk = max(1, (1 << 24) // max(1, g.numel()))  # candidates evaluated at once, bounded memory
+    errors = []
+    for part in ratios.split(chunk):
+        r = part.reshape(-1, *([1] * lo.dim()))
+        scale, zero = qparams_from_range(lo * r, hi * r, fmt)
         s, z = scale.unsqueeze(-1), zero.unsqueeze(-1)
-        err = (((g / s + z).round().clamp(fmt.qmin, fmt.qmax) - z) * s - g).abs().pow(p).sum(-1)
-        better = err < best_err
-        best_err = torch.where(better, err, best_err)
-        best_ratio = torch.where(better, torch.full_like(best_ratio, ratio), best_ratio)
-    return _as_param_shape(best_ratio, x, group_size)
+        errors.append((((g / s + z).round().clamp(fmt.qmin, fmt.qmax) - z) * s - g).abs().pow(p).sum(-1))
+    best = torch.cat(errors).argmin(0)  # first minimum: the largest ratio among equals
+    return _as_param_shape(ratios[best], x, group_size)
 
 
 def sqnr_db(reference: torch.Tensor, approximation: torch.Tensor) -> float:

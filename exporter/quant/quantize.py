@@ -121,6 +121,7 @@ def _collect(targets: dict[str, nn.Linear], recipe: Recipe, n_buckets: int, run,
     finally:
         for h in handles:
             h.remove()
+        HessianAccumulator.forget()
     return stats
 
 

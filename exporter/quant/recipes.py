@@ -10,6 +10,11 @@ from exporter.quant.policy import LayerPolicy
 from exporter.quant.primitives import PER_CHANNEL, PER_TENSOR, IntFormat
 
 
+def _check_bits(bits: int) -> None:
+    if not 2 <= bits <= 8:
+        raise UserError(f"integer formats have 2 to 8 bits, not {bits}")
+
+
 @dataclass(frozen=True)
 class WeightSpec:
     bits: int = 8
@@ -17,6 +22,13 @@ class WeightSpec:
     group_size: int = PER_CHANNEL  # PER_CHANNEL (-1) or a group size along input channels
     method: Literal["rtn", "gptq"] = "rtn"
     clip_search: bool = False
+
+    def __post_init__(self) -> None:
+        _check_bits(self.bits)
+        if self.group_size < PER_CHANNEL:
+            raise UserError(f"weight group size must be -1 (per channel), 0 (per tensor) or positive, not {self.group_size}")
+        if self.method == "gptq" and self.group_size == PER_TENSOR:
+            raise UserError("GPTQ needs per-channel or group-wise weight scales, not per-tensor")
 
     @property
     def format(self) -> IntFormat:
@@ -32,6 +44,13 @@ class ActivationSpec:
     # dynamic: group_size PER_CHANNEL (-1) means one scale per token.
     per_timestep: bool = True
     group_size: int = PER_CHANNEL
+
+    def __post_init__(self) -> None:
+        _check_bits(self.bits)
+        if self.mode not in ("static", "dynamic"):
+            raise UserError(f"unknown activation mode '{self.mode}'; valid: static, dynamic")
+        if self.group_size < PER_CHANNEL:
+            raise UserError(f"activation group size must be -1 (per token) or positive, not {self.group_size}")
 
     @property
     def format(self) -> IntFormat:

@@ -1,0 +1,90 @@
+"""Fidelity of quantized variants of the embedded model against its FP model, on the same seeds.
+
+    python tools/fidelity_table.py                       # 1,000 samples, writes RESULTS.md's table
+    python tools/fidelity_table.py -n 200 --no-write     # quicker look
+
+Each row is calibrated from scratch (its time is reported), then evaluated with
+`dit-export eval`'s code on the same N seeds as the FP row. The FP row carries the noise floor:
+the same model on seed+1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from exporter.build import default_sampler  # noqa: E402
+from exporter.calibrate import CalibrationOptions, loaded_from_checkpoint, run_calibrate  # noqa: E402
+from exporter.evaluate import evaluate  # noqa: E402
+from exporter.model_loading import load_dit  # noqa: E402
+from exporter.quant.recipes import get_recipe  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "RESULTS.md"
+
+# (row label, precision, recipe overrides)
+ROWS = [
+    ("W8A8 (per-channel W8 RTN, static per-timestep A8)", "w8a8", {}),
+    ("W4A8 (g32 GPTQ + clip search W4, dynamic per-token A8)", "w4a8", {}),
+    ("W4A8 (g32 GPTQ + clip search W4, static per-timestep A8)", "w4a8", {"activation_mode": "static"}),
+    ("W4A8 naive baseline (per-channel W4 RTN, static per-tensor A8)", "w4a8-naive", {}),
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", "--samples", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--trajectories", type=int, default=32)
+    parser.add_argument("--rows", default="all", help="comma-separated row numbers (1-based) or 'all'")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md as it is")
+    args = parser.parse_args()
+
+    loaded = load_dit()
+    sampler = default_sampler(loaded)
+    work = Path(tempfile.mkdtemp(prefix="fidelity-"))
+    fp = evaluate(loaded, work, args.samples, args.seed, sampler, noise_floor=True, label="fp")
+    nf = fp["noise_floor"]
+    lines = [
+        f"| configuration | Fréchet distance | ratio to FP | accuracy | Δ accuracy (points) | calibration (s) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        f"| FP32 | {fp['frechet_distance']:.3f} | 1.000 | {fp['accuracy']:.3f} | — | — |",
+        f"| FP32, seed {nf['seed']} (noise floor) | {nf['frechet_distance']:.3f} | {nf['distance_ratio']:.3f} | "
+        f"{nf['accuracy']:.3f} | {100 * (nf['accuracy'] - fp['accuracy']):+.1f} | — |",
+    ]
+    rows = ROWS if args.rows == "all" else [ROWS[int(i) - 1] for i in args.rows.split(",")]
+    results = {"fp": fp, "rows": []}
+    for label, precision, overrides in rows:
+        recipe = get_recipe(precision).with_overrides(**overrides)
+        out = work / re.sub(r"\W+", "-", label)[:40]
+        started = time.monotonic()
+        run_calibrate(loaded, recipe, sampler, CalibrationOptions(trajectories=args.trajectories), out)
+        seconds = time.monotonic() - started
+        quantized, _ = loaded_from_checkpoint(out / "quantized", loaded)
+        q = evaluate(quantized, out, args.samples, args.seed, sampler, noise_floor=False, label=precision)
+        ratio = q["frechet_distance"] / fp["frechet_distance"]
+        lines.append(f"| {label} | {q['frechet_distance']:.3f} | {ratio:.3f} | {q['accuracy']:.3f} | "
+                     f"{100 * (q['accuracy'] - fp['accuracy']):+.1f} | {seconds:.0f} |")
+        results["rows"].append({"label": label, "precision": precision, "overrides": overrides,
+                                "calibration_seconds": round(seconds, 1), "ratio": ratio, **q})
+        print(lines[-1], flush=True)
+    table = "\n".join(lines)
+    print(table)
+    (work / "fidelity_table.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"details and sample grids: {work}")
+    if not args.no_write:
+        text = RESULTS.read_text()
+        block = f"<!-- quantization-table -->\n{table}\n<!-- /quantization-table -->"
+        RESULTS.write_text(re.sub(r"<!-- quantization-table -->.*?<!-- /quantization-table -->", block, text,
+                                  flags=re.S))
+
+
+if __name__ == "__main__":
+    main()
