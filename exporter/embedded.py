@@ -39,4 +39,4 @@ SCHEDULER_CONFIG = dict(
 )
 
 # The sampler the embedded model is deployed with (and calibrated for); tuned on its accuracy.
-EMBEDDED_SAMPLER = SamplerConfig(kind="ddim", steps=25, guidance_scale=1.5)
+EMBEDDED_SAMPLER = SamplerConfig(kind="ddim", steps=25, guidance_scale=1.25)
