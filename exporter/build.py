@@ -78,11 +78,14 @@ def run_build(model: str | None, recipe: Recipe, out_dir: Path, checkpoint: Path
                       reason="the digits benchmark needs a 1x16x16 model; use dit-export eval --metrics inception")
     else:
         fp = evaluate(loaded, out_dir, eval_samples, seed, sampler, noise_floor=False, label="fp")
-        q = evaluate(quantized, out_dir, eval_samples, seed, sampler, noise_floor=False, label=report.precision)
+        q = evaluate(quantized, out_dir, eval_samples, seed, sampler, noise_floor=False, label=report.precision,
+                     reference_samples=out_dir / fp["samples_file"])
         report.record("fidelity", "done", time.monotonic() - started, samples=eval_samples,
                       fp_frechet_distance=round(fp["frechet_distance"], 3),
                       quantized_frechet_distance=round(q["frechet_distance"], 3),
                       distance_ratio=round(q["frechet_distance"] / fp["frechet_distance"], 3),
+                      distance_to_fp_samples=round(q["frechet_distance_to_reference"], 3),
+                      psnr_to_fp_db=round(q["psnr_to_reference_db"], 2),
                       fp_accuracy=round(fp["accuracy"], 4), quantized_accuracy=round(q["accuracy"], 4))
 
     for stage in PENDING_STAGES:

@@ -169,6 +169,8 @@ def eval_command(
     reference_images: Optional[Path] = typer.Option(None, help="real images for --metrics inception"),
     checkpoint: Optional[Path] = typer.Option(None, help="evaluate this quantized checkpoint (with --model: "
                                               "check it was made from that model)"),
+    reference_samples: Optional[Path] = typer.Option(None, help="samples file of another run on the same seeds "
+                                                     "(e.g. the FP model's fp_samples.safetensors) to compare with"),
 ) -> None:
     """Fidelity benchmark: sample N images with fixed seeds, score them, draw a grid."""
     from exporter.evaluate import evaluate
@@ -186,7 +188,7 @@ def eval_command(
         base = None
     config = sampler_from_options(loaded, sampler, steps, guidance, base)
     report = evaluate(loaded, out, samples, seed, config, metrics=metrics, noise_floor=noise_floor,
-                      reference_images=reference_images, label=label)
+                      reference_images=reference_images, label=label, reference_samples=reference_samples)
     for key, value in report.items():
         typer.echo(f"{key}: {value}")
 

@@ -10,7 +10,9 @@ from typing import Any
 
 import torch
 
-from exporter.atomic import atomic_write_text
+from safetensors.torch import load_file, save
+
+from exporter.atomic import atomic_write_bytes, atomic_write_text
 from exporter.errors import UserError
 from exporter.model_loading import LoadedDiT
 from exporter.plots import save_sample_grid
@@ -26,8 +28,12 @@ def sample_seeds(seed: int, n: int) -> list[int]:
 
 def evaluate(loaded: LoadedDiT, out_dir: Path, n: int, seed: int, sampler: SamplerConfig,
              metrics: str = "digits", noise_floor: bool = True, reference_images: Path | None = None,
-             forward: Callable | None = None, label: str = "fp", progress: bool = True) -> dict[str, Any]:
-    """Writes ``{label}_eval.json`` and ``{label}_samples.png`` in out_dir and returns the report."""
+             forward: Callable | None = None, label: str = "fp", progress: bool = True,
+             reference_samples: Path | None = None) -> dict[str, Any]:
+    """Writes ``{label}_eval.json``, ``{label}_samples.png`` and the samples themselves
+    (``{label}_samples.safetensors``) in out_dir and returns the report. With
+    ``reference_samples`` (another run's samples file, same N and seed), also reports how far
+    these samples are from those, sample by sample."""
     if metrics not in METRICS:
         raise UserError(f"unknown metrics '{metrics}'; valid: {', '.join(METRICS)}")
     if n < 2:
@@ -35,6 +41,7 @@ def evaluate(loaded: LoadedDiT, out_dir: Path, n: int, seed: int, sampler: Sampl
     if metrics == "inception" and reference_images is None:
         raise UserError("--metrics inception needs --reference-images DIR (real images to compare with)")
     judge = None
+    reference = _load_reference(reference_samples, n, seed) if reference_samples is not None else None
     if metrics == "inception":
         from exporter.inception_metrics import require_torch_fidelity
 
@@ -61,6 +68,8 @@ def evaluate(loaded: LoadedDiT, out_dir: Path, n: int, seed: int, sampler: Sampl
     }
     if judge is not None:
         report.update(judge.score(samples, labels))
+        if reference is not None:
+            report.update(judge.compare_paired(samples, reference))
         if noise_floor:
             other = draw(seed + 1)
             other_scores = judge.score(other, labels)
@@ -78,5 +87,23 @@ def evaluate(loaded: LoadedDiT, out_dir: Path, n: int, seed: int, sampler: Sampl
     report["seconds"] = round(time.monotonic() - started, 1)
     grid = save_sample_grid(images, labels, out_dir / f"{label}_samples.png")
     report["grid"] = grid.name
+    report["samples_file"] = atomic_write_bytes(
+        out_dir / f"{label}_samples.safetensors",
+        save({"samples": samples.contiguous()}, metadata={"n": str(n), "seed": str(seed)})).name
     atomic_write_text(out_dir / f"{label}_eval.json", json.dumps(report, indent=2) + "\n")
     return report
+
+
+def _load_reference(path: Path, n: int, seed: int) -> torch.Tensor:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        samples = load_file(str(path))["samples"]
+    except (OSError, SafetensorError, KeyError) as e:
+        raise UserError(f"cannot read reference samples {path}: {e}") from None
+    if meta.get("n") != str(n) or meta.get("seed") != str(seed):
+        raise UserError(f"reference samples {path} are n={meta.get('n')} seed={meta.get('seed')}, "
+                        f"this run is n={n} seed={seed}")
+    return samples

@@ -74,6 +74,14 @@ class DigitsJudge:
             "accuracy": float((self.predict(samples) == labels).float().mean()),
         }
 
+    def compare_paired(self, samples: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
+        """How far samples are from reference samples drawn from the same seeds (e.g. FP's)."""
+        mse = ((samples.clamp(-1, 1) - reference.clamp(-1, 1)) / 2).pow(2).mean()
+        return {
+            "frechet_distance_to_reference": self.distance_between(samples, reference),
+            "psnr_to_reference_db": float("inf") if mse == 0 else float(-10 * torch.log10(mse)),
+        }
+
     def distance_between(self, a: torch.Tensor, b: torch.Tensor) -> float:
         return frechet_distance(FeatureStats.of(self.features(a.clamp(-1, 1))),
                                 FeatureStats.of(self.features(b.clamp(-1, 1))))

@@ -48,3 +48,14 @@ def test_real_digits_are_close_to_themselves_and_far_from_noise(judge):
 def test_samples_of_another_shape_are_refused(judge):
     with pytest.raises(UserError, match="digits benchmark needs 1x16x16"):
         judge.score(torch.zeros(4, 4, 32, 32), torch.zeros(4, dtype=torch.long))
+
+
+def test_paired_comparison_grows_with_the_perturbation(judge):
+    images, _ = load_digit_images()
+    ref = images[:500]
+    gen = torch.Generator().manual_seed(0)
+    small = judge.compare_paired(ref + 0.02 * torch.randn(ref.shape, generator=gen), ref)
+    large = judge.compare_paired(ref + 0.3 * torch.randn(ref.shape, generator=gen), ref)
+    assert judge.compare_paired(ref, ref)["psnr_to_reference_db"] == float("inf")
+    assert small["psnr_to_reference_db"] > large["psnr_to_reference_db"] + 15
+    assert small["frechet_distance_to_reference"] < large["frechet_distance_to_reference"]

@@ -53,11 +53,13 @@ def main() -> None:
     fp = evaluate(loaded, work, args.samples, args.seed, sampler, noise_floor=True, label="fp")
     nf = fp["noise_floor"]
     lines = [
-        f"| configuration | Fréchet distance | ratio to FP | accuracy | Δ accuracy (points) | calibration (s) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
-        f"| FP32 | {fp['frechet_distance']:.3f} | 1.000 | {fp['accuracy']:.3f} | — | — |",
+        "| configuration | Fréchet distance to real digits | ratio to FP | accuracy | Δ accuracy (points) "
+        "| Fréchet distance to FP samples | PSNR vs FP samples (dB) | calibration (s) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| FP32 | {fp['frechet_distance']:.3f} | 1.000 | {fp['accuracy']:.3f} | — | 0 | ∞ | — |",
         f"| FP32, seed {nf['seed']} (noise floor) | {nf['frechet_distance']:.3f} | {nf['distance_ratio']:.3f} | "
-        f"{nf['accuracy']:.3f} | {100 * (nf['accuracy'] - fp['accuracy']):+.1f} | — |",
+        f"{nf['accuracy']:.3f} | {100 * (nf['accuracy'] - fp['accuracy']):+.1f} | "
+        f"{nf['distance_between_seeds']:.3f} (other seeds) | — | — |",
     ]
     rows = ROWS if args.rows == "all" else [ROWS[int(i) - 1] for i in args.rows.split(",")]
     results = {"fp": fp, "rows": []}
@@ -68,10 +70,12 @@ def main() -> None:
         run_calibrate(loaded, recipe, sampler, CalibrationOptions(trajectories=args.trajectories), out)
         seconds = time.monotonic() - started
         quantized, _ = loaded_from_checkpoint(out / "quantized", loaded)
-        q = evaluate(quantized, out, args.samples, args.seed, sampler, noise_floor=False, label=precision)
+        q = evaluate(quantized, out, args.samples, args.seed, sampler, noise_floor=False, label=precision,
+                     reference_samples=work / fp["samples_file"])
         ratio = q["frechet_distance"] / fp["frechet_distance"]
         lines.append(f"| {label} | {q['frechet_distance']:.3f} | {ratio:.3f} | {q['accuracy']:.3f} | "
-                     f"{100 * (q['accuracy'] - fp['accuracy']):+.1f} | {seconds:.0f} |")
+                     f"{100 * (q['accuracy'] - fp['accuracy']):+.1f} | {q['frechet_distance_to_reference']:.3f} | "
+                     f"{q['psnr_to_reference_db']:.1f} | {seconds:.0f} |")
         results["rows"].append({"label": label, "precision": precision, "overrides": overrides,
                                 "calibration_seconds": round(seconds, 1), "ratio": ratio, **q})
         print(lines[-1], flush=True)
