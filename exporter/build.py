@@ -12,12 +12,13 @@ from exporter.atomic import atomic_write_text
 from exporter.calibrate import CalibrationOptions, loaded_from_checkpoint, run_calibrate
 from exporter.digits import IMAGE_SIZE
 from exporter.evaluate import evaluate
+from exporter.export.onnx_export import export_checkpoint
 from exporter.model_loading import LoadedDiT, load_dit
 from exporter.quant.recipes import Recipe
 from exporter.sampling import SamplerConfig
 
 # Stages later versions add after quantization, in pipeline order.
-PENDING_STAGES = ("export", "rewrite", "engine", "validate")
+PENDING_STAGES = ("validate", "rewrite", "engine")
 
 
 @dataclass
@@ -67,8 +68,16 @@ def run_build(model: str | None, recipe: Recipe, out_dir: Path, checkpoint: Path
         report.record("calibrate", "reused", time.monotonic() - started, checkpoint=str(checkpoint))
     else:
         _, summary = run_calibrate(loaded, recipe, sampler, calibration, out_dir)
-        quantized, _ = loaded_from_checkpoint(Path(summary["checkpoint"]), loaded)
+        checkpoint = Path(summary["checkpoint"])
+        quantized, _ = loaded_from_checkpoint(checkpoint, loaded)
         report.record("calibrate", "done", time.monotonic() - started, **summary)
+
+    started = time.monotonic()
+    exported = export_checkpoint(checkpoint, loaded, out_dir)
+    report.record("export", "done", time.monotonic() - started, fp_onnx=exported["fp_onnx"],
+                  qdq_onnx=exported["qdq_onnx"], qdq_size_ratio=round(exported["qdq_bytes"] / exported["fp_bytes"], 3),
+                  qdq_vs_simulated_max_abs=f"{exported['qdq_vs_simulated']['max_abs']:.2e}",
+                  qdq_vs_fp_max_abs=f"{exported['qdq_vs_fp']['max_abs']:.2e}", details=exported)
 
     started = time.monotonic()
     if eval_samples <= 0:

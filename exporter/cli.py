@@ -154,6 +154,22 @@ def build(
               calibration_options(trajectories, calibration_seed, buckets, calibration_data))
 
 
+@app.command("export")
+@user_errors_exit_2
+def export_command(
+    checkpoint: Path = typer.Option(Path("out/quantized"), help="quantized checkpoint (dit-export calibrate)"),
+    model: Optional[str] = typer.Option(None, help=MODEL_HELP + "; the FP reference, must be the checkpoint's"),
+    out: Path = typer.Option(Path("out"), help="the ONNX files go to OUT/onnx/"),
+) -> None:
+    """Export the FP reference ONNX and the QDQ ONNX of a quantized checkpoint."""
+    from exporter.export.onnx_export import export_checkpoint
+    from exporter.model_loading import load_dit
+
+    result = export_checkpoint(checkpoint, load_dit(model), out)
+    for key, value in result.items():
+        typer.echo(f"{key}: {value}")
+
+
 @app.command("eval")
 @user_errors_exit_2
 def eval_command(

@@ -24,8 +24,11 @@ def test_build_runs_the_existing_stages_and_says_what_is_missing(tmp_path):
     stages = {s["stage"]: s for s in report["stages"]}
     assert stages["load"]["status"] == "done" and stages["calibrate"]["status"] == "done"
     assert stages["fidelity"]["status"] == "done" and stages["fidelity"]["distance_ratio"] > 0
-    assert stages["export"]["status"] == "not-available"
-    assert "[export] not-available" in result.stdout
+    assert stages["export"]["status"] == "done"
+    assert stages["export"]["details"]["qdq_vs_simulated"]["mean_abs"] < stages["export"]["details"]["qdq_vs_fp"]["mean_abs"]
+    assert (tmp_path / "onnx" / "fp.onnx").is_file() and (tmp_path / "onnx" / "w8a8.qdq.onnx").is_file()
+    assert stages["engine"]["status"] == "not-available"
+    assert "[engine] not-available" in result.stdout
     assert "calibrating blocks" in result.stderr  # progress
     for png in ("fp_samples.png", "w8a8_samples.png", "layer_sqnr.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -48,6 +51,7 @@ def test_build_runs_the_existing_stages_and_says_what_is_missing(tmp_path):
     (["calibrate", "--weight-method", "adaround"], "unknown weight method"),
     (["calibrate", "--weight-layers", "attn_qkv,conv"], "unknown layer roles"),
     (["eval", "--checkpoint", "/no/such/ckpt"], "not a quantized checkpoint"),
+    (["export", "--checkpoint", "/no/such/ckpt"], "not a quantized checkpoint"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(args, fragment, tmp_path):
     assert_one_line_error(run_cli(*args, "--out", str(tmp_path / "o")), fragment)

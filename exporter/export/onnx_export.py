@@ -1,0 +1,91 @@
+"""`dit-export export`: the FP reference ONNX and the QDQ ONNX of a quantized checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from exporter.atomic import atomic_write_bytes
+from exporter.errors import UserError
+from exporter.export.ort_check import run, session
+from exporter.export.onnx_graph import trace
+from exporter.export.qdq import insert_qdq
+from exporter.model_loading import LoadedDiT
+from exporter.quant.quantize import QuantizedDiT
+
+
+def fp_onnx(transformer: nn.Module) -> onnx.ModelProto:
+    proto, names, _ = trace(transformer)
+    assert not names, "an FP model has no quantized layers"
+    return proto
+
+
+def qdq_onnx(qdit: QuantizedDiT) -> onnx.ModelProto:
+    proto, names, shapes = trace(qdit.transformer)
+    layers = qdit.quant_linears()
+    proto = insert_qdq(proto, names, shapes, layers, qdit.buckets.bucket_of_t)
+    onnx.checker.check_model(proto)
+    return proto
+
+
+def write_onnx(proto: onnx.ModelProto, path: Path) -> Path:
+    return atomic_write_bytes(path, proto.SerializeToString())
+
+
+ONNX_DIR = "onnx"
+
+
+def check_inputs(transformer: nn.Module, timesteps: list[int], seed: int = 0):
+    """One input per timestep (spread over the given ones), class labels including the null class."""
+    cfg = transformer.config
+    gen = torch.Generator().manual_seed(seed)
+    n = len(timesteps)
+    sample = torch.randn(n, cfg.in_channels, cfg.sample_size, cfg.sample_size, generator=gen)
+    labels = torch.arange(n) % (cfg.num_embeds_ada_norm + 1)
+    return sample, torch.tensor(timesteps, dtype=torch.long), labels
+
+
+def error_stats(reference: np.ndarray, actual: np.ndarray) -> dict[str, float]:
+    diff = np.abs(reference.astype(np.float64) - actual.astype(np.float64))
+    return {"max_abs": float(diff.max()), "mean_abs": float(diff.mean()),
+            "reference_max_abs": float(np.abs(reference).max())}
+
+
+def run_export(qdit: QuantizedDiT, fp_transformer: nn.Module, out_dir: Path, timesteps: list[int]) -> dict:
+    """Writes onnx/fp.onnx and onnx/<precision>.qdq.onnx; runs both in ONNX Runtime against the
+    PyTorch models on one input per timestep."""
+    folder = out_dir / ONNX_DIR
+    fp_path = write_onnx(fp_onnx(fp_transformer), folder / "fp.onnx")
+    qdq_path = write_onnx(qdq_onnx(qdit), folder / f"{qdit.recipe.name}.qdq.onnx")
+    sample, timestep, labels = check_inputs(fp_transformer, timesteps)
+    with torch.no_grad():
+        simulated = qdit.transformer(sample, timestep, labels).sample.numpy()
+        reference = fp_transformer(sample, timestep, labels).sample.numpy()
+    qdq_out = run(session(qdq_path), sample, timestep, labels)
+    fp_out = run(session(fp_path), sample, timestep, labels)
+    return {
+        "fp_onnx": str(fp_path), "qdq_onnx": str(qdq_path),
+        "fp_bytes": fp_path.stat().st_size, "qdq_bytes": qdq_path.stat().st_size,
+        "fp_onnx_vs_torch": error_stats(reference, fp_out),
+        "qdq_vs_simulated": error_stats(simulated, qdq_out),
+        "qdq_vs_fp": error_stats(fp_out, qdq_out),
+    }
+
+
+def export_checkpoint(checkpoint: Path, loaded: LoadedDiT, out_dir: Path) -> dict:
+    """Exports a quantized checkpoint made from ``loaded`` (its FP model is the reference)."""
+    from exporter.quant.checkpoint import load_checkpoint, model_fingerprint
+
+    qdit, manifest = load_checkpoint(checkpoint)
+    if model_fingerprint(loaded.transformer) != manifest.get("model_fingerprint"):
+        raise UserError(f"checkpoint {checkpoint} was calibrated from '{manifest.get('model_source')}', "
+                        f"not from '{loaded.source}'")
+    from exporter.sampling import SamplerConfig, sampler_timesteps
+
+    steps = sampler_timesteps(manifest["scheduler_config"], SamplerConfig(**manifest["sampler"]))
+    spread = [steps[i] for i in np.linspace(0, len(steps) - 1, min(len(steps), 6)).round().astype(int)]
+    return run_export(qdit, loaded.transformer, out_dir, spread)

@@ -1,0 +1,105 @@
+"""Tracing a DiT to ONNX with user-facing names: sample, timestep, class_labels -> out_sample.
+
+Quantized Linears are traced as one marker node each (domain ``dit_export``, op ``QuantLinear``,
+attribute ``layer`` = index into the layer list), which ``qdq.py`` then replaces by standard
+QuantizeLinear / DequantizeLinear / MatMul nodes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import os
+import warnings
+
+import onnx
+import torch
+from torch import nn
+
+from exporter.quant.qlinear import QuantLinear
+
+INPUT_NAMES = ("sample", "timestep", "class_labels")
+OUTPUT_NAME = "out_sample"
+OPSET = 21
+IR_VERSION = 10  # what ONNX Runtime 1.2x reads
+MARKER_DOMAIN = "dit_export"
+MARKER_OP = "QuantLinear"
+
+
+class _Entry(nn.Module):
+    def __init__(self, transformer: nn.Module) -> None:
+        super().__init__()
+        self.transformer = transformer
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor) -> torch.Tensor:
+        return self.transformer(sample, timestep, class_labels).sample
+
+
+class _Marker(torch.autograd.Function):
+    modules: list[QuantLinear] = []  # the layers of the trace in progress, by marker index
+    input_shapes: dict[int, tuple[int, ...]] = {}  # what each marker was fed while tracing
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, layer: int) -> torch.Tensor:  # noqa: ARG004
+        # Only shapes matter while tracing: the marker's output values are never used.
+        _Marker.input_shapes[layer] = tuple(x.shape)
+        return x.new_zeros(*x.shape[:-1], _Marker.modules[layer].out_features)
+
+    @staticmethod
+    def symbolic(g, x, layer: int):
+        return g.op(f"{MARKER_DOMAIN}::{MARKER_OP}", x, layer_i=layer)
+
+
+class _Marked(nn.Module):
+    def __init__(self, module: QuantLinear, layer: int) -> None:
+        super().__init__()
+        self.module, self.layer = module, layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _Marker.apply(x, self.layer)
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """The tracer warns in C++ (straight to fd 2) that it cannot infer the markers' shapes,
+    which it does not need to: qdq.py replaces them."""
+    saved = os.dup(2)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def example_inputs(transformer: nn.Module, batch: int = 2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    cfg = transformer.config
+    sample = torch.randn(batch, cfg.in_channels, cfg.sample_size, cfg.sample_size,
+                         generator=torch.Generator().manual_seed(0))
+    return sample, torch.full((batch,), 500, dtype=torch.long), torch.zeros(batch, dtype=torch.long)
+
+
+def trace(transformer: nn.Module) -> tuple[onnx.ModelProto, list[str], list[tuple[int, ...]]]:
+    """The traced graph, the names of the quantized Linears in marker order, and the shape of
+    each one's input while tracing (batch first)."""
+    model = copy.deepcopy(transformer).eval()
+    names = [n for n, m in model.named_modules() if isinstance(m, QuantLinear)]
+    for i, name in enumerate(names):
+        parent, _, child = name.rpartition(".")
+        holder = model.get_submodule(parent) if parent else model
+        setattr(holder, child, _Marked(getattr(holder, child), i))
+    _Marker.modules = [model.get_submodule(n).module for n in names]
+    buffer = io.BytesIO()
+    dynamic = {name: {0: "batch"} for name in (*INPUT_NAMES, OUTPUT_NAME)}
+    with warnings.catch_warnings(), torch.no_grad(), _quiet_stderr():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_Entry(model), example_inputs(model), buffer, input_names=list(INPUT_NAMES),
+                          output_names=[OUTPUT_NAME], dynamic_axes=dynamic, opset_version=OPSET, dynamo=False,
+                          do_constant_folding=True)
+    shapes = [_Marker.input_shapes[i] for i in range(len(names))]
+    _Marker.modules, _Marker.input_shapes = [], {}
+    proto = onnx.load_from_string(buffer.getvalue())
+    proto.ir_version = IR_VERSION
+    return proto, names, shapes

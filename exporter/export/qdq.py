@@ -1,0 +1,177 @@
+"""QDQ ONNX: each quantized Linear as standard QuantizeLinear / DequantizeLinear / MatMul nodes.
+
+Per quantized Linear `L` (x [..., K] -> y [..., N]):
+
+    weight   L.weight_q      INT4 / UINT4 (packed, 2 per byte) or INT8 / UINT8 [K, N]: the
+                             transposed codes, so that y = x @ W^T is a plain MatMul
+             L.weight_scale  float32 [ceil(K/g), N] blocked along axis 0 (block_size g), or
+                             [N] along axis 1 (per channel), or a scalar (per tensor)
+             L.weight_zero   same shape and type as the codes' scale grid (asymmetric only)
+    static   bucket = Gather(timestep_bucket_table [T], timestep)   (shared by all layers)
+             scale  = Gather(L.act_scale [buckets], bucket) -> [B, 1]
+             x is flattened to [B, F] and quantized per sample with blocked Q/DQ (block F),
+             so each sample uses the scale of its own timestep; no extra graph input.
+    dynamic  scale = ReduceMax(|x|) / qmax per token (per group of g channels when g < K),
+             then blocked Q/DQ along the last axis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from exporter.errors import UserError
+from exporter.export.onnx_graph import INPUT_NAMES, MARKER_OP, OPSET
+from exporter.quant.packing import pack_int4
+from exporter.quant.primitives import PER_CHANNEL, PER_TENSOR, IntFormat
+from exporter.quant.qlinear import DynamicActivationQuant, QuantLinear, StaticActivationQuant
+
+BUCKET_TABLE = "timestep_bucket_table"
+BUCKET = "timestep_bucket"
+
+
+def onnx_int_type(fmt: IntFormat) -> int:
+    if fmt.bits == 4:
+        return TensorProto.INT4 if fmt.symmetric else TensorProto.UINT4
+    if fmt.bits == 8:
+        return TensorProto.INT8 if fmt.symmetric else TensorProto.UINT8
+    raise UserError(f"ONNX has no {fmt.bits}-bit integer type: export supports 4- and 8-bit formats")
+
+
+def int_tensor(name: str, values: torch.Tensor, fmt: IntFormat) -> TensorProto:
+    """An integer initializer; 4-bit values stay packed two per byte (ONNX's layout)."""
+    data_type = onnx_int_type(fmt)
+    if fmt.bits == 4:
+        raw = pack_int4(values.reshape(-1)).numpy().tobytes()
+        return helper.make_tensor(name, data_type, list(values.shape), raw, raw=True)
+    dtype = np.int8 if fmt.symmetric else np.uint8
+    return numpy_helper.from_array(values.numpy().astype(dtype), name)
+
+
+def float_tensor(name: str, values: torch.Tensor) -> TensorProto:
+    return numpy_helper.from_array(values.detach().float().numpy(), name)
+
+
+@dataclass
+class _Builder:
+    """Collects the nodes and initializers of one replacement, with names prefixed by the layer."""
+
+    prefix: str
+    nodes: list[onnx.NodeProto]
+    initializers: list[TensorProto]
+
+    def name(self, suffix: str) -> str:
+        return f"{self.prefix}.{suffix}"
+
+    def node(self, op: str, inputs: list[str], output: str | None = None, **attrs) -> str:
+        out = output or self.name(f"{op.lower()}_{len(self.nodes)}")
+        self.nodes.append(helper.make_node(op, inputs, [out], name=self.name(f"{op}_{len(self.nodes)}"), **attrs))
+        return out
+
+    def const(self, tensor: TensorProto) -> str:
+        self.initializers.append(tensor)
+        return tensor.name
+
+
+def _weight(b: _Builder, q: QuantLinear) -> str:
+    codes_t = q.codes.T.contiguous()  # [K, N]
+    scale, zero = q.w_scale.T.contiguous(), q.w_zero.T.contiguous()  # [groups, N]
+    inputs = [b.const(int_tensor(b.name("weight_q"), codes_t, q.fmt))]
+    attrs: dict = {}
+    if q.group_size == PER_TENSOR:
+        scale, zero = scale.reshape(()), zero.reshape(())
+    elif q.group_size == PER_CHANNEL or q.group_size >= q.in_features:
+        scale, zero, attrs = scale.reshape(-1), zero.reshape(-1), {"axis": 1}
+    else:
+        attrs = {"axis": 0, "block_size": q.group_size}
+    inputs.append(b.const(float_tensor(b.name("weight_scale"), scale)))
+    if not q.fmt.symmetric:
+        inputs.append(b.const(int_tensor(b.name("weight_zero"), zero.round().to(torch.uint8), q.fmt)))
+    return b.node("DequantizeLinear", inputs, **attrs)
+
+
+def _static_activation(b: _Builder, x: str, act: StaticActivationQuant, features: int) -> str:
+    bucket_shape = b.const(numpy_helper.from_array(np.array([1], dtype=np.int64), b.name("scale_shape")))
+    flat_shape = b.const(numpy_helper.from_array(np.array([0, -1], dtype=np.int64), b.name("flat_shape")))
+    scale_table = b.const(float_tensor(b.name("act_scale"), act.scale))
+    scale = b.node("Gather", [scale_table, BUCKET])
+    scale = b.node("Unsqueeze", [scale, bucket_shape])
+    inputs = [scale]
+    if not act.fmt.symmetric:
+        zero_table = b.const(int_tensor(b.name("act_zero"), act.zero.round().to(torch.uint8), act.fmt))
+        inputs.append(b.node("Unsqueeze", [b.node("Gather", [zero_table, BUCKET]), bucket_shape]))
+    flat = b.node("Reshape", [x, flat_shape])
+    attrs = {"axis": 1, "block_size": features}
+    q = b.node("QuantizeLinear", [flat] + inputs, output_dtype=onnx_int_type(act.fmt), **attrs)
+    dq = b.node("DequantizeLinear", [q] + inputs, **attrs)
+    return b.node("Reshape", [dq, b.node("Shape", [x])])
+
+
+def _dynamic_activation(b: _Builder, x: str, act: DynamicActivationQuant, k: int, rank: int) -> str:
+    if not act.fmt.symmetric:
+        raise UserError("export supports symmetric dynamic activations only")
+    g = k if act.group_size in (PER_CHANNEL, PER_TENSOR) or act.group_size >= k else act.group_size
+    if k % g:
+        raise UserError(f"dynamic activation groups of {g} do not divide {k} channels; export needs them to")
+    last = b.const(numpy_helper.from_array(np.array([-1], dtype=np.int64), b.name("last_axis")))
+    qmax = b.const(numpy_helper.from_array(np.array(act.fmt.qmax, dtype=np.float32), b.name("qmax")))
+    tiny = b.const(numpy_helper.from_array(np.array(np.finfo(np.float32).tiny * 2**24, dtype=np.float32),
+                                           b.name("tiny")))
+    magnitude = b.node("Abs", [x])
+    if g < k:
+        grouped = b.const(numpy_helper.from_array(np.array([0] * (rank - 1) + [k // g, g], dtype=np.int64),
+                                                  b.name("group_shape")))
+        magnitude = b.node("Reshape", [magnitude, grouped])
+    amax = b.node("ReduceMax", [magnitude, last], keepdims=1)
+    if g < k:
+        amax = b.node("Squeeze", [amax, last])
+    scale = b.node("Max", [b.node("Div", [amax, qmax]), tiny])
+    attrs = {"axis": rank - 1, "block_size": g}
+    q = b.node("QuantizeLinear", [x, scale], output_dtype=onnx_int_type(act.fmt), **attrs)
+    return b.node("DequantizeLinear", [q, scale], **attrs)
+
+
+def _replacement(b: _Builder, x: str, y: str, q: QuantLinear, features: int, rank: int) -> None:
+    if isinstance(q.act, StaticActivationQuant):
+        x = _static_activation(b, x, q.act, features)
+    elif isinstance(q.act, DynamicActivationQuant):
+        x = _dynamic_activation(b, x, q.act, q.in_features, rank)
+    w = _weight(b, q)
+    if q.bias is None:
+        b.node("MatMul", [x, w], output=y)
+    else:
+        b.node("Add", [b.node("MatMul", [x, w]), b.const(float_tensor(b.name("bias"), q.bias))], output=y)
+
+
+def insert_qdq(proto: onnx.ModelProto, names: list[str], shapes: list[tuple[int, ...]],
+               layers: dict[str, QuantLinear], bucket_of_t: torch.Tensor | None) -> onnx.ModelProto:
+    """Replaces the trace's marker nodes (see onnx_graph.py) by QDQ subgraphs, in place."""
+    graph = proto.graph
+    nodes: list[onnx.NodeProto] = []
+    initializers: list[TensorProto] = []
+    if bucket_of_t is not None and any(isinstance(m.act, StaticActivationQuant) for m in layers.values()):
+        initializers.append(numpy_helper.from_array(bucket_of_t.numpy().astype(np.int64), BUCKET_TABLE))
+        nodes.append(helper.make_node("Gather", [BUCKET_TABLE, INPUT_NAMES[1]], [BUCKET], name="timestep_bucket"))
+    for node in graph.node:
+        if node.op_type != MARKER_OP:
+            nodes.append(node)
+            continue
+        index = node.attribute[0].i
+        name = names[index]
+        layer = layers[name]
+        dims = shapes[index]
+        features = int(np.prod(dims[1:]))
+        b = _Builder(name, [], [])
+        _replacement(b, node.input[0], node.output[0], layer, features, len(dims))
+        nodes.extend(b.nodes)
+        initializers.extend(b.initializers)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    graph.initializer.extend(initializers)
+    del proto.opset_import[:]
+    proto.opset_import.extend([helper.make_opsetid("", OPSET)])
+    return proto

@@ -1,0 +1,104 @@
+"""QDQ ONNX export: user-facing I/O, packed integer weights, per-timestep scales from the
+timestep input, agreement with the PyTorch simulated model, determinism."""
+
+from dataclasses import replace
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from exporter.export.onnx_export import check_inputs, error_stats, fp_onnx, qdq_onnx
+from exporter.export.ort_check import run, session
+from exporter.model_loading import load_dit
+from exporter.quant.calibration import collect_calibration_set
+from exporter.quant.quantize import quantize_model
+from exporter.quant.recipes import WeightSpec, get_recipe
+from exporter.sampling import SamplerConfig
+from tests.conftest import save_tiny_pipeline
+
+SAMPLER = SamplerConfig(kind="ddim", steps=6, guidance_scale=1.5)
+RECIPES = {
+    "w8a8": get_recipe("w8a8"),
+    "w4a8": get_recipe("w4a8"),
+    "w4a8-naive": get_recipe("w4a8-naive"),
+    "w4a8-static": get_recipe("w4a8").with_overrides(activation_mode="static"),
+    "w4a8-act-groups": get_recipe("w4a8").with_overrides(activation_group_size=16),
+    "uint4-weights": replace(get_recipe("w4a8"), weight=WeightSpec(bits=4, symmetric=False, group_size=32)),
+    "int8-per-tensor-weights": get_recipe("w8a8").with_overrides(weight_group_size=0),
+}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return load_dit(str(save_tiny_pipeline(tmp_path_factory.mktemp("m") / "pipe", num_layers=2)))
+
+
+@pytest.fixture(scope="module")
+def calib(tiny):
+    return collect_calibration_set(tiny, SAMPLER, trajectories=4, seed=0, progress=False)
+
+
+def test_fp_graph_has_user_names_dynamic_batch_and_matches_torch(tiny):
+    proto = fp_onnx(tiny.transformer)
+    assert [i.name for i in proto.graph.input] == ["sample", "timestep", "class_labels"]
+    assert [o.name for o in proto.graph.output] == ["out_sample"]
+    sess = session(proto.SerializeToString())
+    for batch in (1, 3):
+        x, t, y = check_inputs(tiny.transformer, [900, 500, 0][:batch])
+        with torch.no_grad():
+            ref = tiny.transformer(x, t, y).sample.numpy()
+        np.testing.assert_allclose(run(sess, x, t, y), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(RECIPES))
+def test_qdq_graph_agrees_with_the_simulated_model(tiny, calib, name):
+    qdit = quantize_model(tiny.transformer, RECIPES[name], calib, 1000, progress=False)
+    proto = qdq_onnx(qdit)
+    ops = {n.op_type for n in proto.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops and "QuantLinear" not in ops
+    assert [i.name for i in proto.graph.input] == ["sample", "timestep", "class_labels"]
+    assert proto.opset_import[0].version >= 21
+    x, t, y = check_inputs(tiny.transformer, calib.timesteps)
+    with torch.no_grad():
+        simulated = qdit.transformer(x, t, y).sample.numpy()
+        reference = tiny.transformer(x, t, y).sample.numpy()
+    out = run(session(proto.SerializeToString()), x, t, y)
+    exporter_error = error_stats(simulated, out)
+    quantization_error = error_stats(reference, out)
+    # Rounding can flip where ONNX and torch differ by an ulp before a QuantizeLinear: allow a
+    # few such flips, never an error comparable to quantization itself.
+    assert exporter_error["mean_abs"] < 0.05 * quantization_error["mean_abs"], (exporter_error, quantization_error)
+    assert exporter_error["max_abs"] < 0.05 * exporter_error["reference_max_abs"]
+
+
+def test_int4_weights_are_packed_in_the_file(tiny, calib):
+    qdit = quantize_model(tiny.transformer, get_recipe("w4a8"), calib, 1000, progress=False)
+    proto = qdq_onnx(qdit)
+    weights = {i.name: i for i in proto.graph.initializer if i.name.endswith(".weight_q")}
+    assert len(weights) == len(qdit.roles)
+    for name, tensor in weights.items():
+        k, n = tensor.dims
+        assert tensor.data_type == onnx.TensorProto.INT4 and len(tensor.raw_data) == (k * n + 1) // 2, name
+    scale = next(i for i in proto.graph.initializer if i.name == "transformer_blocks.0.ff.net.2.weight_scale")
+    assert list(scale.dims) == [128 // 32, 32]  # blocked along input channels
+
+
+def test_static_scales_are_selected_from_the_timestep_input(tiny, calib):
+    qdit = quantize_model(tiny.transformer, get_recipe("w8a8"), calib, 1000, progress=False)
+    proto = qdq_onnx(qdit)
+    gathers = [n for n in proto.graph.node if n.op_type == "Gather" and "timestep" in n.input]
+    assert len(gathers) == 1  # one bucket lookup shared by every layer
+    table = next(i for i in proto.graph.initializer if i.name == "timestep_bucket_table")
+    assert list(table.dims) == [1000]
+    sess = session(proto.SerializeToString())
+    x, _, y = check_inputs(tiny.transformer, [0, 0])
+    early = run(sess, x, torch.tensor([calib.timesteps[0]] * 2), y)
+    late = run(sess, x, torch.tensor([calib.timesteps[0], calib.timesteps[-1]]), y)
+    np.testing.assert_array_equal(early[0], late[0])  # a sample's scales depend on its own timestep
+
+
+def test_export_is_deterministic(tiny, calib):
+    qdit = quantize_model(tiny.transformer, get_recipe("w4a8"), calib, 1000, progress=False)
+    assert qdq_onnx(qdit).SerializeToString() == qdq_onnx(qdit).SerializeToString()
+    assert fp_onnx(tiny.transformer).SerializeToString() == fp_onnx(tiny.transformer).SerializeToString()
