@@ -12,13 +12,15 @@ from exporter.atomic import atomic_write_text
 from exporter.calibrate import CalibrationOptions, loaded_from_checkpoint, run_calibrate
 from exporter.digits import IMAGE_SIZE
 from exporter.evaluate import evaluate
-from exporter.export.onnx_export import export_checkpoint
+from exporter.export.onnx_export import export_checkpoint, validation_timesteps
+from exporter.quant.checkpoint import read_manifest
+from exporter.validate import run_validation
 from exporter.model_loading import LoadedDiT, load_dit
 from exporter.quant.recipes import Recipe
 from exporter.sampling import SamplerConfig
 
 # Stages later versions add after quantization, in pipeline order.
-PENDING_STAGES = ("validate", "rewrite", "engine")
+PENDING_STAGES = ("rewrite", "engine")
 
 
 @dataclass
@@ -78,6 +80,14 @@ def run_build(model: str | None, recipe: Recipe, out_dir: Path, checkpoint: Path
                   qdq_onnx=exported["qdq_onnx"], qdq_size_ratio=round(exported["qdq_bytes"] / exported["fp_bytes"], 3),
                   qdq_vs_simulated_max_abs=f"{exported['qdq_vs_simulated']['max_abs']:.2e}",
                   qdq_vs_fp_max_abs=f"{exported['qdq_vs_fp']['max_abs']:.2e}", details=exported)
+
+    started = time.monotonic()
+    manifest = read_manifest(checkpoint)
+    validation = run_validation(Path(exported["fp_onnx"]), Path(exported["qdq_onnx"]), quantized.transformer,
+                                validation_timesteps(manifest), out_dir)
+    report.record("validate", "done", time.monotonic() - started, report=str(out_dir / "validation.md"),
+                  exporter_mean_abs_worst=max(r["mean_abs"] for r in validation["exporter_check"]["iterations"]),
+                  quantization_mean_abs_worst=max(r["mean_abs"] for r in validation["quantization_error"]["iterations"]))
 
     started = time.monotonic()
     if eval_samples <= 0:

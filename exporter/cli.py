@@ -170,6 +170,35 @@ def export_command(
         typer.echo(f"{key}: {value}")
 
 
+@app.command()
+@user_errors_exit_2
+def validate(
+    checkpoint: Path = typer.Option(Path("out/quantized"), help="quantized checkpoint the graphs were exported from"),
+    model: Optional[str] = typer.Option(None, help=MODEL_HELP + "; must be the checkpoint's"),
+    out: Path = typer.Option(Path("out"), help="folder holding onnx/; reports and Polygraphy files go here"),
+    exporter_atol: float = typer.Option(1e-2, help="QDQ vs PyTorch simulated model: absolute tolerance"),
+    exporter_stat: str = typer.Option("mean", help="error statistic checked for that: max, mean or median"),
+    quantization_atol: float = typer.Option(0.1, help="QDQ vs FP reference: absolute tolerance"),
+    quantization_stat: str = typer.Option("mean", help="error statistic checked for that: max, mean or median"),
+) -> None:
+    """Compare the exported graphs with Polygraphy in ONNX Runtime: QDQ vs the PyTorch simulated
+    model (exporter check) and QDQ vs the FP reference (quantization error)."""
+    from exporter.calibrate import loaded_from_checkpoint
+    from exporter.export.onnx_export import ONNX_DIR, validation_timesteps
+    from exporter.model_loading import load_dit
+    from exporter.validate import Tolerances, run_validation
+
+    tolerances = Tolerances(exporter_atol, exporter_stat, quantization_atol, quantization_stat)
+    quantized, manifest = loaded_from_checkpoint(checkpoint, load_dit(model))
+    report = run_validation(out / ONNX_DIR / "fp.onnx", out / ONNX_DIR / f"{manifest['precision']}.qdq.onnx",
+                            quantized.transformer, validation_timesteps(manifest), out, tolerances)
+    for key in ("exporter_check", "quantization_error"):
+        worst = max(r[f"{tolerances.exporter_stat if key == 'exporter_check' else tolerances.quantization_stat}_abs"]
+                    for r in report[key]["iterations"])
+        typer.echo(f"{key}: passed (worst {worst:.3g})")
+    typer.echo(f"report: {out / 'validation.md'}")
+
+
 @app.command("eval")
 @user_errors_exit_2
 def eval_command(

@@ -27,6 +27,7 @@ def test_build_runs_the_existing_stages_and_says_what_is_missing(tmp_path):
     assert stages["export"]["status"] == "done"
     assert stages["export"]["details"]["qdq_vs_simulated"]["mean_abs"] < stages["export"]["details"]["qdq_vs_fp"]["mean_abs"]
     assert (tmp_path / "onnx" / "fp.onnx").is_file() and (tmp_path / "onnx" / "w8a8.qdq.onnx").is_file()
+    assert stages["validate"]["status"] == "done" and (tmp_path / "validation.md").is_file()
     assert stages["engine"]["status"] == "not-available"
     assert "[engine] not-available" in result.stdout
     assert "calibrating blocks" in result.stderr  # progress
@@ -52,6 +53,8 @@ def test_build_runs_the_existing_stages_and_says_what_is_missing(tmp_path):
     (["calibrate", "--weight-layers", "attn_qkv,conv"], "unknown layer roles"),
     (["eval", "--checkpoint", "/no/such/ckpt"], "not a quantized checkpoint"),
     (["export", "--checkpoint", "/no/such/ckpt"], "not a quantized checkpoint"),
+    (["validate", "--checkpoint", "/no/such/ckpt"], "not a quantized checkpoint"),
+    (["validate", "--exporter-stat", "p99"], "unknown error statistic"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(args, fragment, tmp_path):
     assert_one_line_error(run_cli(*args, "--out", str(tmp_path / "o")), fragment)

@@ -84,8 +84,12 @@ def export_checkpoint(checkpoint: Path, loaded: LoadedDiT, out_dir: Path) -> dic
     if model_fingerprint(loaded.transformer) != manifest.get("model_fingerprint"):
         raise UserError(f"checkpoint {checkpoint} was calibrated from '{manifest.get('model_source')}', "
                         f"not from '{loaded.source}'")
+    return run_export(qdit, loaded.transformer, out_dir, validation_timesteps(manifest))
+
+
+def validation_timesteps(manifest: dict, count: int = 6) -> list[int]:
+    """``count`` timesteps spread over the deployed sampler's, first and last included."""
     from exporter.sampling import SamplerConfig, sampler_timesteps
 
     steps = sampler_timesteps(manifest["scheduler_config"], SamplerConfig(**manifest["sampler"]))
-    spread = [steps[i] for i in np.linspace(0, len(steps) - 1, min(len(steps), 6)).round().astype(int)]
-    return run_export(qdit, loaded.transformer, out_dir, spread)
+    return [steps[i] for i in np.linspace(0, len(steps) - 1, min(len(steps), count)).round().astype(int)]

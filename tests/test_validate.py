@@ -1,0 +1,80 @@
+"""Polygraphy validation of exported graphs in ONNX Runtime."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from exporter.errors import UserError
+from exporter.export.onnx_export import fp_onnx, qdq_onnx, write_onnx
+from exporter.model_loading import load_dit
+from exporter.quant.calibration import collect_calibration_set
+from exporter.quant.quantize import quantize_model
+from exporter.quant.recipes import get_recipe
+from exporter.sampling import SamplerConfig
+from exporter.validate import INPUTS_FILE, REFERENCE_FILE, Tolerances, run_validation
+from tests.conftest import save_tiny_pipeline
+
+SAMPLER = SamplerConfig(kind="ddim", steps=6, guidance_scale=1.5)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("v")
+    tiny = load_dit(str(save_tiny_pipeline(folder / "pipe", num_layers=2)))
+    calib = collect_calibration_set(tiny, SAMPLER, trajectories=4, seed=0, progress=False)
+    qdit = quantize_model(tiny.transformer, get_recipe("w4a8"), calib, 1000, progress=False)
+    fp = write_onnx(fp_onnx(tiny.transformer), folder / "fp.onnx")
+    qdq = write_onnx(qdq_onnx(qdit), folder / "w4a8.qdq.onnx")
+    return fp, qdq, qdit, calib.timesteps
+
+
+def test_validation_passes_and_writes_polygraphy_files(exported, tmp_path):
+    from polygraphy.comparator import RunResults
+    from polygraphy.json import load_json
+
+    fp, qdq, qdit, timesteps = exported
+    report = run_validation(fp, qdq, qdit.transformer, timesteps, tmp_path)
+    assert report["exporter_check"]["passed"] and report["quantization_error"]["passed"]
+    assert len(report["exporter_check"]["iterations"]) == len(timesteps)
+    worst_exporter = max(r["mean_abs"] for r in report["exporter_check"]["iterations"])
+    worst_quant = max(r["mean_abs"] for r in report["quantization_error"]["iterations"])
+    assert 0 < worst_quant and worst_exporter < worst_quant
+    reference = RunResults.load(str(tmp_path / REFERENCE_FILE))
+    assert [name for name, _ in reference] == ["fp-onnxrt"] and len(reference[0][1]) == len(timesteps)
+    feeds = load_json(str(tmp_path / INPUTS_FILE))
+    assert sorted(feeds[0]) == ["class_labels", "sample", "timestep"]
+    assert json.loads((tmp_path / "validation.json").read_text())["polygraphy_command"].startswith("polygraphy run")
+    assert "## QDQ graph vs FP reference graph (quantization error): passed" in (tmp_path / "validation.md").read_text()
+
+
+def test_exceeding_a_tolerance_names_the_output_and_statistic(exported, tmp_path):
+    fp, qdq, qdit, timesteps = exported
+    with pytest.raises(UserError, match=r"QDQ vs FP reference, output out_sample \(timestep \d+\): max absolute"):
+        run_validation(fp, qdq, qdit.transformer, timesteps, tmp_path,
+                       Tolerances(quantization_atol=1e-6, quantization_stat="max"))
+
+
+def test_a_wrong_export_fails_the_exporter_check(exported, tmp_path):
+    fp, qdq, qdit, timesteps = exported
+    proto = onnx.load(str(qdq))
+    for init in proto.graph.initializer:
+        if init.name == "transformer_blocks.1.ff.net.2.weight_scale":
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * np.float32(1.5), init.name))
+    broken = write_onnx(proto, tmp_path / "broken.onnx")
+    with pytest.raises(UserError, match="validation failed: QDQ vs pytorch-simulated"):
+        run_validation(fp, broken, qdit.transformer, timesteps, tmp_path)
+
+
+def test_malformed_onnx_is_a_clear_error(exported, tmp_path):
+    fp, qdq, qdit, timesteps = exported
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(qdq.read_bytes()[:1000])
+    with pytest.raises(UserError, match="ONNX Runtime cannot load"):
+        run_validation(fp, truncated, qdit.transformer, timesteps, tmp_path)
+    with pytest.raises(UserError, match="does not exist"):
+        run_validation(fp, tmp_path / "missing.onnx", qdit.transformer, timesteps, tmp_path)
+    with pytest.raises(UserError, match="unknown error statistic"):
+        Tolerances(exporter_stat="p99")
