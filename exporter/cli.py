@@ -160,12 +160,14 @@ def export_command(
     checkpoint: Path = typer.Option(Path("out/quantized"), help="quantized checkpoint (dit-export calibrate)"),
     model: Optional[str] = typer.Option(None, help=MODEL_HELP + "; the FP reference, must be the checkpoint's"),
     out: Path = typer.Option(Path("out"), help="the ONNX files go to OUT/onnx/"),
+    external_data: Optional[bool] = typer.Option(None, "--external-data/--no-external-data",
+                                                 help="weights in NAME.onnx.data (default: only over 2 GB)"),
 ) -> None:
     """Export the FP reference ONNX and the QDQ ONNX of a quantized checkpoint."""
     from exporter.export.onnx_export import export_checkpoint
     from exporter.model_loading import load_dit
 
-    result = export_checkpoint(checkpoint, load_dit(model), out)
+    result = export_checkpoint(checkpoint, load_dit(model), out, external_data)
     for key, value in result.items():
         typer.echo(f"{key}: {value}")
 

@@ -109,6 +109,8 @@ def run_validation(fp_onnx: Path, qdq_onnx: Path, simulated: nn.Module, timestep
     try:
         qdq_runner = OnnxrtRunner(session(qdq_onnx), name="qdq-onnxrt")
         fp_runner = OnnxrtRunner(session(fp_onnx), name="fp-onnxrt")
+    except UserError:
+        raise
     except Exception as e:  # ONNX Runtime rejects malformed graphs with many exception types
         raise UserError(f"ONNX Runtime cannot load the exported graphs: {str(e).splitlines()[0]}") from None
     results = Comparator.run([qdq_runner, fp_runner], data_loader=feeds)

@@ -102,3 +102,44 @@ def test_export_is_deterministic(tiny, calib):
     qdit = quantize_model(tiny.transformer, get_recipe("w4a8"), calib, 1000, progress=False)
     assert qdq_onnx(qdit).SerializeToString() == qdq_onnx(qdit).SerializeToString()
     assert fp_onnx(tiny.transformer).SerializeToString() == fp_onnx(tiny.transformer).SerializeToString()
+
+
+def test_external_data_round_trips_and_stays_inside_the_folder(tiny, calib, tmp_path):
+    from exporter.errors import UserError
+    from exporter.export.onnx_files import check_external_data, load_onnx, write_onnx
+
+    qdit = quantize_model(tiny.transformer, get_recipe("w4a8"), calib, 1000, progress=False)
+    inline = write_onnx(qdq_onnx(qdit), tmp_path / "inline" / "m.onnx")
+    external = write_onnx(qdq_onnx(qdit), tmp_path / "external" / "m.onnx", external_data=True)
+    assert (tmp_path / "external" / "m.onnx.data").stat().st_size > 0
+    assert external.stat().st_size < inline.stat().st_size
+    x, t, y = check_inputs(tiny.transformer, calib.timesteps)
+    np.testing.assert_array_equal(run(session(inline), x, t, y), run(session(external), x, t, y))
+    from onnx import numpy_helper
+
+    loaded, expected = load_onnx(external), load_onnx(inline)
+    assert [n.SerializeToString() for n in loaded.graph.node] == [n.SerializeToString() for n in expected.graph.node]
+    for a, b in zip(loaded.graph.initializer, expected.graph.initializer):
+        assert a.name == b.name and np.array_equal(numpy_helper.to_array(a), numpy_helper.to_array(b))
+
+    proto = onnx.load(str(external), load_external_data=False)
+    for bad in ("../secret.bin", "/etc/passwd"):
+        for tensor in proto.graph.initializer:
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = bad
+        (tmp_path / "external" / "evil.onnx").write_bytes(proto.SerializeToString())
+        with pytest.raises(UserError, match="points outside the model's folder"):
+            check_external_data(tmp_path / "external" / "evil.onnx")
+        with pytest.raises(UserError, match="points outside the model's folder"):
+            session(tmp_path / "external" / "evil.onnx")
+
+
+def test_written_files_are_byte_identical(tiny, calib, tmp_path):
+    from exporter.export.onnx_files import write_onnx
+
+    qdit = quantize_model(tiny.transformer, get_recipe("w4a8"), calib, 1000, progress=False)
+    a = write_onnx(qdq_onnx(qdit), tmp_path / "a" / "m.onnx", external_data=True)
+    b = write_onnx(qdq_onnx(qdit), tmp_path / "b" / "m.onnx", external_data=True)
+    assert a.read_bytes() == b.read_bytes()
+    assert (a.parent / "m.onnx.data").read_bytes() == (b.parent / "m.onnx.data").read_bytes()

@@ -8,7 +8,8 @@ import pytest
 from onnx import numpy_helper
 
 from exporter.errors import UserError
-from exporter.export.onnx_export import fp_onnx, qdq_onnx, write_onnx
+from exporter.export.onnx_export import fp_onnx, qdq_onnx
+from exporter.export.onnx_files import write_onnx
 from exporter.model_loading import load_dit
 from exporter.quant.calibration import collect_calibration_set
 from exporter.quant.quantize import quantize_model
@@ -72,7 +73,7 @@ def test_malformed_onnx_is_a_clear_error(exported, tmp_path):
     fp, qdq, qdit, timesteps = exported
     truncated = tmp_path / "truncated.onnx"
     truncated.write_bytes(qdq.read_bytes()[:1000])
-    with pytest.raises(UserError, match="ONNX Runtime cannot load"):
+    with pytest.raises(UserError, match="malformed ONNX file"):
         run_validation(fp, truncated, qdit.transformer, timesteps, tmp_path)
     with pytest.raises(UserError, match="does not exist"):
         run_validation(fp, tmp_path / "missing.onnx", qdit.transformer, timesteps, tmp_path)

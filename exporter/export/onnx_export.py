@@ -9,9 +9,9 @@ import onnx
 import torch
 from torch import nn
 
-from exporter.atomic import atomic_write_bytes
 from exporter.errors import UserError
 from exporter.export.ort_check import run, session
+from exporter.export.onnx_files import write_onnx
 from exporter.export.onnx_graph import trace
 from exporter.export.qdq import insert_qdq
 from exporter.model_loading import LoadedDiT
@@ -26,14 +26,7 @@ def fp_onnx(transformer: nn.Module) -> onnx.ModelProto:
 
 def qdq_onnx(qdit: QuantizedDiT) -> onnx.ModelProto:
     proto, names, shapes = trace(qdit.transformer)
-    layers = qdit.quant_linears()
-    proto = insert_qdq(proto, names, shapes, layers, qdit.buckets.bucket_of_t)
-    onnx.checker.check_model(proto)
-    return proto
-
-
-def write_onnx(proto: onnx.ModelProto, path: Path) -> Path:
-    return atomic_write_bytes(path, proto.SerializeToString())
+    return insert_qdq(proto, names, shapes, qdit.quant_linears(), qdit.buckets.bucket_of_t)
 
 
 ONNX_DIR = "onnx"
@@ -55,12 +48,13 @@ def error_stats(reference: np.ndarray, actual: np.ndarray) -> dict[str, float]:
             "reference_max_abs": float(np.abs(reference).max())}
 
 
-def run_export(qdit: QuantizedDiT, fp_transformer: nn.Module, out_dir: Path, timesteps: list[int]) -> dict:
-    """Writes onnx/fp.onnx and onnx/<precision>.qdq.onnx; runs both in ONNX Runtime against the
-    PyTorch models on one input per timestep."""
+def run_export(qdit: QuantizedDiT, fp_transformer: nn.Module, out_dir: Path, timesteps: list[int],
+               external_data: bool | None = None) -> dict:
+    """Writes onnx/fp.onnx and onnx/<precision>.qdq.onnx (external data when over 2 GB or asked);
+    runs both in ONNX Runtime against the PyTorch models on one input per timestep."""
     folder = out_dir / ONNX_DIR
-    fp_path = write_onnx(fp_onnx(fp_transformer), folder / "fp.onnx")
-    qdq_path = write_onnx(qdq_onnx(qdit), folder / f"{qdit.recipe.name}.qdq.onnx")
+    fp_path = write_onnx(fp_onnx(fp_transformer), folder / "fp.onnx", external_data)
+    qdq_path = write_onnx(qdq_onnx(qdit), folder / f"{qdit.recipe.name}.qdq.onnx", external_data)
     sample, timestep, labels = check_inputs(fp_transformer, timesteps)
     with torch.no_grad():
         simulated = qdit.transformer(sample, timestep, labels).sample.numpy()
@@ -69,14 +63,19 @@ def run_export(qdit: QuantizedDiT, fp_transformer: nn.Module, out_dir: Path, tim
     fp_out = run(session(fp_path), sample, timestep, labels)
     return {
         "fp_onnx": str(fp_path), "qdq_onnx": str(qdq_path),
-        "fp_bytes": fp_path.stat().st_size, "qdq_bytes": qdq_path.stat().st_size,
+        "fp_bytes": _file_bytes(fp_path), "qdq_bytes": _file_bytes(qdq_path),
         "fp_onnx_vs_torch": error_stats(reference, fp_out),
         "qdq_vs_simulated": error_stats(simulated, qdq_out),
         "qdq_vs_fp": error_stats(fp_out, qdq_out),
     }
 
 
-def export_checkpoint(checkpoint: Path, loaded: LoadedDiT, out_dir: Path) -> dict:
+def _file_bytes(path: Path) -> int:
+    data = path.parent / f"{path.name}.data"
+    return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
+
+
+def export_checkpoint(checkpoint: Path, loaded: LoadedDiT, out_dir: Path, external_data: bool | None = None) -> dict:
     """Exports a quantized checkpoint made from ``loaded`` (its FP model is the reference)."""
     from exporter.quant.checkpoint import load_checkpoint, model_fingerprint
 
@@ -84,7 +83,7 @@ def export_checkpoint(checkpoint: Path, loaded: LoadedDiT, out_dir: Path) -> dic
     if model_fingerprint(loaded.transformer) != manifest.get("model_fingerprint"):
         raise UserError(f"checkpoint {checkpoint} was calibrated from '{manifest.get('model_source')}', "
                         f"not from '{loaded.source}'")
-    return run_export(qdit, loaded.transformer, out_dir, validation_timesteps(manifest))
+    return run_export(qdit, loaded.transformer, out_dir, validation_timesteps(manifest), external_data)
 
 
 def validation_timesteps(manifest: dict, count: int = 6) -> list[int]:

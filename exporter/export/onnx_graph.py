@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import io
 import os
+import tempfile
 import warnings
+from pathlib import Path
 
 import onnx
 import torch
@@ -91,15 +92,15 @@ def trace(transformer: nn.Module) -> tuple[onnx.ModelProto, list[str], list[tupl
         holder = model.get_submodule(parent) if parent else model
         setattr(holder, child, _Marked(getattr(holder, child), i))
     _Marker.modules = [model.get_submodule(n).module for n in names]
-    buffer = io.BytesIO()
     dynamic = {name: {0: "batch"} for name in (*INPUT_NAMES, OUTPUT_NAME)}
-    with warnings.catch_warnings(), torch.no_grad(), _quiet_stderr():
+    # Through a file: over 2 GB the exporter writes external data, which onnx.load reads back.
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(), torch.no_grad(), _quiet_stderr():
         warnings.simplefilter("ignore")
-        torch.onnx.export(_Entry(model), example_inputs(model), buffer, input_names=list(INPUT_NAMES),
-                          output_names=[OUTPUT_NAME], dynamic_axes=dynamic, opset_version=OPSET, dynamo=False,
-                          do_constant_folding=True)
+        torch.onnx.export(_Entry(model), example_inputs(model), str(Path(tmp) / "model.onnx"),
+                          input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME], dynamic_axes=dynamic,
+                          opset_version=OPSET, dynamo=False, do_constant_folding=True)
+        proto = onnx.load(str(Path(tmp) / "model.onnx"))
     shapes = [_Marker.input_shapes[i] for i in range(len(names))]
     _Marker.modules, _Marker.input_shapes = [], {}
-    proto = onnx.load_from_string(buffer.getvalue())
     proto.ir_version = IR_VERSION
     return proto, names, shapes

@@ -10,8 +10,12 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from exporter.export.onnx_files import check_external_data
+
 
 def session(model: str | Path | bytes) -> ort.InferenceSession:
+    if not isinstance(model, bytes):
+        check_external_data(Path(model))
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
