@@ -143,3 +143,20 @@ def test_written_files_are_byte_identical(tiny, calib, tmp_path):
     b = write_onnx(qdq_onnx(qdit), tmp_path / "b" / "m.onnx", external_data=True)
     assert a.read_bytes() == b.read_bytes()
     assert (a.parent / "m.onnx.data").read_bytes() == (b.parent / "m.onnx.data").read_bytes()
+
+
+def test_embedders_repeated_in_every_block_are_stored_once(tmp_path):
+    from exporter.model_loading import load_dit
+    from tests.conftest import save_tiny_dit
+
+    loaded = load_dit(str(save_tiny_dit(tmp_path / "m", num_layers=3)))
+    model = loaded.transformer
+    separate = len(fp_onnx(model).graph.initializer)
+    for block in model.transformer_blocks[1:]:  # as in checkpoints converted from the original DiT
+        block.norm1.emb.load_state_dict(model.transformer_blocks[0].norm1.emb.state_dict())
+    proto = fp_onnx(model)
+    assert len(proto.graph.initializer) == separate - 2 * 5  # 2 blocks x (2 linears x (w, b) + class table)
+    x, t, y = check_inputs(model, [900, 0])
+    with torch.no_grad():
+        np.testing.assert_allclose(run(session(proto.SerializeToString()), x, t, y), model(x, t, y).sample.numpy(),
+                                   atol=1e-5)

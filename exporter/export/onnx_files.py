@@ -24,6 +24,39 @@ def initializer_bytes(proto: onnx.ModelProto) -> int:
     return sum(len(t.raw_data) or t.ByteSize() for t in proto.graph.initializer)
 
 
+def deduplicate_initializers(proto: onnx.ModelProto) -> int:
+    """Stores initializers with identical type, shape and bytes once (diffusers' DiT repeats the
+    timestep and class embedders in every block, with the same weights in converted checkpoints);
+    returns how many were dropped."""
+    import hashlib
+
+    first: dict[tuple, str] = {}
+    alias: dict[str, str] = {}
+    kept = []
+    for tensor in proto.graph.initializer:
+        if tensor.raw_data:
+            content = tensor.raw_data
+        else:
+            anonymous = onnx.TensorProto()
+            anonymous.CopyFrom(tensor)
+            anonymous.name = ""
+            content = anonymous.SerializeToString(deterministic=True)
+        key = (tensor.data_type, tuple(tensor.dims), hashlib.sha256(content).hexdigest())
+        if key in first:
+            alias[tensor.name] = first[key]
+        else:
+            first[key] = tensor.name
+            kept.append(tensor)
+    if alias:
+        del proto.graph.initializer[:]
+        proto.graph.initializer.extend(kept)
+        for node in proto.graph.node:
+            for i, name in enumerate(node.input):
+                if name in alias:
+                    node.input[i] = alias[name]
+    return len(alias)
+
+
 def write_onnx(proto: onnx.ModelProto, path: Path, external_data: bool | None = None) -> Path:
     """Writes atomically and checks the written model; external data when asked or when needed.
     The proto may be modified (external references) and should not be reused."""

@@ -18,6 +18,7 @@ import onnx
 import torch
 from torch import nn
 
+from exporter.export.onnx_files import deduplicate_initializers
 from exporter.quant.qlinear import QuantLinear
 
 INPUT_NAMES = ("sample", "timestep", "class_labels")
@@ -102,5 +103,6 @@ def trace(transformer: nn.Module) -> tuple[onnx.ModelProto, list[str], list[tupl
         proto = onnx.load(str(Path(tmp) / "model.onnx"))
     shapes = [_Marker.input_shapes[i] for i in range(len(names))]
     _Marker.modules, _Marker.input_shapes = [], {}
+    deduplicate_initializers(proto)
     proto.ir_version = IR_VERSION
     return proto, names, shapes
