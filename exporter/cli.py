@@ -48,7 +48,7 @@ PRECISION_HELP = "w8a8, w4a8, w4a8-naive (dit-export precisions lists them)"
 def recipe_from_options(precision: str, weight_group_size: Optional[int], weight_method: Optional[str],
                         activations: Optional[str], per_timestep: Optional[bool],
                         weight_layers: Optional[str], activation_layers: Optional[str],
-                        activation_group_size: Optional[int] = None):
+                        activation_group_size: Optional[int] = None, activation_format: Optional[str] = None):
     from dataclasses import replace
 
     from exporter.quant.policy import LayerPolicy
@@ -61,7 +61,7 @@ def recipe_from_options(precision: str, weight_group_size: Optional[int], weight
         raise UserError(f"unknown activation mode '{activations}'; valid: static, dynamic")
     recipe = recipe.with_overrides(weight_group_size=weight_group_size, weight_method=weight_method,
                                    activation_mode=activations, activation_per_timestep=per_timestep,
-                                   activation_group_size=activation_group_size)
+                                   activation_group_size=activation_group_size, activation_kind=activation_format)
     if weight_layers is not None or activation_layers is not None:
         policy = LayerPolicy.parse(
             weight_layers if weight_layers is not None else ",".join(sorted(recipe.policy.weights)),
@@ -86,6 +86,7 @@ OPT_W_GROUP = typer.Option(None, help="weight group size along input channels (-
 OPT_W_METHOD = typer.Option(None, help="weight rounding: rtn or gptq")
 OPT_ACTS = typer.Option(None, help="activation quantization: static (per-timestep tables) or dynamic")
 OPT_A_GROUP = typer.Option(None, help="dynamic activation group size along channels (-1: one per token)")
+OPT_A_FORMAT = typer.Option(None, help="activation number format: int (INT8) or fp8 (FP8 E4M3)")
 OPT_PER_T = typer.Option(None, "--per-timestep/--one-scale", help="static scales per timestep bucket or one")
 OPT_W_LAYERS = typer.Option(None, help="comma-separated layer roles whose weights are quantized")
 OPT_A_LAYERS = typer.Option(None, help="comma-separated layer roles whose input activations are quantized")
@@ -112,7 +113,7 @@ def calibrate(
     buckets: Optional[int] = OPT_BUCKETS, calibration_data: Optional[Path] = OPT_CALIB_DATA,
     weight_group_size: Optional[int] = OPT_W_GROUP, weight_method: Optional[str] = OPT_W_METHOD,
     activations: Optional[str] = OPT_ACTS, per_timestep: Optional[bool] = OPT_PER_T,
-    activation_group_size: Optional[int] = OPT_A_GROUP,
+    activation_group_size: Optional[int] = OPT_A_GROUP, activation_format: Optional[str] = OPT_A_FORMAT,
     weight_layers: Optional[str] = OPT_W_LAYERS, activation_layers: Optional[str] = OPT_A_LAYERS,
 ) -> None:
     """Calibrate and quantize a DiT; write the quantized checkpoint and SQNR / range reports."""
@@ -121,7 +122,7 @@ def calibrate(
     from exporter.model_loading import load_dit
 
     recipe = recipe_from_options(precision, weight_group_size, weight_method, activations, per_timestep,
-                                 weight_layers, activation_layers, activation_group_size)
+                                 weight_layers, activation_layers, activation_group_size, activation_format)
     loaded = load_dit(model)
     _, summary = run_calibrate(loaded, recipe, default_sampler(loaded),
                                calibration_options(trajectories, calibration_seed, buckets, calibration_data), out)
@@ -142,14 +143,14 @@ def build(
     buckets: Optional[int] = OPT_BUCKETS, calibration_data: Optional[Path] = OPT_CALIB_DATA,
     weight_group_size: Optional[int] = OPT_W_GROUP, weight_method: Optional[str] = OPT_W_METHOD,
     activations: Optional[str] = OPT_ACTS, per_timestep: Optional[bool] = OPT_PER_T,
-    activation_group_size: Optional[int] = OPT_A_GROUP,
+    activation_group_size: Optional[int] = OPT_A_GROUP, activation_format: Optional[str] = OPT_A_FORMAT,
     weight_layers: Optional[str] = OPT_W_LAYERS, activation_layers: Optional[str] = OPT_A_LAYERS,
 ) -> None:
     """Run every stage of the pipeline that exists, writing artifacts and a build report."""
     from exporter.build import run_build
 
     recipe = recipe_from_options(precision, weight_group_size, weight_method, activations, per_timestep,
-                                 weight_layers, activation_layers, activation_group_size)
+                                 weight_layers, activation_layers, activation_group_size, activation_format)
     run_build(model, recipe, out, checkpoint, eval_samples, seed,
               calibration_options(trajectories, calibration_seed, buckets, calibration_data))
 

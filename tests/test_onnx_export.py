@@ -26,6 +26,8 @@ RECIPES = {
     "w4a8-act-groups": get_recipe("w4a8").with_overrides(activation_group_size=16),
     "uint4-weights": replace(get_recipe("w4a8"), weight=WeightSpec(bits=4, symmetric=False, group_size=32)),
     "int8-per-tensor-weights": get_recipe("w8a8").with_overrides(weight_group_size=0),
+    "w8-fp8-static": get_recipe("w8a8").with_overrides(activation_kind="fp8"),
+    "w4-fp8-dynamic": get_recipe("w4a8").with_overrides(activation_kind="fp8"),
 }
 
 

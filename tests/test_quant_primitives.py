@@ -114,3 +114,17 @@ def test_int4_packing_round_trips_in_onnx_nibble_order(k, signed):
     assert torch.equal(unpack_int4(packed, k, signed), codes)
     first, second = int(codes[0, 0]) & 0xF, (int(codes[0, 1]) & 0xF if k > 1 else 0)
     assert int(packed[0, 0]) == first | (second << 4)
+
+
+def test_fp8_e4m3_fake_quant_rounds_to_the_fp8_grid_and_saturates():
+    from exporter.quant.primitives import Fp8E4M3Format, format_from_name
+
+    fmt = Fp8E4M3Format()
+    x = torch.tensor([[0.0, 1.0, 1.0625, 1.1, -3.3, 500.0, -1000.0, 0.001]])
+    scale, zero = choose_qparams(x, fmt, PER_CHANNEL, clip_ratio=448 / 500)  # 500 maps onto 448
+    assert torch.allclose(scale, torch.tensor([[1000 * (448 / 500) / 448]]))  # largest magnitude, clipped
+    out = fake_quantize(x, scale, zero, fmt, PER_CHANNEL)
+    expected = (x / scale).clamp(-448, 448).to(torch.float8_e4m3fn).float() * scale
+    assert torch.equal(out, expected)
+    assert out.abs().max() <= 448 * scale.max() + 1e-6
+    assert format_from_name("fp8e4m3") == fmt and format_from_name("uint4") == IntFormat(4, False)

@@ -27,14 +27,16 @@ from onnx import TensorProto, helper, numpy_helper
 from exporter.errors import UserError
 from exporter.export.onnx_graph import INPUT_NAMES, MARKER_OP, OPSET
 from exporter.quant.packing import pack_int4
-from exporter.quant.primitives import PER_CHANNEL, PER_TENSOR, IntFormat
+from exporter.quant.primitives import PER_CHANNEL, PER_TENSOR, Fp8E4M3Format, IntFormat, QuantFormat
 from exporter.quant.qlinear import DynamicActivationQuant, QuantLinear, StaticActivationQuant
 
 BUCKET_TABLE = "timestep_bucket_table"
 BUCKET = "timestep_bucket"
 
 
-def onnx_int_type(fmt: IntFormat) -> int:
+def onnx_quant_type(fmt: QuantFormat) -> int:
+    if isinstance(fmt, Fp8E4M3Format):
+        return TensorProto.FLOAT8E4M3FN
     if fmt.bits == 4:
         return TensorProto.INT4 if fmt.symmetric else TensorProto.UINT4
     if fmt.bits == 8:
@@ -44,7 +46,7 @@ def onnx_int_type(fmt: IntFormat) -> int:
 
 def int_tensor(name: str, values: torch.Tensor, fmt: IntFormat) -> TensorProto:
     """An integer initializer; 4-bit values stay packed two per byte (ONNX's layout)."""
-    data_type = onnx_int_type(fmt)
+    data_type = onnx_quant_type(fmt)
     if fmt.bits == 4:
         raw = pack_int4(values.reshape(-1)).numpy().tobytes()
         return helper.make_tensor(name, data_type, list(values.shape), raw, raw=True)
@@ -106,7 +108,7 @@ def _static_activation(b: _Builder, x: str, act: StaticActivationQuant, features
         inputs.append(b.node("Unsqueeze", [b.node("Gather", [zero_table, BUCKET]), bucket_shape]))
     flat = b.node("Reshape", [x, flat_shape])
     attrs = {"axis": 1, "block_size": features}
-    q = b.node("QuantizeLinear", [flat] + inputs, output_dtype=onnx_int_type(act.fmt), **attrs)
+    q = b.node("QuantizeLinear", [flat] + inputs, output_dtype=onnx_quant_type(act.fmt), **attrs)
     dq = b.node("DequantizeLinear", [q] + inputs, **attrs)
     return b.node("Reshape", [dq, b.node("Shape", [x])])
 
@@ -131,7 +133,7 @@ def _dynamic_activation(b: _Builder, x: str, act: DynamicActivationQuant, k: int
         amax = b.node("Squeeze", [amax, last])
     scale = b.node("Max", [b.node("Div", [amax, qmax]), tiny])
     attrs = {"axis": rank - 1, "block_size": g}
-    q = b.node("QuantizeLinear", [x, scale], output_dtype=onnx_int_type(act.fmt), **attrs)
+    q = b.node("QuantizeLinear", [x, scale], output_dtype=onnx_quant_type(act.fmt), **attrs)
     return b.node("DequantizeLinear", [q, scale], **attrs)
 
 

@@ -32,7 +32,7 @@ from exporter.atomic import atomic_directory
 from exporter.errors import UserError
 from exporter.quant.packing import pack_int4, unpack_int4
 from exporter.quant.policy import LayerPolicy
-from exporter.quant.primitives import IntFormat
+from exporter.quant.primitives import IntFormat, format_from_name
 from exporter.quant.qlinear import DynamicActivationQuant, QuantLinear, StaticActivationQuant, TimestepContext
 from exporter.quant.quantize import QuantizedDiT, TimestepBuckets, _set_module
 from exporter.quant.recipes import ActivationSpec, Recipe, WeightSpec
@@ -170,8 +170,8 @@ def _quant_linear_from(layer: dict[str, Any], tensors: dict[str, torch.Tensor], 
     a = layer["activation"]
     act = None
     if a["mode"] == "static":
-        act = StaticActivationQuant(IntFormat(a["bits"], a["symmetric"]), tensors[f"{name}.a_scale"],
+        act = StaticActivationQuant(format_from_name(a["format"]), tensors[f"{name}.a_scale"],
                                     tensors[f"{name}.a_zero"], bucket_of_t, context)
     elif a["mode"] == "dynamic":
-        act = DynamicActivationQuant(IntFormat(a["bits"], a["symmetric"]), a["group_size"])
+        act = DynamicActivationQuant(format_from_name(a["format"]), a["group_size"])
     return QuantLinear(codes, scale, zero, fmt, w["group_size"], tensors.get(f"{name}.bias"), act)

@@ -20,6 +20,7 @@ integer zero-point (what ONNX QuantizeLinear calls uint4 / uint8).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import torch
@@ -49,6 +50,37 @@ class IntFormat:
     def name(self) -> str:
         return f"{'int' if self.symmetric else 'uint'}{self.bits}"
 
+    def round(self, scaled: torch.Tensor) -> torch.Tensor:
+        """Nearest representable code of values already divided by the scale (and shifted)."""
+        return scaled.round().clamp(self.qmin, self.qmax)
+
+
+@dataclass(frozen=True)
+class Fp8E4M3Format:
+    """FP8 E4M3 (the 'FN' variant: no infinities, largest magnitude 448), symmetric, scaled so
+    that the range maps onto +-448; values round to the nearest FP8 number, ties to even."""
+
+    bits: int = 8
+    symmetric: bool = True
+    qmin: float = -448.0
+    qmax: float = 448.0
+    name: str = "fp8e4m3"
+
+    def round(self, scaled: torch.Tensor) -> torch.Tensor:
+        return scaled.clamp(self.qmin, self.qmax).to(torch.float8_e4m3fn).to(scaled.dtype)
+
+
+QuantFormat = IntFormat | Fp8E4M3Format
+
+
+def format_from_name(name: str) -> QuantFormat:
+    if name == Fp8E4M3Format.name:
+        return Fp8E4M3Format()
+    match = re.fullmatch(r"(u?)int(\d)", name)
+    if not match:
+        raise ValueError(f"unknown number format '{name}'")
+    return IntFormat(int(match.group(2)), symmetric=not match.group(1))
+
 
 def group_view(x: torch.Tensor, group_size: int) -> torch.Tensor:
     """[..., K] -> [..., ceil(K/g), g]; group_size PER_TENSOR / PER_CHANNEL as in the table."""
@@ -72,7 +104,7 @@ def num_groups(k: int, group_size: int) -> int:
     return 1 if group_size in (PER_TENSOR, PER_CHANNEL) or group_size >= k else math.ceil(k / group_size)
 
 
-def qparams_from_range(lo: torch.Tensor, hi: torch.Tensor, fmt: IntFormat) -> tuple[torch.Tensor, torch.Tensor]:
+def qparams_from_range(lo: torch.Tensor, hi: torch.Tensor, fmt: QuantFormat) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and integer zero-point mapping [lo, hi] onto the format's grid (lo <= 0 <= hi)."""
     lo = torch.minimum(lo, torch.zeros_like(lo))
     hi = torch.maximum(hi, torch.zeros_like(hi))
@@ -86,7 +118,7 @@ def qparams_from_range(lo: torch.Tensor, hi: torch.Tensor, fmt: IntFormat) -> tu
     return scale.clamp_min(tiny), zero
 
 
-def choose_qparams(x: torch.Tensor, fmt: IntFormat, group_size: int,
+def choose_qparams(x: torch.Tensor, fmt: QuantFormat, group_size: int,
                    clip_ratio: float | torch.Tensor = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Min/max scale and zero-point for each group of x (shapes as in the module table)."""
     g = group_view(x.detach().float(), group_size)
@@ -114,12 +146,12 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_s
     return ungroup((g - zero.unsqueeze(-1)) * scale.unsqueeze(-1), q.shape)
 
 
-def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, fmt: IntFormat,
+def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, fmt: QuantFormat,
                   group_size: int) -> torch.Tensor:
     """dequantize(quantize(x)) in x's dtype."""
     g = group_view(x.float(), group_size)
     s, z = scale.unsqueeze(-1), zero.unsqueeze(-1)
-    out = ((g / s + z).round().clamp(fmt.qmin, fmt.qmax) - z) * s
+    out = (fmt.round(g / s + z) - z) * s
     return ungroup(out, x.shape).to(x.dtype)
 
 
@@ -136,7 +168,7 @@ def search_clip_ratio(x: torch.Tensor, fmt: IntFormat, group_size: int, candidat
         r = part.reshape(-1, *([1] * lo.dim()))
         scale, zero = qparams_from_range(lo * r, hi * r, fmt)
         s, z = scale.unsqueeze(-1), zero.unsqueeze(-1)
-        errors.append((((g / s + z).round().clamp(fmt.qmin, fmt.qmax) - z) * s - g).abs().pow(p).sum(-1))
+        errors.append(((fmt.round(g / s + z) - z) * s - g).abs().pow(p).sum(-1))
     best = torch.cat(errors).argmin(0)  # first minimum: the largest ratio among equals
     return _as_param_shape(ratios[best], x, group_size)
 

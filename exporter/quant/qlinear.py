@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from exporter.quant.primitives import IntFormat, choose_qparams, dequantize, fake_quantize
+from exporter.quant.primitives import IntFormat, QuantFormat, choose_qparams, dequantize, fake_quantize
 
 
 class TimestepContext:
@@ -41,7 +41,7 @@ class TimestepContext:
 class StaticActivationQuant(nn.Module):
     """Per-tensor scale (and zero-point) per timestep bucket: tables [n_buckets]."""
 
-    def __init__(self, fmt: IntFormat, scale: torch.Tensor, zero: torch.Tensor, bucket_of_t: torch.Tensor,
+    def __init__(self, fmt: QuantFormat, scale: torch.Tensor, zero: torch.Tensor, bucket_of_t: torch.Tensor,
                  context: TimestepContext) -> None:
         super().__init__()
         self.fmt, self.context = fmt, context
@@ -53,13 +53,13 @@ class StaticActivationQuant(nn.Module):
         bucket = self.bucket_of_t[self.context.current(x.shape[0])]
         shape = (-1,) + (1,) * (x.dim() - 1)
         s, z = self.scale[bucket].reshape(shape), self.zero[bucket].reshape(shape)
-        return (((x / s + z).round().clamp(self.fmt.qmin, self.fmt.qmax) - z) * s).to(x.dtype)
+        return ((self.fmt.round(x / s + z) - z) * s).to(x.dtype)
 
 
 class DynamicActivationQuant(nn.Module):
     """Scale and zero-point from each token's own range, per group of ``group_size`` channels."""
 
-    def __init__(self, fmt: IntFormat, group_size: int) -> None:
+    def __init__(self, fmt: QuantFormat, group_size: int) -> None:
         super().__init__()
         self.fmt, self.group_size = fmt, group_size
 

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from exporter.errors import UserError
 from exporter.quant.policy import LayerPolicy
-from exporter.quant.primitives import PER_CHANNEL, PER_TENSOR, IntFormat
+from exporter.quant.primitives import PER_CHANNEL, PER_TENSOR, Fp8E4M3Format, IntFormat, QuantFormat
 
 
 def _check_bits(bits: int) -> None:
@@ -44,17 +44,22 @@ class ActivationSpec:
     # dynamic: group_size PER_CHANNEL (-1) means one scale per token.
     per_timestep: bool = True
     group_size: int = PER_CHANNEL
+    kind: Literal["int", "fp8"] = "int"  # fp8: FP8 E4M3 (8 bits, symmetric)
 
     def __post_init__(self) -> None:
         _check_bits(self.bits)
+        if self.kind not in ("int", "fp8"):
+            raise UserError(f"unknown activation format '{self.kind}'; valid: int, fp8")
+        if self.kind == "fp8" and (self.bits != 8 or not self.symmetric):
+            raise UserError("FP8 activations are 8-bit E4M3 and symmetric")
         if self.mode not in ("static", "dynamic"):
             raise UserError(f"unknown activation mode '{self.mode}'; valid: static, dynamic")
         if self.group_size < PER_CHANNEL:
             raise UserError(f"activation group size must be -1 (per token) or positive, not {self.group_size}")
 
     @property
-    def format(self) -> IntFormat:
-        return IntFormat(self.bits, self.symmetric)
+    def format(self) -> QuantFormat:
+        return Fp8E4M3Format() if self.kind == "fp8" else IntFormat(self.bits, self.symmetric)
 
 
 @dataclass(frozen=True)
