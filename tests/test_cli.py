@@ -34,6 +34,10 @@ def test_build_runs_the_existing_stages_and_says_what_is_missing(tmp_path):
     for png in ("fp_samples.png", "w8a8_samples.png", "layer_sqnr.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    strict = run_cli("validate", "--checkpoint", str(tmp_path / "quantized"), "--out", str(tmp_path),
+                     "--quantization-atol", "1e-9", "--quantization-stat", "max")
+    assert_one_line_error(strict, "validation failed: QDQ vs FP reference, output out_sample")
+
     again = run_cli("build", "--checkpoint", str(tmp_path / "quantized"), "--eval-samples", "0",
                     "--out", str(tmp_path / "again"))
     assert again.returncode == 0, again.stderr

@@ -162,3 +162,21 @@ def test_embedders_repeated_in_every_block_are_stored_once(tmp_path):
     with torch.no_grad():
         np.testing.assert_allclose(run(session(proto.SerializeToString()), x, t, y), model(x, t, y).sample.numpy(),
                                    atol=1e-5)
+
+
+def test_export_refuses_a_checkpoint_whose_manifest_does_not_match_its_tensors(tiny, calib, tmp_path):
+    import json
+
+    from exporter.calibrate import CalibrationOptions, run_calibrate
+    from exporter.errors import UserError
+    from exporter.export.onnx_export import export_checkpoint
+
+    run_calibrate(tiny, get_recipe("w4a8"), SAMPLER, CalibrationOptions(data=calib.save(tmp_path / "c")), tmp_path,
+                  progress=False)
+    manifest_path = tmp_path / "quantized" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["layers"][3]["out_features"] *= 2
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="corrupt checkpoint"):
+        export_checkpoint(tmp_path / "quantized", tiny, tmp_path / "export")
+    assert not (tmp_path / "export").exists()
