@@ -6,6 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from exporter.model_loading import load_dit
+from exporter.quant.calibration import collect_calibration_set
+from exporter.sampling import SamplerConfig
+
 TINY_DIT = dict(num_attention_heads=2, attention_head_dim=16, in_channels=1, out_channels=1, num_layers=1,
                 sample_size=8, patch_size=2, num_embeds_ada_norm=10)
 
@@ -32,3 +36,19 @@ def save_tiny_pipeline(folder: Path, **overrides) -> Path:
 @pytest.fixture
 def tiny_dit(tmp_path) -> Path:
     return save_tiny_dit(tmp_path / "tiny_dit")
+
+
+# A sampler short enough for tests, with guidance so that the null class is exercised.
+SAMPLER = SamplerConfig(kind="ddim", steps=6, guidance_scale=1.5)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A loaded two-block DiT pipeline (module-scoped: built once per test file)."""
+    return load_dit(str(save_tiny_pipeline(tmp_path_factory.mktemp("m") / "pipe", num_layers=2)))
+
+
+@pytest.fixture(scope="module")
+def calib(tiny):
+    """Calibration inputs of 4 trajectories of SAMPLER on ``tiny``."""
+    return collect_calibration_set(tiny, SAMPLER, trajectories=4, seed=0, progress=False)

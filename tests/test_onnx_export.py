@@ -11,13 +11,10 @@ import torch
 from exporter.export.onnx_export import check_inputs, error_stats, fp_onnx, qdq_onnx
 from exporter.export.ort_check import run, session
 from exporter.model_loading import load_dit
-from exporter.quant.calibration import collect_calibration_set
 from exporter.quant.quantize import quantize_model
 from exporter.quant.recipes import WeightSpec, get_recipe
-from exporter.sampling import SamplerConfig
-from tests.conftest import save_tiny_pipeline
+from tests.conftest import SAMPLER
 
-SAMPLER = SamplerConfig(kind="ddim", steps=6, guidance_scale=1.5)
 RECIPES = {
     "w8a8": get_recipe("w8a8"),
     "w4a8": get_recipe("w4a8"),
@@ -30,15 +27,6 @@ RECIPES = {
     "w4-fp8-dynamic": get_recipe("w4a8").with_overrides(activation_kind="fp8"),
 }
 
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return load_dit(str(save_tiny_pipeline(tmp_path_factory.mktemp("m") / "pipe", num_layers=2)))
-
-
-@pytest.fixture(scope="module")
-def calib(tiny):
-    return collect_calibration_set(tiny, SAMPLER, trajectories=4, seed=0, progress=False)
 
 
 def test_fp_graph_has_user_names_dynamic_batch_and_matches_torch(tiny):
@@ -148,7 +136,6 @@ def test_written_files_are_byte_identical(tiny, calib, tmp_path):
 
 
 def test_embedders_repeated_in_every_block_are_stored_once(tmp_path):
-    from exporter.model_loading import load_dit
     from tests.conftest import save_tiny_dit
 
     loaded = load_dit(str(save_tiny_dit(tmp_path / "m", num_layers=3)))

@@ -8,27 +8,16 @@ import torch
 from exporter.calibrate import CalibrationOptions, loaded_from_checkpoint, run_calibrate
 from exporter.errors import UserError
 from exporter.model_loading import load_dit
-from exporter.quant.calibration import CalibrationSet, collect_calibration_set
+from exporter.quant.calibration import CalibrationSet
 from exporter.quant.checkpoint import load_checkpoint
 from exporter.quant.policy import LayerPolicy, linear_roles
 from exporter.quant.primitives import sqnr_db
-from exporter.quant.qlinear import DynamicActivationQuant, QuantLinear, StaticActivationQuant
+from exporter.quant.qlinear import DynamicActivationQuant, StaticActivationQuant
 from exporter.quant.quantize import TimestepBuckets, quantize_model
 from exporter.quant.recipes import RECIPES, get_recipe
-from exporter.sampling import SamplerConfig
-from tests.conftest import save_tiny_pipeline
-
-SAMPLER = SamplerConfig(kind="ddim", steps=6, guidance_scale=1.5)
+from tests.conftest import SAMPLER, save_tiny_pipeline
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return load_dit(str(save_tiny_pipeline(tmp_path_factory.mktemp("m") / "pipe", num_layers=2)))
-
-
-@pytest.fixture(scope="module")
-def calib(tiny):
-    return collect_calibration_set(tiny, SAMPLER, trajectories=4, seed=0, progress=False)
 
 
 def test_calibration_set_covers_every_sampler_step_with_both_guidance_halves(tiny, calib, tmp_path):

@@ -14,11 +14,10 @@ from exporter.model_loading import load_dit
 from exporter.quant.calibration import collect_calibration_set
 from exporter.quant.quantize import quantize_model
 from exporter.quant.recipes import get_recipe
-from exporter.sampling import SamplerConfig
 from exporter.validate import INPUTS_FILE, REFERENCE_FILE, Tolerances, run_validation
-from tests.conftest import save_tiny_pipeline
+from tests.conftest import SAMPLER, save_tiny_pipeline
 
-SAMPLER = SamplerConfig(kind="ddim", steps=6, guidance_scale=1.5)
+
 
 
 @pytest.fixture(scope="module")
