@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from exporter.atomic import atomic_write_text
-from exporter.calibrate import CalibrationOptions, loaded_from_checkpoint, run_calibrate
+from exporter.calibrate import CalibrationOptions, loaded_from_checkpoint, run_calibrate, saved_calibration
 from exporter.digits import IMAGE_SIZE
 from exporter.evaluate import evaluate
 from exporter.export.onnx_export import export_checkpoint, validation_timesteps
@@ -84,10 +84,11 @@ def run_build(model: str | None, recipe: Recipe, out_dir: Path, checkpoint: Path
     started = time.monotonic()
     manifest = read_manifest(checkpoint)
     validation = run_validation(Path(exported["fp_onnx"]), Path(exported["qdq_onnx"]), quantized.transformer,
-                                validation_timesteps(manifest), out_dir)
+                                validation_timesteps(manifest), out_dir, calibration=saved_calibration(out_dir))
     report.record("validate", "done", time.monotonic() - started, report=str(out_dir / "validation.md"),
                   exporter_mean_abs_worst=max(r["mean_abs"] for r in validation["exporter_check"]["iterations"]),
-                  quantization_mean_abs_worst=max(r["mean_abs"] for r in validation["quantization_error"]["iterations"]))
+                  quantization_mean_abs_worst=max(r["mean_abs"] for r in validation["quantization_error"]["iterations"]),
+                  inputs_from=validation["inputs_from"])
 
     started = time.monotonic()
     if eval_samples <= 0:

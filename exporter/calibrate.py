@@ -79,6 +79,12 @@ def run_calibrate(loaded: LoadedDiT, recipe: Recipe, sampler: SamplerConfig, opt
     return qdit, summary
 
 
+def saved_calibration(out_dir: Path) -> CalibrationSet | None:
+    """The calibration data a run wrote into out_dir, if any."""
+    path = out_dir / CALIBRATION_FILE
+    return CalibrationSet.load(path) if path.is_file() else None
+
+
 def loaded_from_checkpoint(folder: Path, model: LoadedDiT | None = None) -> tuple[LoadedDiT, dict[str, Any]]:
     """The quantized model as a LoadedDiT (for sampling and eval); with ``model``, checks that the
     checkpoint was made from that model."""

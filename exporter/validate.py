@@ -3,15 +3,21 @@
 (a) QDQ graph vs the PyTorch simulated-quantization model: checks the exporter. The two differ
     only where an input sits on a rounding boundary of a QuantizeLinear and the last bit of the
     two computations differs, flipping one code by one step (W8A8 with static scales agrees to
-    2e-6). Flips matter most at the last timestep (t = 0), whose epsilon prediction amplifies
-    input changes: there the W4A8 embedded model's mean absolute difference was 1.1e-4 with 32
-    calibration trajectories and 4.1e-3 with 8, against a quantization error of about 3.8e-2
-    at that step. The default tolerance, 1e-2 on the mean, sits between the two: a wrong scale,
-    layout or bucket shows up at the size of the quantization error or larger.
-(b) QDQ graph vs the FP reference graph: measures the quantization error.
+    2e-6). Flips are sparse but the network amplifies them, most at the last step (t = 0): on
+    the embedded W4A8 model with trajectory inputs the mean absolute difference reached 8.2e-3
+    there while the median stayed at 2e-5 (4.8e-4 at worst over all steps; 2.8e-3 with Gaussian
+    noise as input). A wrong scale, layout or bucket moves most elements, so the check is on the
+    median: default tolerance 5e-3.
+(b) QDQ graph vs the FP reference graph: measures the quantization error, in the model's output
+    (epsilon) units. The last step (t = 0) dominates it: there the epsilon prediction barely
+    matters for the sample (it is weighted by sqrt(1 - alpha_bar_0) = 0.01) and is the least
+    well determined. With trajectory inputs, the embedded W4A8 model's mean absolute error was
+    0.003-0.011 at t >= 200 and 0.13 at t = 0: the default tolerance, 0.25 on the mean, fails
+    a broken quantization without failing that step.
 
-Inputs are drawn at several timesteps of the deployed sampler, with class labels including the
-null class. Inputs and reference outputs are saved in Polygraphy's JSON formats, so that
+Inputs are taken at several timesteps of the deployed sampler: the model inputs recorded along
+calibration trajectories when they are at hand (what the model meets when sampling), Gaussian
+noise otherwise, with class labels including the null class. Inputs and reference outputs are saved in Polygraphy's JSON formats, so that
 `polygraphy run MODEL --onnxrt --load-inputs validation_inputs.json --load-outputs
 fp_reference_outputs.json` (or `--trt`, later) repeats comparison (b) outside this tool.
 """
@@ -31,6 +37,7 @@ from exporter.atomic import atomic_file, atomic_write_text
 from exporter.errors import UserError
 from exporter.export.onnx_graph import INPUT_NAMES, OUTPUT_NAME
 from exporter.export.ort_check import session
+from exporter.quant.calibration import CalibrationSet
 
 STATS = ("max", "mean", "median")
 SIMULATED = "pytorch-simulated"
@@ -40,9 +47,9 @@ REFERENCE_FILE = "fp_reference_outputs.json"
 
 @dataclass(frozen=True)
 class Tolerances:
-    exporter_atol: float = 1e-2  # (a), on exporter_stat of |qdq - simulated|
-    exporter_stat: str = "mean"
-    quantization_atol: float = 0.1  # (b), on quantization_stat of |qdq - fp|
+    exporter_atol: float = 5e-3  # (a), on exporter_stat of |qdq - simulated|
+    exporter_stat: str = "median"
+    quantization_atol: float = 0.25  # (b), on quantization_stat of |qdq - fp|
     quantization_stat: str = "mean"
 
     def __post_init__(self) -> None:
@@ -51,17 +58,27 @@ class Tolerances:
                 raise UserError(f"unknown error statistic '{stat}'; valid: {', '.join(STATS)}")
 
 
-def validation_feeds(transformer: nn.Module, timesteps: list[int], per_timestep: int = 2,
-                     seed: int = 0) -> list[dict[str, np.ndarray]]:
+def validation_feeds(transformer: nn.Module, timesteps: list[int], calibration: CalibrationSet | None = None,
+                     per_timestep: int = 2, seed: int = 0) -> tuple[list[dict[str, np.ndarray]], str]:
+    """Inputs per timestep: the model's own trajectory inputs where calibration data of the
+    right shape has that timestep, Gaussian noise otherwise; and a word on which was used."""
     cfg = transformer.config
+    shape = (cfg.in_channels, cfg.sample_size, cfg.sample_size)
+    usable = calibration is not None and tuple(calibration.x.shape[1:]) == shape
     gen = torch.Generator().manual_seed(seed)
-    feeds = []
+    feeds, sources = [], set()
     for i, t in enumerate(timesteps):
-        sample = torch.randn(per_timestep, cfg.in_channels, cfg.sample_size, cfg.sample_size, generator=gen)
-        labels = (torch.arange(per_timestep) + i) % (cfg.num_embeds_ada_norm + 1)
+        at_t = (calibration.t == t).nonzero().flatten()[:per_timestep] if usable else torch.empty(0)
+        if len(at_t) == per_timestep:
+            sample, labels = calibration.x[at_t], calibration.y[at_t]
+            sources.add("calibration trajectories")
+        else:
+            sample = torch.randn(per_timestep, *shape, generator=gen)
+            labels = (torch.arange(per_timestep) + i) % (cfg.num_embeds_ada_norm + 1)
+            sources.add("gaussian noise")
         feeds.append({"sample": sample.numpy(), "timestep": np.full(per_timestep, t, dtype=np.int64),
                       "class_labels": labels.numpy().astype(np.int64)})
-    return feeds
+    return feeds, " and ".join(sorted(sources))
 
 
 def _simulated_results(model: nn.Module, feeds: list[dict[str, np.ndarray]]):
@@ -92,7 +109,7 @@ def _comparison(results, pair: tuple[int, int], atol: float, stat: str) -> tuple
 
 
 def run_validation(fp_onnx: Path, qdq_onnx: Path, simulated: nn.Module, timesteps: list[int], out_dir: Path,
-                   tolerances: Tolerances = Tolerances()) -> dict[str, Any]:
+                   tolerances: Tolerances = Tolerances(), calibration: CalibrationSet | None = None) -> dict[str, Any]:
     """Writes validation.json / validation.md and the Polygraphy inputs and reference outputs;
     raises UserError naming the output and statistic that exceeded its tolerance."""
     from polygraphy.backend.onnxrt import OnnxrtRunner
@@ -105,7 +122,7 @@ def run_validation(fp_onnx: Path, qdq_onnx: Path, simulated: nn.Module, timestep
     for path in (fp_onnx, qdq_onnx):
         if not Path(path).is_file():
             raise UserError(f"ONNX file '{path}' does not exist (run dit-export export first)")
-    feeds = validation_feeds(simulated, timesteps)
+    feeds, source = validation_feeds(simulated, timesteps, calibration)
     try:
         qdq_runner = OnnxrtRunner(session(qdq_onnx), name="qdq-onnxrt")
         fp_runner = OnnxrtRunner(session(fp_onnx), name="fp-onnxrt")
@@ -126,7 +143,7 @@ def run_validation(fp_onnx: Path, qdq_onnx: Path, simulated: nn.Module, timestep
     with atomic_file(out_dir / REFERENCE_FILE) as tmp:
         RunResults([results[1]]).save(str(tmp))
     report = {
-        "timesteps": timesteps, "inputs_per_timestep": len(feeds[0]["timestep"]),
+        "timesteps": timesteps, "inputs_per_timestep": len(feeds[0]["timestep"]), "inputs_from": source,
         "tolerances": asdict(tolerances),
         "exporter_check": {"against": SIMULATED, "passed": exporter_ok, "iterations": exporter_rows},
         "quantization_error": {"against": "fp-onnxrt", "passed": quant_ok, "iterations": quant_rows},
@@ -150,7 +167,7 @@ def run_validation(fp_onnx: Path, qdq_onnx: Path, simulated: nn.Module, timestep
 
 def _markdown(report: dict[str, Any]) -> str:
     lines = ["# Validation", "", f"Inputs: {report['inputs_per_timestep']} per timestep at "
-             f"{', '.join(map(str, report['timesteps']))}.", ""]
+             f"{', '.join(map(str, report['timesteps']))}, from {report['inputs_from']}.", ""]
     for key, title in (("exporter_check", "QDQ graph vs PyTorch simulated quantization (exporter check)"),
                        ("quantization_error", "QDQ graph vs FP reference graph (quantization error)")):
         section = report[key]

@@ -78,3 +78,16 @@ def test_malformed_onnx_is_a_clear_error(exported, tmp_path):
         run_validation(fp, tmp_path / "missing.onnx", qdit.transformer, timesteps, tmp_path)
     with pytest.raises(UserError, match="unknown error statistic"):
         Tolerances(exporter_stat="p99")
+
+
+def test_validation_uses_trajectory_inputs_when_calibration_data_is_given(exported, tmp_path):
+    from exporter.quant.calibration import collect_calibration_set
+
+    fp, qdq, qdit, timesteps = exported
+    report = run_validation(fp, qdq, qdit.transformer, timesteps, tmp_path)
+    assert report["inputs_from"] == "gaussian noise"
+    calib = collect_calibration_set(load_dit(str(fp.parent / "pipe")), SAMPLER, trajectories=2, seed=3,
+                                    progress=False)
+    report = run_validation(fp, qdq, qdit.transformer, timesteps, tmp_path, calibration=calib)
+    assert report["inputs_from"] == "calibration trajectories"
+    assert "from calibration trajectories" in (tmp_path / "validation.md").read_text()
