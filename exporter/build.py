@@ -9,11 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from exporter.atomic import atomic_write_text
-from exporter.calibrate import CalibrationOptions, loaded_from_checkpoint, run_calibrate, saved_calibration
+from exporter.calibrate import CalibrationOptions, as_loaded, open_checkpoint, run_calibrate, saved_calibration
 from exporter.digits import IMAGE_SIZE
 from exporter.evaluate import evaluate
-from exporter.export.onnx_export import export_checkpoint, validation_timesteps
-from exporter.quant.checkpoint import read_manifest
+from exporter.export.onnx_export import run_export, validation_timesteps
 from exporter.validate import run_validation
 from exporter.model_loading import LoadedDiT, load_dit
 from exporter.quant.recipes import Recipe
@@ -62,29 +61,31 @@ def run_build(model: str | None, recipe: Recipe, out_dir: Path, checkpoint: Path
                   blocks=cfg.num_layers, hidden=cfg.num_attention_heads * cfg.attention_head_dim)
     sampler = default_sampler(loaded)
 
+    # Later stages work on the checkpoint as written, so what is exported is what was saved.
     started = time.monotonic()
     if checkpoint is not None:
-        quantized, manifest = loaded_from_checkpoint(checkpoint, loaded)
+        qdit, manifest = open_checkpoint(checkpoint, loaded)
         sampler = SamplerConfig(**manifest["sampler"])
         report.precision = manifest["precision"]
         report.record("calibrate", "reused", time.monotonic() - started, checkpoint=str(checkpoint))
     else:
         _, summary = run_calibrate(loaded, recipe, sampler, calibration, out_dir)
         checkpoint = Path(summary["checkpoint"])
-        quantized, _ = loaded_from_checkpoint(checkpoint, loaded)
+        qdit, manifest = open_checkpoint(checkpoint, loaded)
         report.record("calibrate", "done", time.monotonic() - started, **summary)
+    quantized = as_loaded(qdit, manifest, checkpoint)
+    timesteps = validation_timesteps(manifest)
 
     started = time.monotonic()
-    exported = export_checkpoint(checkpoint, loaded, out_dir)
+    exported = run_export(qdit, loaded.transformer, out_dir, timesteps)
     report.record("export", "done", time.monotonic() - started, fp_onnx=exported["fp_onnx"],
                   qdq_onnx=exported["qdq_onnx"], qdq_size_ratio=round(exported["qdq_bytes"] / exported["fp_bytes"], 3),
                   qdq_vs_simulated_max_abs=f"{exported['qdq_vs_simulated']['max_abs']:.2e}",
                   qdq_vs_fp_max_abs=f"{exported['qdq_vs_fp']['max_abs']:.2e}", details=exported)
 
     started = time.monotonic()
-    manifest = read_manifest(checkpoint)
-    validation = run_validation(Path(exported["fp_onnx"]), Path(exported["qdq_onnx"]), quantized.transformer,
-                                validation_timesteps(manifest), out_dir, calibration=saved_calibration(out_dir))
+    validation = run_validation(Path(exported["fp_onnx"]), Path(exported["qdq_onnx"]), qdit.transformer,
+                                timesteps, out_dir, calibration=saved_calibration(out_dir))
     report.record("validate", "done", time.monotonic() - started, report=str(out_dir / "validation.md"),
                   exporter_mean_abs_worst=max(r["mean_abs"] for r in validation["exporter_check"]["iterations"]),
                   quantization_mean_abs_worst=max(r["mean_abs"] for r in validation["quantization_error"]["iterations"]),

@@ -10,7 +10,7 @@ from typing import Any
 from exporter.errors import UserError
 from exporter.model_loading import LoadedDiT
 from exporter.quant.calibration import CalibrationSet, calibration_summary, collect_calibration_set
-from exporter.quant.checkpoint import load_checkpoint, model_fingerprint, save_checkpoint
+from exporter.quant.checkpoint import check_made_from, load_checkpoint, model_fingerprint, save_checkpoint
 from exporter.quant.quantize import QuantizedDiT, quantize_model
 from exporter.quant.recipes import Recipe
 from exporter.quant.report import measure, write_reports
@@ -85,14 +85,21 @@ def saved_calibration(out_dir: Path) -> CalibrationSet | None:
     return CalibrationSet.load(path) if path.is_file() else None
 
 
-def loaded_from_checkpoint(folder: Path, model: LoadedDiT | None = None) -> tuple[LoadedDiT, dict[str, Any]]:
-    """The quantized model as a LoadedDiT (for sampling and eval); with ``model``, checks that the
-    checkpoint was made from that model."""
+def open_checkpoint(folder: Path, model: LoadedDiT | None = None) -> tuple[QuantizedDiT, dict[str, Any]]:
+    """The quantized model and manifest; with ``model``, checks the checkpoint was made from it."""
     qdit, manifest = load_checkpoint(folder)
-    if model is not None and model_fingerprint(model.transformer) != manifest.get("model_fingerprint"):
-        raise UserError(f"checkpoint {folder} was calibrated from '{manifest.get('model_source')}', "
-                        f"not from '{model.source}'")
+    if model is not None:
+        check_made_from(manifest, model.transformer, model.source, folder)
+    return qdit, manifest
+
+
+def as_loaded(qdit: QuantizedDiT, manifest: dict[str, Any], folder: Path) -> LoadedDiT:
+    """The quantized model in the shape sampling and eval take."""
     vae = manifest.get("vae_folder")
-    loaded = LoadedDiT(qdit.transformer, manifest["scheduler_config"], f"{folder} ({manifest['precision']})",
-                       Path(folder), Path(vae) if vae and Path(vae).is_dir() else None)
-    return loaded, manifest
+    return LoadedDiT(qdit.transformer, manifest["scheduler_config"], f"{folder} ({manifest['precision']})",
+                     Path(folder), Path(vae) if vae and Path(vae).is_dir() else None)
+
+
+def loaded_from_checkpoint(folder: Path, model: LoadedDiT | None = None) -> tuple[LoadedDiT, dict[str, Any]]:
+    qdit, manifest = open_checkpoint(folder, model)
+    return as_loaded(qdit, manifest, folder), manifest

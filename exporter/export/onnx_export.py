@@ -9,7 +9,6 @@ import onnx
 import torch
 from torch import nn
 
-from exporter.errors import UserError
 from exporter.export.ort_check import run, session
 from exporter.export.onnx_files import write_onnx
 from exporter.export.onnx_graph import trace
@@ -77,12 +76,10 @@ def _file_bytes(path: Path) -> int:
 
 def export_checkpoint(checkpoint: Path, loaded: LoadedDiT, out_dir: Path, external_data: bool | None = None) -> dict:
     """Exports a quantized checkpoint made from ``loaded`` (its FP model is the reference)."""
-    from exporter.quant.checkpoint import load_checkpoint, model_fingerprint
+    from exporter.quant.checkpoint import check_made_from, load_checkpoint
 
     qdit, manifest = load_checkpoint(checkpoint)
-    if model_fingerprint(loaded.transformer) != manifest.get("model_fingerprint"):
-        raise UserError(f"checkpoint {checkpoint} was calibrated from '{manifest.get('model_source')}', "
-                        f"not from '{loaded.source}'")
+    check_made_from(manifest, loaded.transformer, loaded.source, checkpoint)
     return run_export(qdit, loaded.transformer, out_dir, validation_timesteps(manifest), external_data)
 
 

@@ -98,6 +98,13 @@ def save_checkpoint(qdit: QuantizedDiT, folder: Path, extra: dict[str, Any]) -> 
     return folder
 
 
+def check_made_from(manifest: dict[str, Any], transformer: nn.Module, source: str, folder: Path) -> None:
+    """UserError unless the checkpoint was calibrated from this FP model."""
+    if model_fingerprint(transformer) != manifest.get("model_fingerprint"):
+        raise UserError(f"checkpoint {folder} was calibrated from '{manifest.get('model_source')}', "
+                        f"not from '{source}'")
+
+
 def read_manifest(folder: Path) -> dict[str, Any]:
     path = Path(folder) / MANIFEST
     if not path.is_file():

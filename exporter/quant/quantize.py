@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import nn
@@ -181,6 +180,3 @@ def quantize_model(fp_transformer: nn.Module, recipe: Recipe, calib: Calibration
     bar.advance()
     return QuantizedDiT(model, context, recipe, buckets, quantized_roles, ranges)
 
-
-def describe(qdit: QuantizedDiT) -> dict[str, Any]:
-    return {"layers": len(qdit.roles), "buckets": qdit.buckets.count, "recipe": qdit.recipe.name}
