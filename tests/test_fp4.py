@@ -45,3 +45,14 @@ def test_group_scaled_fp4_works_with_the_shared_primitives():
     assert errors["e2m1"] > errors["e3m0"] and errors["e1m2"] > errors["e3m0"]
     with pytest.raises(ValueError):
         Fp4Format("e4m3")
+
+
+def test_format_selection_follows_the_distribution():
+    from exporter.quant.fp4 import select_format
+
+    gen = torch.Generator().manual_seed(0)
+    gaussian = torch.randn(64, 128, generator=gen)
+    laplace = torch.distributions.Laplace(0.0, 1.0).icdf(torch.rand(64, 128, generator=gen).clamp(1e-6, 1 - 1e-6))
+    fmt, errors = select_format(gaussian, 32)
+    assert fmt.kind == "e1m2" and errors[fmt.name] == min(errors.values())  # light tails: a uniform grid
+    assert select_format(laplace, 32)[0].kind == "e2m1"  # heavier tails: finer steps near zero

@@ -1,0 +1,49 @@
+"""Orthogonal Hadamard transforms against outliers (HQ-DiT's "universal identity transform").
+
+For a Linear y = x W^T and an orthonormal H (H H^T = I): y = (x H)(W H)^T. The weight is stored
+as W H (absorbed), the activation is rotated as x H at run time (or absorbed into the previous
+layer where one exists); both spread an outlier channel's energy over many channels, which
+shrinks the range a 4-bit grid has to cover.
+
+Sizes that are not a power of two: the transform is block-diagonal, H_b on consecutive blocks of
+b channels, b the largest power of two dividing the width (DiT-XL/2's 1152 = 9 x 128, 4608 =
+9 x 512). It stays orthonormal and exact; outliers spread within their block only. Widths with no
+power-of-two factor above 1 are left untransformed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def hadamard_matrix(n: int) -> torch.Tensor:
+    """Orthonormal Sylvester Hadamard matrix [n, n]; n a power of two."""
+    if n < 1 or n & (n - 1):
+        raise ValueError(f"Sylvester Hadamard matrices need a power-of-two size, not {n}")
+    h = torch.ones(1, 1)
+    while len(h) < n:
+        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
+    return h / math.sqrt(n)
+
+
+def block_size_for(width: int) -> int:
+    """The largest power of two dividing ``width`` (1 when it is odd)."""
+    return width & -width
+
+
+def rotate(x: torch.Tensor, block: int | None = None) -> torch.Tensor:
+    """x @ H along the last axis, H block-diagonal with blocks of ``block`` (default: the largest
+    power of two dividing the width)."""
+    k = x.shape[-1]
+    b = block or block_size_for(k)
+    if b == 1:
+        return x
+    h = hadamard_matrix(b).to(x.dtype)
+    return (x.reshape(*x.shape[:-1], k // b, b) @ h).reshape(x.shape)
+
+
+def rotate_linear_weight(weight: torch.Tensor, block: int | None = None) -> torch.Tensor:
+    """W H for a Linear weight [N, K], so that rotate(x) @ (W H)^T == x @ W^T."""
+    return rotate(weight, block)
