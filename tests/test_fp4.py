@@ -56,3 +56,15 @@ def test_format_selection_follows_the_distribution():
     fmt, errors = select_format(gaussian, 32)
     assert fmt.kind == "e1m2" and errors[fmt.name] == min(errors.values())  # light tails: a uniform grid
     assert select_format(laplace, 32)[0].kind == "e2m1"  # heavier tails: finer steps near zero
+
+
+def test_fp4_codes_through_quantize_and_dequantize():
+    from exporter.quant.primitives import dequantize, format_from_name, quantize
+
+    w = torch.randn(16, 40, generator=torch.Generator().manual_seed(1))
+    for fmt in FP4_FORMATS:
+        assert format_from_name(fmt.name) == fmt
+        scale, zero = choose_qparams(w, fmt, 16)
+        codes = quantize(w, scale, zero, fmt, 16)
+        assert codes.dtype == torch.uint8 and int(codes.max()) <= 15
+        torch.testing.assert_close(dequantize(codes, scale, zero, fmt, 16), fake_quantize(w, scale, zero, fmt, 16))

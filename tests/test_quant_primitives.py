@@ -45,7 +45,7 @@ def test_fake_quant_matches_a_straightforward_reference(fmt, group_size, k):
     codes = quantize(w, scale, zero, fmt, group_size)
     assert codes.dtype == (torch.int8 if fmt.symmetric else torch.uint8)
     assert codes.min() >= fmt.qmin and codes.max() <= fmt.qmax and codes.shape == w.shape
-    torch.testing.assert_close(dequantize(codes, scale, zero, group_size), ours, rtol=0, atol=1e-7)
+    torch.testing.assert_close(dequantize(codes, scale, zero, fmt, group_size), ours, rtol=0, atol=1e-7)
 
 
 def test_more_bits_and_smaller_groups_lose_less():
@@ -93,10 +93,15 @@ def test_gptq_beats_round_to_nearest_on_the_layer_output():
     for chunk in x.split(500):
         acc.add(chunk)
     torch.testing.assert_close(acc.h, 2 * x.double().T @ x.double() / len(x), rtol=1e-4, atol=1e-4)
-    for fmt, g in [(IntFormat(4), 32), (IntFormat(4, symmetric=False), 40), (IntFormat(3), PER_CHANNEL)]:
+    from exporter.quant.fp4 import Fp4Format
+
+    for fmt, g in [(IntFormat(4), 32), (IntFormat(4, symmetric=False), 40), (IntFormat(3), PER_CHANNEL),
+                   (Fp4Format("e2m1"), 32), (Fp4Format("e3m0"), 16)]:
         codes, scale, zero = gptq_quantize(w, acc.h, fmt, g)
-        assert codes.min() >= fmt.qmin and codes.max() <= fmt.qmax
-        w_gptq = dequantize(codes, scale, zero, g)
+        values = fmt.decode(codes)
+        assert values.min() >= fmt.qmin and values.max() <= fmt.qmax
+        assert torch.equal(fmt.round(values), values)  # on the format's grid
+        w_gptq = dequantize(codes, scale, zero, fmt, g)
         w_rtn = fake_quantize(w, *choose_qparams(w, fmt, g), fmt, g)
         assert sqnr_db(x @ w.T, x @ w_gptq.T) > sqnr_db(x @ w.T, x @ w_rtn.T) + 1.0
 

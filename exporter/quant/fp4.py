@@ -75,6 +75,7 @@ class Fp4Format:
         return (negative.to(torch.int64) << 3 | i).to(torch.uint8)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Values (in units of the scale) of uint8 codes."""
         c = codes.to(torch.int64)
         value = self.magnitudes[c & 7]
         return torch.where(c >= 8, -value, value)

@@ -1,4 +1,4 @@
-"""GPTQ (Frantar et al., 2022) for integer weights with group-wise scales.
+"""GPTQ (Frantar et al., 2022) for integer or 4-bit float weights with group-wise scales.
 
 Columns are quantized left to right; each column's rounding error is spread over the columns
 not yet quantized through the inverse Hessian of the layer's inputs (H = 2 X^T X). A group's
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from exporter.quant.primitives import (PER_CHANNEL, PER_TENSOR, IntFormat, choose_qparams, num_groups,
+from exporter.quant.primitives import (PER_CHANNEL, PER_TENSOR, QuantFormat, choose_qparams, num_groups,
                                        search_clip_ratio)
 
 
@@ -46,12 +46,12 @@ class HessianAccumulator:
         HessianAccumulator._last = None
 
 
-def _group_qparams(w: torch.Tensor, fmt: IntFormat, clip_search: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _group_qparams(w: torch.Tensor, fmt: QuantFormat, clip_search: bool) -> tuple[torch.Tensor, torch.Tensor]:
     ratio = search_clip_ratio(w, fmt, PER_CHANNEL) if clip_search else 1.0
     return choose_qparams(w, fmt, PER_CHANNEL, clip_ratio=ratio)
 
 
-def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, fmt: IntFormat, group_size: int,
+def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, fmt: QuantFormat, group_size: int,
                   clip_search: bool = False, damp: float = 0.01,
                   block_size: int = 128) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Integer codes [N, K], scales and zero-points [N, groups] of a Linear weight [N, K]."""
@@ -85,11 +85,10 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, fmt: IntFormat, g
                 s, z = _group_qparams(span.float(), fmt, clip_search)
                 scales[:, gi], zeros[:, gi] = s[:, 0], z[:, 0]
             s, z = scales[:, col // g].double(), zeros[:, col // g].double()
-            q = (w1[:, i] / s + z).round().clamp(fmt.qmin, fmt.qmax)
+            q = fmt.round(w1[:, i] / s + z)
             codes[:, col] = q
             err = (w1[:, i] - (q - z) * s) / hinv1[i, i]
             w1[:, i:] -= err[:, None] * hinv1[i, i:][None, :]
             err1[:, i] = err
         w[:, b1:] -= err1 @ hinv[b0:b1, b1:]
-    dtype = torch.int8 if fmt.symmetric else torch.uint8
-    return codes.to(dtype), scales, zeros
+    return fmt.encode(codes.float()), scales, zeros

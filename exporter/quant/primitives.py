@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
+from exporter.quant.fp4 import Fp4Format
+
 PER_TENSOR = 0
 PER_CHANNEL = -1
 
@@ -54,6 +56,13 @@ class IntFormat:
         """Nearest representable code of values already divided by the scale (and shifted)."""
         return scaled.round().clamp(self.qmin, self.qmax)
 
+    def encode(self, rounded: torch.Tensor) -> torch.Tensor:
+        """Storage of rounded values: int8 for signed formats, uint8 for unsigned."""
+        return rounded.to(torch.int8 if self.symmetric else torch.uint8)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        return codes.float()
+
 
 @dataclass(frozen=True)
 class Fp8E4M3Format:
@@ -70,12 +79,14 @@ class Fp8E4M3Format:
         return scaled.clamp(self.qmin, self.qmax).to(torch.float8_e4m3fn).to(scaled.dtype)
 
 
-QuantFormat = IntFormat | Fp8E4M3Format
+QuantFormat = IntFormat | Fp8E4M3Format | Fp4Format
 
 
 def format_from_name(name: str) -> QuantFormat:
     if name == Fp8E4M3Format.name:
         return Fp8E4M3Format()
+    if name.startswith("fp4"):
+        return Fp4Format(name[3:])
     match = re.fullmatch(r"(u?)int(\d)", name)
     if not match:
         raise ValueError(f"unknown number format '{name}'")
@@ -133,17 +144,19 @@ def _as_param_shape(p: torch.Tensor, x: torch.Tensor, group_size: int) -> torch.
     return p.reshape(*x.shape[:-1], -1)
 
 
-def quantize(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, fmt: IntFormat,
+def quantize(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, fmt: QuantFormat,
              group_size: int) -> torch.Tensor:
-    """Integer codes of x, same shape as x: int8 storage for signed formats, uint8 for unsigned."""
+    """Codes of x, same shape as x, in the format's storage (``fmt.encode``): int8 for signed
+    integers, uint8 for unsigned ones and for 4-bit floats (exporter/quant/fp4.py)."""
     g = group_view(x.float(), group_size)
-    q = (g / scale.unsqueeze(-1) + zero.unsqueeze(-1)).round().clamp(fmt.qmin, fmt.qmax)
-    return ungroup(q, x.shape).to(torch.int8 if fmt.symmetric else torch.uint8)
+    q = fmt.round(g / scale.unsqueeze(-1) + zero.unsqueeze(-1))
+    return fmt.encode(ungroup(q, x.shape))
 
 
-def dequantize(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int) -> torch.Tensor:
-    g = group_view(q.float(), group_size)
-    return ungroup((g - zero.unsqueeze(-1)) * scale.unsqueeze(-1), q.shape)
+def dequantize(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, fmt: QuantFormat,
+               group_size: int) -> torch.Tensor:
+    g = group_view(fmt.decode(codes), group_size)
+    return ungroup((g - zero.unsqueeze(-1)) * scale.unsqueeze(-1), codes.shape)
 
 
 def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, fmt: QuantFormat,

@@ -78,7 +78,7 @@ class QuantLinear(nn.Module):
         self.register_buffer("w_scale", scale.float())
         self.register_buffer("w_zero", zero.float())
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
-        self.register_buffer("weight", dequantize(codes, self.w_scale, self.w_zero, group_size), persistent=False)
+        self.register_buffer("weight", dequantize(codes, self.w_scale, self.w_zero, fmt, group_size), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.act is not None:
