@@ -13,8 +13,10 @@ from exporter.calibrate import CalibrationOptions, as_loaded, open_checkpoint, r
 from exporter.digits import IMAGE_SIZE
 from exporter.evaluate import evaluate
 from exporter.export.onnx_export import run_export, validation_timesteps
+from exporter.export.qdq import export_blocker
 from exporter.validate import run_validation
 from exporter.model_loading import LoadedDiT, load_dit
+from exporter.quant.quantize import QuantizedDiT
 from exporter.quant.recipes import Recipe
 from exporter.sampling import SamplerConfig
 
@@ -76,6 +78,22 @@ def run_build(model: str | None, recipe: Recipe, out_dir: Path, checkpoint: Path
     quantized = as_loaded(qdit, manifest, checkpoint)
     timesteps = validation_timesteps(manifest)
 
+    blocker = export_blocker(qdit.quant_linears())
+    if blocker:
+        for stage in ("export", "validate"):
+            report.record(stage, "not-available", 0.0, reason=blocker)
+    else:
+        _export_and_validate(report, qdit, loaded, out_dir, timesteps)
+    _fidelity(report, loaded, quantized, sampler, out_dir, eval_samples, seed)
+
+    for stage in PENDING_STAGES:
+        report.record(stage, "not-available", 0.0, reason=f"this version of dit-export has no '{stage}' stage yet")
+    atomic_write_text(out_dir / "build_report.json", json.dumps(report.to_dict(), indent=2) + "\n")
+    print(f"build report: {out_dir / 'build_report.json'}", flush=True)
+    return report
+
+
+def _export_and_validate(report: BuildReport, qdit: QuantizedDiT, loaded: LoadedDiT, out_dir: Path, timesteps: list[int]) -> None:
     started = time.monotonic()
     exported = run_export(qdit, loaded.transformer, out_dir, timesteps)
     report.record("export", "done", time.monotonic() - started, fp_onnx=exported["fp_onnx"],
@@ -91,6 +109,9 @@ def run_build(model: str | None, recipe: Recipe, out_dir: Path, checkpoint: Path
                   quantization_mean_abs_worst=max(r["mean_abs"] for r in validation["quantization_error"]["iterations"]),
                   inputs_from=validation["inputs_from"])
 
+
+def _fidelity(report: BuildReport, loaded: LoadedDiT, quantized: LoadedDiT, sampler: SamplerConfig, out_dir: Path,
+              eval_samples: int, seed: int) -> None:
     started = time.monotonic()
     if eval_samples <= 0:
         report.record("fidelity", "skipped", 0.0, reason="--eval-samples 0")
@@ -108,9 +129,3 @@ def run_build(model: str | None, recipe: Recipe, out_dir: Path, checkpoint: Path
                       distance_to_fp_samples=round(q["frechet_distance_to_reference"], 3),
                       psnr_to_fp_db=round(q["psnr_to_reference_db"], 2),
                       fp_accuracy=round(fp["accuracy"], 4), quantized_accuracy=round(q["accuracy"], 4))
-
-    for stage in PENDING_STAGES:
-        report.record(stage, "not-available", 0.0, reason=f"this version of dit-export has no '{stage}' stage yet")
-    atomic_write_text(out_dir / "build_report.json", json.dumps(report.to_dict(), indent=2) + "\n")
-    print(f"build report: {out_dir / 'build_report.json'}", flush=True)
-    return report

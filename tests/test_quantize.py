@@ -56,7 +56,9 @@ def test_each_precision_quantizes_the_policy_layers_and_stays_close(tiny, calib,
         want_act = q.roles[layer_name] in recipe.policy.activations
         kind = DynamicActivationQuant if recipe.activation.mode == "dynamic" else StaticActivationQuant
         assert isinstance(layer.act, kind) if want_act else layer.act is None
-        assert layer.codes.min() >= recipe.weight.format.qmin and layer.codes.max() <= recipe.weight.format.qmax
+        values = layer.fmt.decode(layer.codes)
+        assert values.min() >= layer.fmt.qmin and values.max() <= layer.fmt.qmax
+        assert layer.fmt.bits == recipe.weight.bits
     x, t, y = calib.x[:16], calib.t[:16], calib.y[:16]
     with torch.no_grad():
         ref, out = tiny.transformer(x, t, y).sample, q.transformer(x, t, y).sample
@@ -77,7 +79,7 @@ def test_static_scales_follow_the_timestep_per_sample(tiny, calib):
     assert torch.equal(layer.act(x[1:]), both[1:])
 
 
-@pytest.mark.parametrize("name", ["w8a8", "w4a8", "w8a8-fp8"])
+@pytest.mark.parametrize("name", ["w8a8", "w4a8", "w8a8-fp8", "w4a8-fp4"])
 def test_checkpoint_round_trip_is_bit_exact(tiny, calib, tmp_path, name):
     recipe = get_recipe(name) if name in RECIPES else get_recipe("w8a8").with_overrides(activation_kind="fp8")
     q, _ = run_calibrate(tiny, recipe, SAMPLER, CalibrationOptions(data=calib.save(tmp_path / "c")),
@@ -144,3 +146,14 @@ def test_a_checkpoint_is_refused_for_another_model(checkpoint, tmp_path):
 def test_unknown_precision_lists_the_valid_ones():
     with pytest.raises(UserError, match="unknown precision 'w3a5'; valid: w8a8, w4a8"):
         get_recipe("w3a5")
+
+
+def test_fp4_weights_take_a_format_per_layer_and_are_not_exported_yet(tiny, calib):
+    from exporter.export.onnx_export import qdq_onnx
+    from exporter.quant.fp4 import Fp4Format
+
+    q = quantize_model(tiny.transformer, get_recipe("w4a8-fp4"), calib, 1000, progress=False)
+    formats = {layer.fmt for layer in q.quant_linears().values()}
+    assert formats and all(isinstance(f, Fp4Format) for f in formats)
+    with pytest.raises(UserError, match="cannot export precision w4a8-fp4: FP4 weights"):
+        qdq_onnx(q)

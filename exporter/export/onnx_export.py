@@ -12,7 +12,8 @@ from torch import nn
 from exporter.export.ort_check import run, session
 from exporter.export.onnx_files import write_onnx
 from exporter.export.onnx_graph import trace
-from exporter.export.qdq import insert_qdq
+from exporter.errors import UserError
+from exporter.export.qdq import export_blocker, insert_qdq
 from exporter.model_loading import LoadedDiT
 from exporter.quant.quantize import QuantizedDiT
 
@@ -24,6 +25,9 @@ def fp_onnx(transformer: nn.Module) -> onnx.ModelProto:
 
 
 def qdq_onnx(qdit: QuantizedDiT) -> onnx.ModelProto:
+    blocker = export_blocker(qdit.quant_linears())
+    if blocker:
+        raise UserError(f"cannot export precision {qdit.recipe.name}: {blocker}")
     proto, names, shapes = trace(qdit.transformer)
     return insert_qdq(proto, names, shapes, qdit.quant_linears(), qdit.buckets.bucket_of_t)
 

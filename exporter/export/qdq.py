@@ -27,6 +27,7 @@ from onnx import TensorProto, helper, numpy_helper
 from exporter.errors import UserError
 from exporter.export.onnx_graph import INPUT_NAMES, MARKER_OP, OPSET
 from exporter.quant.packing import pack_int4
+from exporter.quant.fp4 import Fp4Format
 from exporter.quant.primitives import PER_CHANNEL, PER_TENSOR, Fp8E4M3Format, IntFormat, QuantFormat
 from exporter.quant.qlinear import DynamicActivationQuant, QuantLinear, StaticActivationQuant
 
@@ -34,9 +35,19 @@ BUCKET_TABLE = "timestep_bucket_table"
 BUCKET = "timestep_bucket"
 
 
+def export_blocker(layers: dict[str, QuantLinear]) -> str | None:
+    """Why these layers cannot be exported as QDQ yet, or None."""
+    fp4 = [name for name, q in layers.items() if isinstance(q.fmt, Fp4Format)]
+    if fp4:
+        return f"FP4 weights ({len(fp4)} layers) have no QDQ export yet"
+    return None
+
+
 def onnx_quant_type(fmt: QuantFormat) -> int:
     if isinstance(fmt, Fp8E4M3Format):
         return TensorProto.FLOAT8E4M3FN
+    if isinstance(fmt, Fp4Format):
+        raise UserError("FP4 formats have no QDQ export yet")
     if fmt.bits == 4:
         return TensorProto.INT4 if fmt.symmetric else TensorProto.UINT4
     if fmt.bits == 8:

@@ -78,7 +78,7 @@ def save_checkpoint(qdit: QuantizedDiT, folder: Path, extra: dict[str, Any]) -> 
             "name": name, "role": qdit.roles[name], "in_features": q.in_features, "out_features": q.out_features,
             "weight": {"format": q.fmt.name, "bits": q.fmt.bits, "symmetric": q.fmt.symmetric,
                        "group_size": q.group_size, "method": qdit.recipe.weight.method,
-                       "storage": "int4x2-low-nibble-first" if q.fmt.bits == 4 else str(q.codes.dtype).removeprefix("torch.")},
+                       "storage": "4-bit codes x2 per byte, low nibble first" if q.fmt.bits == 4 else str(q.codes.dtype).removeprefix("torch.")},
             "activation": act,
         })
     quantized_prefixes = tuple(f"{n}." for n in qlinears)
@@ -164,12 +164,12 @@ def _quant_linear_from(layer: dict[str, Any], tensors: dict[str, torch.Tensor], 
                        context: TimestepContext) -> QuantLinear:
     name, w = layer["name"], layer["weight"]
     n, k = layer["out_features"], layer["in_features"]
-    fmt = IntFormat(w["bits"], w["symmetric"])
+    fmt = format_from_name(w["format"])
     codes = tensors[f"{name}.codes"]
     if fmt.bits == 4:
         if codes.shape != (n, (k + 1) // 2):
             raise ValueError(f"{name}.codes has shape {tuple(codes.shape)}, expected {(n, (k + 1) // 2)}")
-        codes = unpack_int4(codes, k, fmt.symmetric)
+        codes = unpack_int4(codes, k, signed=isinstance(fmt, IntFormat) and fmt.symmetric)
     elif codes.shape != (n, k):
         raise ValueError(f"{name}.codes has shape {tuple(codes.shape)}, expected {(n, k)}")
     scale = tensors[f"{name}.w_scale"]

@@ -88,8 +88,9 @@ def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
 
 def quantize_linear(linear: nn.Linear, recipe: Recipe, stats: LayerStats, quantize_input: bool,
                     buckets: TimestepBuckets, context: TimestepContext) -> QuantLinear:
-    spec, fmt = recipe.weight, recipe.weight.format
+    spec = recipe.weight
     w = linear.weight.detach().float()
+    fmt = spec.format_for(w)
     if spec.method == "gptq":
         codes, scale, zero = gptq_quantize(w, stats.hessian.h, fmt, spec.group_size, clip_search=spec.clip_search)
     else:

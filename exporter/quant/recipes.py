@@ -7,6 +7,9 @@ from typing import Any, Literal
 
 from exporter.errors import UserError
 from exporter.quant.policy import LayerPolicy
+import torch
+
+from exporter.quant.fp4 import MAGNITUDES, Fp4Format, select_format
 from exporter.quant.primitives import PER_CHANNEL, PER_TENSOR, Fp8E4M3Format, IntFormat, QuantFormat
 
 
@@ -22,17 +25,29 @@ class WeightSpec:
     group_size: int = PER_CHANNEL  # PER_CHANNEL (-1) or a group size along input channels
     method: Literal["rtn", "gptq"] = "rtn"
     clip_search: bool = False
+    # fp4: 4-bit floats (bits must be 4); fp4_format e2m1 / e3m0 / e1m2, or auto: chosen per
+    # layer from its weights (HQ-DiT).
+    kind: Literal["int", "fp4"] = "int"
+    fp4_format: str = "auto"
 
     def __post_init__(self) -> None:
         _check_bits(self.bits)
+        if self.kind not in ("int", "fp4"):
+            raise UserError(f"unknown weight format '{self.kind}'; valid: int, fp4")
+        if self.kind == "fp4" and (self.bits != 4 or self.fp4_format not in (*MAGNITUDES, "auto")):
+            raise UserError(f"FP4 weights are 4-bit, format one of {', '.join((*MAGNITUDES, 'auto'))}")
         if self.group_size < PER_CHANNEL:
             raise UserError(f"weight group size must be -1 (per channel), 0 (per tensor) or positive, not {self.group_size}")
         if self.method == "gptq" and self.group_size == PER_TENSOR:
             raise UserError("GPTQ needs per-channel or group-wise weight scales, not per-tensor")
 
-    @property
-    def format(self) -> IntFormat:
-        return IntFormat(self.bits, self.symmetric)
+    def format_for(self, weight: torch.Tensor) -> QuantFormat:
+        """The layer's weight format; with fp4_format auto, the FP4 format that fits ``weight`` best."""
+        if self.kind == "int":
+            return IntFormat(self.bits, self.symmetric)
+        if self.fp4_format != "auto":
+            return Fp4Format(self.fp4_format)
+        return select_format(weight, self.group_size, clip_search=self.clip_search)[0]
 
 
 @dataclass(frozen=True)
@@ -96,6 +111,9 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
     Recipe("w4a8-naive", "baseline: INT4 per-channel round-to-nearest weights, INT8 static per-tensor activations",
            WeightSpec(bits=4, group_size=PER_CHANNEL, method="rtn"),
            ActivationSpec(bits=8, mode="static", per_timestep=False)),
+    Recipe("w4a8-fp4", "FP4 g32 GPTQ weights, format per layer (E2M1/E3M0/E1M2, HQ-DiT), INT8 dynamic per-token "
+           "activations", WeightSpec(bits=4, group_size=32, method="gptq", clip_search=True, kind="fp4"),
+           ActivationSpec(bits=8, mode="dynamic", group_size=PER_CHANNEL)),
 ]}
 
 
