@@ -42,7 +42,7 @@ def sampler_from_options(loaded, sampler: Optional[str], steps: Optional[int], g
     return replace(base, **overrides)
 
 
-PRECISION_HELP = "w8a8, w4a8, w4a8-naive (dit-export precisions lists them)"
+PRECISION_HELP = "w8a8, w4a8, w4a8-naive, w4a8-fp4, fp4 (dit-export precisions lists them)"
 
 
 def recipe_from_options(precision: str, weight_group_size: Optional[int], weight_method: Optional[str],
@@ -86,7 +86,7 @@ OPT_W_GROUP = typer.Option(None, help="weight group size along input channels (-
 OPT_W_METHOD = typer.Option(None, help="weight rounding: rtn or gptq")
 OPT_ACTS = typer.Option(None, help="activation quantization: static (per-timestep tables) or dynamic")
 OPT_A_GROUP = typer.Option(None, help="dynamic activation group size along channels (-1: one per token)")
-OPT_A_FORMAT = typer.Option(None, help="activation number format: int (INT8) or fp8 (FP8 E4M3)")
+OPT_A_FORMAT = typer.Option(None, help="activation number format: int, fp8 (FP8 E4M3) or fp4 (FP4 E2M1)")
 OPT_PER_T = typer.Option(None, "--per-timestep/--one-scale", help="static scales per timestep bucket or one")
 OPT_W_LAYERS = typer.Option(None, help="comma-separated layer roles whose weights are quantized")
 OPT_A_LAYERS = typer.Option(None, help="comma-separated layer roles whose input activations are quantized")

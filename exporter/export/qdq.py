@@ -37,9 +37,10 @@ BUCKET = "timestep_bucket"
 
 def export_blocker(layers: dict[str, QuantLinear]) -> str | None:
     """Why these layers cannot be exported as QDQ yet, or None."""
-    fp4 = [name for name, q in layers.items() if isinstance(q.fmt, Fp4Format)]
+    fp4 = [name for name, q in layers.items()
+           if isinstance(q.fmt, Fp4Format) or isinstance(getattr(q.act, "fmt", None), Fp4Format)]
     if fp4:
-        return f"FP4 weights ({len(fp4)} layers) have no QDQ export yet"
+        return f"FP4 weights or activations ({len(fp4)} layers) have no QDQ export yet"
     return None
 
 

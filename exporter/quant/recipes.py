@@ -59,14 +59,16 @@ class ActivationSpec:
     # dynamic: group_size PER_CHANNEL (-1) means one scale per token.
     per_timestep: bool = True
     group_size: int = PER_CHANNEL
-    kind: Literal["int", "fp8"] = "int"  # fp8: FP8 E4M3 (8 bits, symmetric)
+    kind: Literal["int", "fp8", "fp4"] = "int"  # fp8: FP8 E4M3; fp4: FP4 E2M1 (symmetric)
 
     def __post_init__(self) -> None:
         _check_bits(self.bits)
-        if self.kind not in ("int", "fp8"):
-            raise UserError(f"unknown activation format '{self.kind}'; valid: int, fp8")
+        if self.kind not in ("int", "fp8", "fp4"):
+            raise UserError(f"unknown activation format '{self.kind}'; valid: int, fp8, fp4")
         if self.kind == "fp8" and (self.bits != 8 or not self.symmetric):
             raise UserError("FP8 activations are 8-bit E4M3 and symmetric")
+        if self.kind == "fp4" and (self.bits != 4 or not self.symmetric):
+            raise UserError("FP4 activations are 4-bit E2M1 and symmetric")
         if self.mode not in ("static", "dynamic"):
             raise UserError(f"unknown activation mode '{self.mode}'; valid: static, dynamic")
         if self.group_size < PER_CHANNEL:
@@ -74,7 +76,11 @@ class ActivationSpec:
 
     @property
     def format(self) -> QuantFormat:
-        return Fp8E4M3Format() if self.kind == "fp8" else IntFormat(self.bits, self.symmetric)
+        if self.kind == "fp8":
+            return Fp8E4M3Format()
+        if self.kind == "fp4":
+            return Fp4Format("e2m1")
+        return IntFormat(self.bits, self.symmetric)
 
 
 @dataclass(frozen=True)
@@ -114,6 +120,9 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
     Recipe("w4a8-fp4", "FP4 g32 GPTQ weights, format per layer (E2M1/E3M0/E1M2, HQ-DiT), INT8 dynamic per-token "
            "activations", WeightSpec(bits=4, group_size=32, method="gptq", clip_search=True, kind="fp4"),
            ActivationSpec(bits=8, mode="dynamic", group_size=PER_CHANNEL)),
+    Recipe("fp4", "W4A4 FP4: FP4 g32 GPTQ weights, format per layer, FP4 E2M1 dynamic activations per 32 channels",
+           WeightSpec(bits=4, group_size=32, method="gptq", clip_search=True, kind="fp4"),
+           ActivationSpec(bits=4, mode="dynamic", group_size=32, kind="fp4")),
 ]}
 
 
