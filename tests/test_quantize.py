@@ -157,3 +157,27 @@ def test_fp4_weights_take_a_format_per_layer_and_are_not_exported_yet(tiny, cali
     assert formats and all(isinstance(f, Fp4Format) for f in formats)
     with pytest.raises(UserError, match="cannot export precision w4a8-fp4: FP4 weights or activations"):
         qdq_onnx(q)
+
+
+def test_hadamard_rotation_keeps_the_layer_and_is_stored(tiny, calib, tmp_path):
+    from dataclasses import replace
+
+    from exporter.quant.hadamard import rotate
+
+    recipe = replace(get_recipe("w8a8"), hadamard=True)
+    q = quantize_model(tiny.transformer, recipe, calib, 1000, progress=False)
+    for name, layer in q.quant_linears().items():
+        assert layer.rotation_block == layer.in_features  # the tiny model's widths are powers of two
+        original = tiny.transformer.get_submodule(name).weight
+        # The stored weight is W R: rotating it back (R is symmetric and orthonormal) gives W.
+        assert sqnr_db(original, rotate(layer.weight, layer.rotation_block)) > 35
+    x, t, y = calib.x[:16], calib.t[:16], calib.y[:16]
+    with torch.no_grad():
+        assert sqnr_db(tiny.transformer(x, t, y).sample, q.transformer(x, t, y).sample) > 25
+    run_calibrate(tiny, recipe, SAMPLER, CalibrationOptions(data=calib.save(tmp_path / "c")), tmp_path, progress=False)
+    loaded, manifest = loaded_from_checkpoint(tmp_path / "quantized", tiny)
+    assert manifest["recipe"]["hadamard"] and all(layer["rotation_block"] for layer in manifest["layers"])
+    with torch.no_grad():
+        reference = run_calibrate(tiny, recipe, SAMPLER, CalibrationOptions(data=tmp_path / "c"), tmp_path / "again",
+                                  progress=False)[0].transformer(x, t, y).sample
+        assert torch.equal(loaded.transformer(x, t, y).sample, reference)

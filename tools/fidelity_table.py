@@ -36,7 +36,9 @@ ROWS = [
     ("W4A8 (g32 GPTQ + clip search W4, static per-timestep A8)", "w4a8", {"activation_mode": "static"}),
     ("W4A8 naive baseline (per-channel W4 RTN, static per-tensor A8)", "w4a8-naive", {}),
     ("W4A8-FP4 (g32 GPTQ FP4 W, format per layer, dynamic per-token A8)", "w4a8-fp4", {}),
-    ("W4A4-FP4 (g32 GPTQ FP4 W, format per layer, dynamic g32 E2M1 A4)", "fp4", {}),
+    ("W4A4-FP4 (g32 GPTQ FP4 W, format per layer, dynamic g32 E2M1 A4, Hadamard)", "fp4", {}),
+    ("W4A4-FP4 without the Hadamard rotation", "fp4", {"hadamard": False}),
+    ("W4A4-FP4 with E2M1 everywhere (no per-layer format choice)", "fp4", {"weight_fp4_format": "e2m1"}),
     ("W4A4 INT4 RTN baseline (g32 RTN W4, dynamic g32 INT4 A4)", "w4a8",
      {"weight_method": "rtn", "weight_clip_search": False, "activation_bits": 4, "activation_group_size": 32}),
 ]

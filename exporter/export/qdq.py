@@ -41,6 +41,9 @@ def export_blocker(layers: dict[str, QuantLinear]) -> str | None:
            if isinstance(q.fmt, Fp4Format) or isinstance(getattr(q.act, "fmt", None), Fp4Format)]
     if fp4:
         return f"FP4 weights or activations ({len(fp4)} layers) have no QDQ export yet"
+    rotated = [name for name, q in layers.items() if q.rotation_block]
+    if rotated:
+        return f"Hadamard-rotated layers ({len(rotated)}) have no QDQ export yet"
     return None
 
 

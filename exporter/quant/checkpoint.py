@@ -80,6 +80,7 @@ def save_checkpoint(qdit: QuantizedDiT, folder: Path, extra: dict[str, Any]) -> 
                        "group_size": q.group_size, "method": qdit.recipe.weight.method,
                        "storage": "4-bit codes x2 per byte, low nibble first" if q.fmt.bits == 4 else str(q.codes.dtype).removeprefix("torch.")},
             "activation": act,
+            "rotation_block": q.rotation_block,
         })
     quantized_prefixes = tuple(f"{n}." for n in qlinears)
     for key, value in qdit.transformer.state_dict().items():
@@ -124,7 +125,8 @@ def _recipe_from(d: dict[str, Any]) -> Recipe:
     act = d.get("activation")
     return Recipe(d["name"], d["description"], WeightSpec(**d["weight"]),
                   ActivationSpec(**act) if act else None,
-                  LayerPolicy(frozenset(d["policy"]["weights"]), frozenset(d["policy"]["activations"])))
+                  LayerPolicy(frozenset(d["policy"]["weights"]), frozenset(d["policy"]["activations"])),
+                  hadamard=bool(d.get("hadamard", False)))
 
 
 def load_checkpoint(folder: Path) -> tuple[QuantizedDiT, dict[str, Any]]:
@@ -181,4 +183,5 @@ def _quant_linear_from(layer: dict[str, Any], tensors: dict[str, torch.Tensor], 
                                     tensors[f"{name}.a_zero"], bucket_of_t, context)
     elif a["mode"] == "dynamic":
         act = DynamicActivationQuant(format_from_name(a["format"]), a["group_size"])
-    return QuantLinear(codes, scale, zero, fmt, w["group_size"], tensors.get(f"{name}.bias"), act)
+    return QuantLinear(codes, scale, zero, fmt, w["group_size"], tensors.get(f"{name}.bias"), act,
+                       rotation_block=int(layer.get("rotation_block", 0)))

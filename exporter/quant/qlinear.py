@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from exporter.quant.primitives import IntFormat, QuantFormat, choose_qparams, dequantize, fake_quantize
+from exporter.quant.hadamard import rotate
+from exporter.quant.primitives import QuantFormat, choose_qparams, dequantize, fake_quantize
 
 
 class TimestepContext:
@@ -69,11 +70,16 @@ class DynamicActivationQuant(nn.Module):
 
 
 class QuantLinear(nn.Module):
-    def __init__(self, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, fmt: IntFormat,
-                 group_size: int, bias: torch.Tensor | None, act: nn.Module | None = None) -> None:
+    """y = act(x R) (W R)^T + b, where the codes hold W R quantized and R is a block-diagonal
+    Hadamard rotation with blocks of ``rotation_block`` channels (0: no rotation, R = I)."""
+
+    def __init__(self, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, fmt: QuantFormat,
+                 group_size: int, bias: torch.Tensor | None, act: nn.Module | None = None,
+                 rotation_block: int = 0) -> None:
         super().__init__()
         self.out_features, self.in_features = codes.shape
         self.fmt, self.group_size, self.act = fmt, group_size, act
+        self.rotation_block = rotation_block
         self.register_buffer("codes", codes)
         self.register_buffer("w_scale", scale.float())
         self.register_buffer("w_zero", zero.float())
@@ -81,9 +87,12 @@ class QuantLinear(nn.Module):
         self.register_buffer("weight", dequantize(codes, self.w_scale, self.w_zero, fmt, group_size), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.rotation_block:
+            x = rotate(x, self.rotation_block)
         if self.act is not None:
             x = self.act(x)
         return F.linear(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
     def extra_repr(self) -> str:
-        return f"{self.in_features}->{self.out_features}, {self.fmt.name}, group={self.group_size}"
+        rotation = f", hadamard={self.rotation_block}" if self.rotation_block else ""
+        return f"{self.in_features}->{self.out_features}, {self.fmt.name}, group={self.group_size}{rotation}"

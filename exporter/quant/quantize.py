@@ -19,6 +19,7 @@ from exporter.errors import UserError
 from exporter.progress import Progress
 from exporter.quant.calibration import CalibrationSet
 from exporter.quant.gptq import HessianAccumulator, gptq_quantize
+from exporter.quant.hadamard import block_size_for, rotate, rotate_linear_weight
 from exporter.quant.policy import linear_roles
 from exporter.quant.primitives import choose_qparams, qparams_from_range, quantize, search_clip_ratio
 from exporter.quant.qlinear import DynamicActivationQuant, QuantLinear, StaticActivationQuant, TimestepContext
@@ -89,7 +90,8 @@ def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
 def quantize_linear(linear: nn.Linear, recipe: Recipe, stats: LayerStats, quantize_input: bool,
                     buckets: TimestepBuckets, context: TimestepContext) -> QuantLinear:
     spec = recipe.weight
-    w = linear.weight.detach().float()
+    block = rotation_block(recipe, linear.in_features)
+    w = rotate_linear_weight(linear.weight.detach().float(), block) if block else linear.weight.detach().float()
     fmt = spec.format_for(w)
     if spec.method == "gptq":
         codes, scale, zero = gptq_quantize(w, stats.hessian.h, fmt, spec.group_size, clip_search=spec.clip_search)
@@ -107,15 +109,27 @@ def quantize_linear(linear: nn.Linear, recipe: Recipe, stats: LayerStats, quanti
                                                                    stats.hi.max().expand(buckets.count))
             a_scale, a_zero = qparams_from_range(lo, hi, a.format)
             act = StaticActivationQuant(a.format, a_scale, a_zero, buckets.bucket_of_t, context)
-    return QuantLinear(codes, scale, zero, fmt, spec.group_size, linear.bias, act)
+    return QuantLinear(codes, scale, zero, fmt, spec.group_size, linear.bias, act, rotation_block=block)
+
+
+def rotation_block(recipe: Recipe, in_features: int) -> int:
+    """The Hadamard block of a layer's input rotation under ``recipe`` (0: none)."""
+    if not recipe.hadamard:
+        return 0
+    block = block_size_for(in_features)
+    return block if block > 1 else 0
 
 
 def _collect(targets: dict[str, nn.Linear], recipe: Recipe, n_buckets: int, run, current_buckets) -> dict[str, LayerStats]:
     stats = {name: LayerStats(torch.full((n_buckets,), float("inf")), torch.full((n_buckets,), -float("inf")),
                               HessianAccumulator(m.in_features) if recipe.weight.method == "gptq" else None)
              for name, m in targets.items()}
-    handles = [m.register_forward_hook(lambda _m, inp, _out, s=stats[name]: s.add(inp[0], current_buckets()))
-               for name, m in targets.items()]
+    # Statistics of the inputs as the quantized layer will see them: rotated when it rotates.
+    blocks = {name: rotation_block(recipe, m.in_features) for name, m in targets.items()}
+    handles = [m.register_forward_hook(
+        lambda _m, inp, _out, s=stats[name], b=blocks[name]: s.add(rotate(inp[0], b) if b else inp[0],
+                                                                    current_buckets()))
+        for name, m in targets.items()]
     try:
         run()
     finally:

@@ -90,6 +90,7 @@ class Recipe:
     weight: WeightSpec
     activation: ActivationSpec | None
     policy: LayerPolicy = field(default_factory=LayerPolicy)
+    hadamard: bool = False  # rotate every quantized layer's input channels (exporter/quant/hadamard.py)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -97,14 +98,15 @@ class Recipe:
         return d
 
     def with_overrides(self, **overrides: Any) -> "Recipe":
-        """weight_* / activation_* keyword overrides; None leaves a field as it is."""
+        """weight_* / activation_* / hadamard keyword overrides; None leaves a field as it is."""
         weight = {k[len("weight_"):]: v for k, v in overrides.items() if k.startswith("weight_") and v is not None}
         act = {k[len("activation_"):]: v for k, v in overrides.items()
                if k.startswith("activation_") and v is not None}
         if act and self.activation is None:
             raise UserError(f"precision {self.name} quantizes no activations")
+        top = {k: v for k, v in overrides.items() if k == "hadamard" and v is not None}
         return replace(self, weight=replace(self.weight, **weight),
-                       activation=replace(self.activation, **act) if self.activation else None)
+                       activation=replace(self.activation, **act) if self.activation else None, **top)
 
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in [
@@ -120,9 +122,10 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
     Recipe("w4a8-fp4", "FP4 g32 GPTQ weights, format per layer (E2M1/E3M0/E1M2, HQ-DiT), INT8 dynamic per-token "
            "activations", WeightSpec(bits=4, group_size=32, method="gptq", clip_search=True, kind="fp4"),
            ActivationSpec(bits=8, mode="dynamic", group_size=PER_CHANNEL)),
-    Recipe("fp4", "W4A4 FP4: FP4 g32 GPTQ weights, format per layer, FP4 E2M1 dynamic activations per 32 channels",
+    Recipe("fp4", "W4A4 FP4: FP4 g32 GPTQ weights, format per layer, FP4 E2M1 dynamic activations per 32 "
+           "channels, Hadamard-rotated inputs (HQ-DiT)",
            WeightSpec(bits=4, group_size=32, method="gptq", clip_search=True, kind="fp4"),
-           ActivationSpec(bits=4, mode="dynamic", group_size=32, kind="fp4")),
+           ActivationSpec(bits=4, mode="dynamic", group_size=32, kind="fp4"), hadamard=True),
 ]}
 
 
