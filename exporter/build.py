@@ -14,7 +14,7 @@ from exporter.digits import IMAGE_SIZE
 from exporter.evaluate import evaluate
 from exporter.export.onnx_export import run_export, validation_timesteps
 from exporter.export.qdq import export_blocker
-from exporter.validate import run_validation
+from exporter.validate import run_validation, worst
 from exporter.model_loading import LoadedDiT, load_dit
 from exporter.quant.quantize import QuantizedDiT
 from exporter.quant.recipes import Recipe
@@ -105,8 +105,8 @@ def _export_and_validate(report: BuildReport, qdit: QuantizedDiT, loaded: Loaded
     validation = run_validation(Path(exported["fp_onnx"]), Path(exported["qdq_onnx"]), qdit.transformer,
                                 timesteps, out_dir, calibration=saved_calibration(out_dir))
     report.record("validate", "done", time.monotonic() - started, report=str(out_dir / "validation.md"),
-                  exporter_mean_abs_worst=max(r["mean_abs"] for r in validation["exporter_check"]["iterations"]),
-                  quantization_mean_abs_worst=max(r["mean_abs"] for r in validation["quantization_error"]["iterations"]),
+                  exporter_mean_abs_worst=worst(validation["exporter_check"], "mean"),
+                  quantization_mean_abs_worst=worst(validation["quantization_error"], "mean"),
                   inputs_from=validation["inputs_from"])
 
 

@@ -108,6 +108,11 @@ def _comparison(results, pair: tuple[int, int], atol: float, stat: str) -> tuple
     return all(r["passed"] for r in rows), rows
 
 
+def worst(section: dict[str, Any], stat: str) -> float:
+    """The largest ``stat`` absolute error over a report section's iterations."""
+    return max(r[f"{stat}_abs"] for r in section["iterations"])
+
+
 def run_validation(fp_onnx: Path, qdq_onnx: Path, simulated: nn.Module, timesteps: list[int], out_dir: Path,
                    tolerances: Tolerances = Tolerances(), calibration: CalibrationSet | None = None) -> dict[str, Any]:
     """Writes validation.json / validation.md and the Polygraphy inputs and reference outputs;
