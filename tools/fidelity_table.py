@@ -2,6 +2,8 @@
 
     python tools/fidelity_table.py                       # 1,000 samples, writes RESULTS.md's table
     python tools/fidelity_table.py -n 200 --no-write     # quicker look
+    python tools/fidelity_table.py --rows 5,6,7,8,9      # re-measure some rows, keep the others
+
 
 Each row is calibrated from scratch (its time is reported), then evaluated with
 `dit-export eval`'s code on the same N seeds as the FP row. The FP row carries the noise floor:
@@ -90,10 +92,26 @@ def main() -> None:
     (work / "fidelity_table.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"details and sample grids: {work}")
     if not args.no_write:
-        text = RESULTS.read_text()
-        block = f"<!-- quantization-table -->\n{table}\n<!-- /quantization-table -->"
-        RESULTS.write_text(re.sub(r"<!-- quantization-table -->.*?<!-- /quantization-table -->", block, text,
-                                  flags=re.S))
+        write_table(lines)
+
+
+TABLE = re.compile(r"<!-- quantization-table -->\n(.*?)\n<!-- /quantization-table -->", re.S)
+
+
+def write_table(lines: list[str]) -> None:
+    """Replace the measured rows in RESULTS.md's table; rows not measured this time stay as they were."""
+    text = RESULTS.read_text()
+    match = TABLE.search(text)
+    kept = {row_label(line): line for line in match.group(1).splitlines()[4:]} if match else {}
+    kept.update({row_label(line): line for line in lines[4:]})
+    order = [label for label, _, _ in ROWS]
+    rows = [kept[label] for label in order if label in kept]
+    block = "<!-- quantization-table -->\n" + "\n".join(lines[:4] + rows) + "\n<!-- /quantization-table -->"
+    RESULTS.write_text(TABLE.sub(lambda _: block, text) if match else text + "\n" + block + "\n")
+
+
+def row_label(line: str) -> str:
+    return line.split("|")[1].strip()
 
 
 if __name__ == "__main__":
