@@ -12,8 +12,7 @@ from exporter.atomic import atomic_write_text
 from exporter.calibrate import CalibrationOptions, as_loaded, open_checkpoint, run_calibrate, saved_calibration
 from exporter.digits import IMAGE_SIZE
 from exporter.evaluate import evaluate
-from exporter.export.onnx_export import run_export, validation_timesteps
-from exporter.export.qdq import export_blocker
+from exporter.export.onnx_export import run_export, validation_step_weights, validation_timesteps
 from exporter.validate import run_validation, worst
 from exporter.model_loading import LoadedDiT, load_dit
 from exporter.quant.quantize import QuantizedDiT
@@ -78,12 +77,7 @@ def run_build(model: str | None, recipe: Recipe, out_dir: Path, checkpoint: Path
     quantized = as_loaded(qdit, manifest, checkpoint)
     timesteps = validation_timesteps(manifest)
 
-    blocker = export_blocker(qdit.quant_linears())
-    if blocker:
-        for stage in ("export", "validate"):
-            report.record(stage, "not-available", 0.0, reason=blocker)
-    else:
-        _export_and_validate(report, qdit, loaded, out_dir, timesteps)
+    _export_and_validate(report, qdit, loaded, out_dir, timesteps, validation_step_weights(manifest, timesteps))
     _fidelity(report, loaded, quantized, sampler, out_dir, eval_samples, seed)
 
     for stage in PENDING_STAGES:
@@ -93,7 +87,8 @@ def run_build(model: str | None, recipe: Recipe, out_dir: Path, checkpoint: Path
     return report
 
 
-def _export_and_validate(report: BuildReport, qdit: QuantizedDiT, loaded: LoadedDiT, out_dir: Path, timesteps: list[int]) -> None:
+def _export_and_validate(report: BuildReport, qdit: QuantizedDiT, loaded: LoadedDiT, out_dir: Path, timesteps: list[int],
+                         step_weights: list[float]) -> None:
     started = time.monotonic()
     exported = run_export(qdit, loaded.transformer, out_dir, timesteps)
     report.record("export", "done", time.monotonic() - started, fp_onnx=exported["fp_onnx"],
@@ -103,7 +98,7 @@ def _export_and_validate(report: BuildReport, qdit: QuantizedDiT, loaded: Loaded
 
     started = time.monotonic()
     validation = run_validation(Path(exported["fp_onnx"]), Path(exported["qdq_onnx"]), qdit.transformer,
-                                timesteps, out_dir, calibration=saved_calibration(out_dir))
+                                timesteps, step_weights, out_dir, calibration=saved_calibration(out_dir))
     report.record("validate", "done", time.monotonic() - started, report=str(out_dir / "validation.md"),
                   exporter_mean_abs_worst=worst(validation["exporter_check"], "mean"),
                   quantization_mean_abs_worst=worst(validation["quantization_error"], "mean"),

@@ -181,21 +181,23 @@ def validate(
     out: Path = typer.Option(Path("out"), help="folder holding onnx/; reports and Polygraphy files go here"),
     exporter_atol: float = typer.Option(5e-3, help="QDQ vs PyTorch simulated model: absolute tolerance"),
     exporter_stat: str = typer.Option("median", help="error statistic checked for that: max, mean or median"),
-    quantization_atol: float = typer.Option(0.25, help="QDQ vs FP reference: absolute tolerance"),
+    quantization_atol: float = typer.Option(0.02, help="QDQ vs FP reference: absolute tolerance on the error "
+                                            "times the step weight (how far it moves the sampler's next sample)"),
     quantization_stat: str = typer.Option("mean", help="error statistic checked for that: max, mean or median"),
 ) -> None:
     """Compare the exported graphs with Polygraphy in ONNX Runtime: QDQ vs the PyTorch simulated
     model (exporter check) and QDQ vs the FP reference (quantization error)."""
     from exporter.calibrate import loaded_from_checkpoint, saved_calibration
-    from exporter.export.onnx_export import ONNX_DIR, validation_timesteps
+    from exporter.export.onnx_export import ONNX_DIR, validation_step_weights, validation_timesteps
     from exporter.model_loading import load_dit
     from exporter.validate import Tolerances, run_validation, worst
 
     tolerances = Tolerances(exporter_atol, exporter_stat, quantization_atol, quantization_stat)
     quantized, manifest = loaded_from_checkpoint(checkpoint, load_dit(model))
+    timesteps = validation_timesteps(manifest)
     report = run_validation(out / ONNX_DIR / "fp.onnx", out / ONNX_DIR / f"{manifest['precision']}.qdq.onnx",
-                            quantized.transformer, validation_timesteps(manifest), out, tolerances,
-                            calibration=saved_calibration(out))
+                            quantized.transformer, timesteps, validation_step_weights(manifest, timesteps), out,
+                            tolerances, calibration=saved_calibration(out))
     for key, stat in (("exporter_check", tolerances.exporter_stat), ("quantization_error", tolerances.quantization_stat)):
         typer.echo(f"{key}: passed (worst {stat} {worst(report[key], stat):.3g})")
     typer.echo(f"report: {out / 'validation.md'}")

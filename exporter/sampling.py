@@ -55,6 +55,23 @@ def sampler_timesteps(scheduler_config: dict[str, Any], sampler: SamplerConfig) 
     return [int(t) for t in make_scheduler(scheduler_config, sampler).timesteps]
 
 
+def epsilon_step_weights(scheduler_config: dict[str, Any], sampler: SamplerConfig, timesteps: list[int],
+                         probe: float = 1e-3) -> list[float]:
+    """For each timestep, how far one unit of error in the model's epsilon moves the sampler's next
+    state: |d x_prev / d eps| of the scheduler's step, measured at x = 0 with a small ``probe``
+    (DDPM's added noise is the same in both steps and cancels). About 0.46 at t = 960 and 0.01
+    at t = 0 for DDIM with 25 steps on the linear schedule."""
+    scheduler = make_scheduler(scheduler_config, sampler)
+    weights = []
+    for t in timesteps:
+        moved = []
+        for eps in (torch.zeros(1, 1), torch.full((1, 1), probe)):
+            kwargs = {"generator": torch.Generator().manual_seed(0)} if sampler.kind == "ddpm" else {"eta": 0.0}
+            moved.append(scheduler.step(eps, t, torch.zeros(1, 1), **kwargs).prev_sample)
+        weights.append(float((moved[1] - moved[0]).abs()) / probe)
+    return weights
+
+
 def null_class(transformer) -> int:
     return int(transformer.config.num_embeds_ada_norm)
 

@@ -25,6 +25,13 @@ RECIPES = {
     "int8-per-tensor-weights": get_recipe("w8a8").with_overrides(weight_group_size=0),
     "w8-fp8-static": get_recipe("w8a8").with_overrides(activation_kind="fp8"),
     "w4-fp8-dynamic": get_recipe("w4a8").with_overrides(activation_kind="fp8"),
+    "w4a8-fp4": get_recipe("w4a8-fp4"),
+    "fp4": get_recipe("fp4"),
+    "fp4-e3m0-weights": get_recipe("fp4").with_overrides(weight_fp4_format="e3m0"),
+    "fp4-e2m1-per-channel-weights": get_recipe("fp4").with_overrides(weight_fp4_format="e2m1",
+                                                                     weight_group_size=-1),
+    "fp4-static-activations": get_recipe("fp4").with_overrides(activation_mode="static"),
+    "w8a8-hadamard": get_recipe("w8a8").with_overrides(hadamard=True),
 }
 
 

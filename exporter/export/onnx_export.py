@@ -9,11 +9,11 @@ import onnx
 import torch
 from torch import nn
 
-from exporter.export.ort_check import run, session
+from exporter.export.fp4_graph import needs_reference, reference_graph, reference_path
 from exporter.export.onnx_files import write_onnx
 from exporter.export.onnx_graph import trace
-from exporter.errors import UserError
-from exporter.export.qdq import export_blocker, insert_qdq
+from exporter.export.ort_check import run, session
+from exporter.export.qdq import insert_qdq
 from exporter.model_loading import LoadedDiT
 from exporter.quant.quantize import QuantizedDiT
 
@@ -25,9 +25,6 @@ def fp_onnx(transformer: nn.Module) -> onnx.ModelProto:
 
 
 def qdq_onnx(qdit: QuantizedDiT) -> onnx.ModelProto:
-    blocker = export_blocker(qdit.quant_linears())
-    if blocker:
-        raise UserError(f"cannot export precision {qdit.recipe.name}: {blocker}")
     proto, names, shapes = trace(qdit.transformer)
     return insert_qdq(proto, names, shapes, qdit.quant_linears(), qdit.buckets.bucket_of_t)
 
@@ -53,19 +50,28 @@ def error_stats(reference: np.ndarray, actual: np.ndarray) -> dict[str, float]:
 
 def run_export(qdit: QuantizedDiT, fp_transformer: nn.Module, out_dir: Path, timesteps: list[int],
                external_data: bool | None = None) -> dict:
-    """Writes onnx/fp.onnx and onnx/<precision>.qdq.onnx (external data when over 2 GB or asked);
-    runs both in ONNX Runtime against the PyTorch models on one input per timestep."""
+    """Writes onnx/fp.onnx and onnx/<precision>.qdq.onnx (external data when over 2 GB or asked),
+    and for graphs with FP4 their reference form <precision>.qdq.reference.onnx, which ONNX
+    Runtime runs; runs the graphs in ONNX Runtime against the PyTorch models on one input per
+    timestep."""
     folder = out_dir / ONNX_DIR
     fp_path = write_onnx(fp_onnx(fp_transformer), folder / "fp.onnx", external_data)
-    qdq_path = write_onnx(qdq_onnx(qdit), folder / f"{qdit.recipe.name}.qdq.onnx", external_data)
+    qdq = qdq_onnx(qdit)
+    qdq_path = folder / f"{qdit.recipe.name}.qdq.onnx"
+    runnable = None
+    if needs_reference(qdq):
+        runnable = write_onnx(reference_graph(qdq), reference_path(qdq_path), external_data)
+    elif reference_path(qdq_path).exists():
+        reference_path(qdq_path).unlink()
+    write_onnx(qdq, qdq_path, external_data)
     sample, timestep, labels = check_inputs(fp_transformer, timesteps)
     with torch.no_grad():
         simulated = qdit.transformer(sample, timestep, labels).sample.numpy()
         reference = fp_transformer(sample, timestep, labels).sample.numpy()
-    qdq_out = run(session(qdq_path), sample, timestep, labels)
+    qdq_out = run(session(runnable or qdq_path), sample, timestep, labels)
     fp_out = run(session(fp_path), sample, timestep, labels)
     return {
-        "fp_onnx": str(fp_path), "qdq_onnx": str(qdq_path),
+        "fp_onnx": str(fp_path), "qdq_onnx": str(qdq_path), "reference_onnx": str(runnable) if runnable else None,
         "fp_bytes": _file_bytes(fp_path), "qdq_bytes": _file_bytes(qdq_path),
         "fp_onnx_vs_torch": error_stats(reference, fp_out),
         "qdq_vs_simulated": error_stats(simulated, qdq_out),
@@ -93,3 +99,10 @@ def validation_timesteps(manifest: dict, count: int = 6) -> list[int]:
 
     steps = sampler_timesteps(manifest["scheduler_config"], SamplerConfig(**manifest["sampler"]))
     return [steps[i] for i in np.linspace(0, len(steps) - 1, min(len(steps), count)).round().astype(int)]
+
+
+def validation_step_weights(manifest: dict, timesteps: list[int]) -> list[float]:
+    """How much each timestep's epsilon error moves the deployed sampler's next sample."""
+    from exporter.sampling import SamplerConfig, epsilon_step_weights
+
+    return epsilon_step_weights(manifest["scheduler_config"], SamplerConfig(**manifest["sampler"]), timesteps)

@@ -1,25 +1,41 @@
 """Running exported graphs in ONNX Runtime, with graph optimizations off: ORT's optimizer fuses
 DequantizeLinear(INT4) + MatMul into MatMulNBits, whose CPU kernel computes in lower precision
-(about 0.1 absolute error at the embedded model's output), which would hide exporter errors."""
+(about 0.1 absolute error at the embedded model's output), which would hide exporter errors.
+
+Graphs with FP4 (FLOAT4E2M1), which ONNX Runtime has no kernels for, run in their reference form
+(exporter/export/fp4_graph.py), converted in memory."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 
-from exporter.export.onnx_files import check_external_data
+from exporter.errors import UserError
+from exporter.export.fp4_graph import needs_reference, reference_graph, reference_path
+from exporter.export.onnx_files import EXTERNAL_DATA_THRESHOLD, check_external_data, initializer_bytes, load_onnx
 
 
 def session(model: str | Path | bytes) -> ort.InferenceSession:
-    if not isinstance(model, bytes):
-        check_external_data(Path(model))
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
-    source = model if isinstance(model, bytes) else str(model)
+    source: str | bytes = model if isinstance(model, bytes) else str(model)
+    if isinstance(model, bytes):
+        proto = onnx.load_from_string(model)
+    else:
+        check_external_data(Path(model))
+        proto = onnx.load(str(model), load_external_data=False)
+    if needs_reference(proto):
+        if not isinstance(model, bytes):
+            proto = load_onnx(Path(model))
+            if initializer_bytes(proto) > EXTERNAL_DATA_THRESHOLD:
+                raise UserError(f"{model} holds FP4, which ONNX Runtime cannot run, and is too large to convert in "
+                                f"memory: run its reference form {reference_path(Path(model))} instead")
+        source = reference_graph(proto).SerializeToString()
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 

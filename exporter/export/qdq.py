@@ -2,8 +2,9 @@
 
 Per quantized Linear `L` (x [..., K] -> y [..., N]):
 
-    weight   L.weight_q      INT4 / UINT4 (packed, 2 per byte) or INT8 / UINT8 [K, N]: the
-                             transposed codes, so that y = x @ W^T is a plain MatMul
+    weight   L.weight_q      INT4 / UINT4 / FLOAT4E2M1 (packed, 2 per byte) or INT8 / UINT8
+                             [K, N]: the transposed codes, so that y = x @ W^T is a plain MatMul;
+                             E3M0 / E1M2 codes as UINT4 with a decode table (fp4_graph.py)
              L.weight_scale  float32 [ceil(K/g), N] blocked along axis 0 (block_size g), or
                              [N] along axis 1 (per channel), or a scalar (per tensor)
              L.weight_zero   same shape and type as the codes' scale grid (asymmetric only)
@@ -12,12 +13,14 @@ Per quantized Linear `L` (x [..., K] -> y [..., N]):
              x is flattened to [B, F] and quantized per sample with blocked Q/DQ (block F),
              so each sample uses the scale of its own timestep; no extra graph input.
     dynamic  scale = ReduceMax(|x|) / qmax per token (per group of g channels when g < K),
-             then blocked Q/DQ along the last axis.
+             then blocked Q/DQ along the last axis (FLOAT4E2M1 for FP4 activations).
+    rotated  x H before the activation quantizer: x reshaped to [..., K/b, b], MatMul with the
+             b x b Hadamard block L.hadamard, reshaped back; the weight codes already hold W H.
+
+Graphs with FLOAT4E2M1 use opset 23; the other graphs stay at opset 21.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -25,79 +28,27 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from exporter.errors import UserError
+from exporter.export.fp4_graph import use_fp4_opset, weight_decode
+from exporter.export.graph_builder import Builder, code_tensor, float_tensor, int64_tensor, onnx_quant_type
+from exporter.export.onnx_files import deduplicate_initializers
 from exporter.export.onnx_graph import INPUT_NAMES, MARKER_OP, OPSET
-from exporter.quant.packing import pack_int4
 from exporter.quant.fp4 import Fp4Format
-from exporter.quant.primitives import PER_CHANNEL, PER_TENSOR, Fp8E4M3Format, IntFormat, QuantFormat
+from exporter.quant.hadamard import hadamard_matrix
+from exporter.quant.primitives import PER_CHANNEL, PER_TENSOR
 from exporter.quant.qlinear import DynamicActivationQuant, QuantLinear, StaticActivationQuant
 
 BUCKET_TABLE = "timestep_bucket_table"
 BUCKET = "timestep_bucket"
 
 
-def export_blocker(layers: dict[str, QuantLinear]) -> str | None:
-    """Why these layers cannot be exported as QDQ yet, or None."""
-    fp4 = [name for name, q in layers.items()
-           if isinstance(q.fmt, Fp4Format) or isinstance(getattr(q.act, "fmt", None), Fp4Format)]
-    if fp4:
-        return f"FP4 weights or activations ({len(fp4)} layers) have no QDQ export yet"
-    rotated = [name for name, q in layers.items() if q.rotation_block]
-    if rotated:
-        return f"Hadamard-rotated layers ({len(rotated)}) have no QDQ export yet"
-    return None
-
-
-def onnx_quant_type(fmt: QuantFormat) -> int:
-    if isinstance(fmt, Fp8E4M3Format):
-        return TensorProto.FLOAT8E4M3FN
-    if isinstance(fmt, Fp4Format):
-        raise UserError("FP4 formats have no QDQ export yet")
-    if fmt.bits == 4:
-        return TensorProto.INT4 if fmt.symmetric else TensorProto.UINT4
-    if fmt.bits == 8:
-        return TensorProto.INT8 if fmt.symmetric else TensorProto.UINT8
-    raise UserError(f"ONNX has no {fmt.bits}-bit integer type: export supports 4- and 8-bit formats")
-
-
-def int_tensor(name: str, values: torch.Tensor, fmt: IntFormat) -> TensorProto:
-    """An integer initializer; 4-bit values stay packed two per byte (ONNX's layout)."""
-    data_type = onnx_quant_type(fmt)
-    if fmt.bits == 4:
-        raw = pack_int4(values.reshape(-1)).numpy().tobytes()
-        return helper.make_tensor(name, data_type, list(values.shape), raw, raw=True)
-    dtype = np.int8 if fmt.symmetric else np.uint8
-    return numpy_helper.from_array(values.numpy().astype(dtype), name)
-
-
-def float_tensor(name: str, values: torch.Tensor) -> TensorProto:
-    return numpy_helper.from_array(values.detach().float().numpy(), name)
-
-
-@dataclass
-class _Builder:
-    """Collects the nodes and initializers of one replacement, with names prefixed by the layer."""
-
-    prefix: str
-    nodes: list[onnx.NodeProto]
-    initializers: list[TensorProto]
-
-    def name(self, suffix: str) -> str:
-        return f"{self.prefix}.{suffix}"
-
-    def node(self, op: str, inputs: list[str], output: str | None = None, **attrs) -> str:
-        out = output or self.name(f"{op.lower()}_{len(self.nodes)}")
-        self.nodes.append(helper.make_node(op, inputs, [out], name=self.name(f"{op}_{len(self.nodes)}"), **attrs))
-        return out
-
-    def const(self, tensor: TensorProto) -> str:
-        self.initializers.append(tensor)
-        return tensor.name
-
-
-def _weight(b: _Builder, q: QuantLinear) -> str:
+def _weight(b: Builder, q: QuantLinear) -> str:
     codes_t = q.codes.T.contiguous()  # [K, N]
     scale, zero = q.w_scale.T.contiguous(), q.w_zero.T.contiguous()  # [groups, N]
-    inputs = [b.const(int_tensor(b.name("weight_q"), codes_t, q.fmt))]
+    codes = b.const(code_tensor(b.name("weight_q"), codes_t, q.fmt))
+    if onnx_quant_type(q.fmt) == TensorProto.UINT4 and isinstance(q.fmt, Fp4Format):
+        group = q.group_size if scale.shape[0] > 1 else q.in_features
+        return weight_decode(b, codes, q.fmt, scale.numpy(), group, q.in_features)
+    inputs = [codes]
     attrs: dict = {}
     if q.group_size == PER_TENSOR:
         scale, zero = scale.reshape(()), zero.reshape(())
@@ -107,11 +58,11 @@ def _weight(b: _Builder, q: QuantLinear) -> str:
         attrs = {"axis": 0, "block_size": q.group_size}
     inputs.append(b.const(float_tensor(b.name("weight_scale"), scale)))
     if not q.fmt.symmetric:
-        inputs.append(b.const(int_tensor(b.name("weight_zero"), zero.round().to(torch.uint8), q.fmt)))
+        inputs.append(b.const(code_tensor(b.name("weight_zero"), zero.round().to(torch.uint8), q.fmt)))
     return b.node("DequantizeLinear", inputs, **attrs)
 
 
-def _static_activation(b: _Builder, x: str, act: StaticActivationQuant, features: int) -> str:
+def _static_activation(b: Builder, x: str, act: StaticActivationQuant, features: int) -> str:
     bucket_shape = b.const(numpy_helper.from_array(np.array([1], dtype=np.int64), b.name("scale_shape")))
     flat_shape = b.const(numpy_helper.from_array(np.array([0, -1], dtype=np.int64), b.name("flat_shape")))
     scale_table = b.const(float_tensor(b.name("act_scale"), act.scale))
@@ -119,7 +70,7 @@ def _static_activation(b: _Builder, x: str, act: StaticActivationQuant, features
     scale = b.node("Unsqueeze", [scale, bucket_shape])
     inputs = [scale]
     if not act.fmt.symmetric:
-        zero_table = b.const(int_tensor(b.name("act_zero"), act.zero.round().to(torch.uint8), act.fmt))
+        zero_table = b.const(code_tensor(b.name("act_zero"), act.zero.round().to(torch.uint8), act.fmt))
         inputs.append(b.node("Unsqueeze", [b.node("Gather", [zero_table, BUCKET]), bucket_shape]))
     flat = b.node("Reshape", [x, flat_shape])
     attrs = {"axis": 1, "block_size": features}
@@ -128,7 +79,7 @@ def _static_activation(b: _Builder, x: str, act: StaticActivationQuant, features
     return b.node("Reshape", [dq, b.node("Shape", [x])])
 
 
-def _dynamic_activation(b: _Builder, x: str, act: DynamicActivationQuant, k: int, rank: int) -> str:
+def _dynamic_activation(b: Builder, x: str, act: DynamicActivationQuant, k: int, rank: int) -> str:
     if not act.fmt.symmetric:
         raise UserError("export supports symmetric dynamic activations only")
     g = k if act.group_size in (PER_CHANNEL, PER_TENSOR) or act.group_size >= k else act.group_size
@@ -152,7 +103,17 @@ def _dynamic_activation(b: _Builder, x: str, act: DynamicActivationQuant, k: int
     return b.node("DequantizeLinear", [q, scale], **attrs)
 
 
-def _replacement(b: _Builder, x: str, y: str, q: QuantLinear, features: int, rank: int) -> None:
+def _rotation(b: Builder, x: str, block: int, k: int, rank: int) -> str:
+    """x H along the last axis, H block-diagonal with Hadamard blocks of ``block`` channels."""
+    blocks = b.const(int64_tensor(b.name("rotation_shape"), [0] * (rank - 1) + [k // block, block]))
+    h = b.const(float_tensor(b.name("hadamard"), hadamard_matrix(block)))
+    rotated = b.node("MatMul", [b.node("Reshape", [x, blocks]), h])
+    return b.node("Reshape", [rotated, b.node("Shape", [x])])
+
+
+def _replacement(b: Builder, x: str, y: str, q: QuantLinear, features: int, rank: int) -> None:
+    if q.rotation_block:
+        x = _rotation(b, x, q.rotation_block, q.in_features, rank)
     if isinstance(q.act, StaticActivationQuant):
         x = _static_activation(b, x, q.act, features)
     elif isinstance(q.act, DynamicActivationQuant):
@@ -182,7 +143,7 @@ def insert_qdq(proto: onnx.ModelProto, names: list[str], shapes: list[tuple[int,
         layer = layers[name]
         dims = shapes[index]
         features = int(np.prod(dims[1:]))
-        b = _Builder(name, [], [])
+        b = Builder(name, [], [])
         _replacement(b, node.input[0], node.output[0], layer, features, len(dims))
         nodes.extend(b.nodes)
         initializers.extend(b.initializers)
@@ -191,4 +152,8 @@ def insert_qdq(proto: onnx.ModelProto, names: list[str], shapes: list[tuple[int,
     graph.initializer.extend(initializers)
     del proto.opset_import[:]
     proto.opset_import.extend([helper.make_opsetid("", OPSET)])
+    if any(t.data_type == TensorProto.FLOAT4E2M1 for t in graph.initializer) or any(
+            a.name == "output_dtype" and a.i == TensorProto.FLOAT4E2M1 for n in graph.node for a in n.attribute):
+        use_fp4_opset(proto)
+    deduplicate_initializers(proto)  # decode tables, Hadamard blocks and shapes repeat across layers
     return proto

@@ -9,6 +9,14 @@ Sizes that are not a power of two: the transform is block-diagonal, H_b on conse
 b channels, b the largest power of two dividing the width (DiT-XL/2's 1152 = 9 x 128, 4608 =
 9 x 512). It stays orthonormal and exact; outliers spread within their block only. Widths with no
 power-of-two factor above 1 are left untransformed.
+
+Where the activation's rotation goes: in a DiT block no quantized Linear's input can take it from
+the layer before. q/k/v and fc1 read LayerNorm output modulated by adaLN, x (1 + scale) + shift
+with a per-sample, per-channel scale, which does not commute with H; fc2 reads GELU output;
+the attention output projection reads softmax(QK^T) V per head, which would take H into V's
+weight only if each Hadamard block stayed inside one head (DiT-XL/2's heads are 72 channels,
+the blocks 128). So the weights absorb H and the activations are rotated at run time (in the
+exported graph, a MatMul with one H block; exporter/export/qdq.py).
 """
 
 from __future__ import annotations
