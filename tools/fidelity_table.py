@@ -87,12 +87,12 @@ def main() -> None:
         results["rows"].append({"label": label, "precision": precision, "overrides": overrides,
                                 "calibration_seconds": round(seconds, 1), "ratio": ratio, **q})
         print(lines[-1], flush=True)
+        if not args.no_write:
+            write_table(lines)  # after every row: a long run keeps what it measured
     table = "\n".join(lines)
     print(table)
     (work / "fidelity_table.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"details and sample grids: {work}")
-    if not args.no_write:
-        write_table(lines)
 
 
 TABLE = re.compile(r"<!-- quantization-table -->\n(.*?)\n<!-- /quantization-table -->", re.S)

@@ -47,10 +47,7 @@ def decode_table(fmt: Fp4Format) -> np.ndarray:
 
 def rounding_thresholds(fmt: Fp4Format) -> np.ndarray:
     """float32 t[i] such that |y| rounds to magnitude index sum(|y| > t)."""
-    m = np.asarray(fmt.magnitudes.numpy(), dtype=np.float32)
-    mids = ((m[1:] + m[:-1]) / 2).astype(np.float32)
-    up_at_tie = np.arange(1, len(m)) % 2 == 0  # the upper neighbour has the even index
-    return np.where(up_at_tie, np.nextafter(mids, np.float32(-np.inf)), mids).astype(np.float32)
+    return fmt.thresholds(torch.float32).numpy()
 
 
 def weight_decode(b: Builder, codes: str, fmt: Fp4Format, scale: np.ndarray, group_size: int, k: int,

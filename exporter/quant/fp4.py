@@ -55,14 +55,18 @@ class Fp4Format:
     def qmin(self) -> float:
         return -self.qmax
 
+    def thresholds(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """t such that |y| rounds to magnitude index #(t < |y|): the midpoints between neighbouring
+        magnitudes, each one ulp lower where a tie rounds up to the even index. Values past the
+        last threshold take the largest magnitude (saturation)."""
+        grid = self.magnitudes.to(dtype)
+        mids = (grid[1:] + grid[:-1]) / 2
+        up_at_tie = torch.arange(1, len(grid)) % 2 == 0
+        return torch.where(up_at_tie, torch.nextafter(mids, torch.zeros_like(mids)), mids)
+
     def index(self, scaled: torch.Tensor) -> torch.Tensor:
         """Index of the nearest magnitude of |scaled| (ties to the even index), int64."""
-        grid = self.magnitudes.to(scaled.dtype)
-        mids = (grid[1:] + grid[:-1]) / 2
-        a = scaled.abs().clamp(max=self.qmax)
-        i = torch.bucketize(a, mids)  # a == mid goes to the lower index
-        tie = (i < len(grid) - 1) & (a == mids[i.clamp(max=len(mids) - 1)])
-        return torch.where(tie & (i % 2 == 1), i + 1, i)  # from the odd lower index to the even one
+        return torch.bucketize(scaled.abs(), self.thresholds(scaled.dtype))
 
     def round(self, scaled: torch.Tensor) -> torch.Tensor:
         grid = self.magnitudes.to(scaled.dtype)
