@@ -10,7 +10,8 @@ from typing import Any
 from exporter.errors import UserError
 from exporter.model_loading import LoadedDiT
 from exporter.quant.calibration import CalibrationSet, calibration_summary, collect_calibration_set
-from exporter.quant.checkpoint import check_made_from, load_checkpoint, model_fingerprint, save_checkpoint
+from exporter.quant.checkpoint import (check_made_from, load_checkpoint, model_fingerprint, read_manifest,
+                                       save_checkpoint, weight_storage)
 from exporter.quant.quantize import QuantizedDiT, quantize_model
 from exporter.quant.recipes import Recipe
 from exporter.quant.report import measure, write_reports
@@ -57,7 +58,7 @@ def run_calibrate(loaded: LoadedDiT, recipe: Recipe, sampler: SamplerConfig, opt
     quantized = time.monotonic()
     report = measure(loaded.transformer, qdit, calib)
     write_reports(report, out_dir, recipe.name)
-    save_checkpoint(qdit, out_dir / CHECKPOINT_DIR, {
+    folder = save_checkpoint(qdit, out_dir / CHECKPOINT_DIR, {
         "model_source": loaded.source,
         "model_fingerprint": model_fingerprint(loaded.transformer),
         "scheduler_config": loaded.scheduler_config,
@@ -75,7 +76,11 @@ def run_calibrate(loaded: LoadedDiT, recipe: Recipe, sampler: SamplerConfig, opt
         "output_sqnr_db_mean": round(sum(valid) / len(valid), 2) if valid else None,
         "seconds_sampling": round(collected - started, 1),
         "seconds_quantizing": round(quantized - collected, 1),
+        **weight_storage(read_manifest(folder)),
     }
+    if qdit.calibration_losses:
+        summary["vq_loss_first_last"] = {block: [round(losses[0], 5), round(sum(losses[-20:]) / len(losses[-20:]), 5)]
+                                         for block, losses in qdit.calibration_losses.items()}
     return qdit, summary
 
 

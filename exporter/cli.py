@@ -42,26 +42,29 @@ def sampler_from_options(loaded, sampler: Optional[str], steps: Optional[int], g
     return replace(base, **overrides)
 
 
-PRECISION_HELP = "w8a8, w4a8, w4a8-naive, w4a8-fp4, fp4 (dit-export precisions lists them)"
+PRECISION_HELP = "w8a8, w4a8, w4a8-naive, w4a8-fp4, fp4, vq2, vq3 (dit-export precisions lists them)"
+WEIGHT_METHODS = ("rtn", "gptq", "vq4dit", "kmeans")
 
 
 def recipe_from_options(precision: str, weight_group_size: Optional[int], weight_method: Optional[str],
                         activations: Optional[str], per_timestep: Optional[bool],
                         weight_layers: Optional[str], activation_layers: Optional[str],
-                        activation_group_size: Optional[int] = None, activation_format: Optional[str] = None):
+                        activation_group_size: Optional[int] = None, activation_format: Optional[str] = None,
+                        vq_iterations: Optional[int] = None):
     from dataclasses import replace
 
     from exporter.quant.policy import LayerPolicy
     from exporter.quant.recipes import get_recipe
 
     recipe = get_recipe(precision)
-    if weight_method is not None and weight_method not in ("rtn", "gptq"):
-        raise UserError(f"unknown weight method '{weight_method}'; valid: rtn, gptq")
+    if weight_method is not None and weight_method not in WEIGHT_METHODS:
+        raise UserError(f"unknown weight method '{weight_method}'; valid: {', '.join(WEIGHT_METHODS)}")
     if activations is not None and activations not in ("static", "dynamic"):
         raise UserError(f"unknown activation mode '{activations}'; valid: static, dynamic")
     recipe = recipe.with_overrides(weight_group_size=weight_group_size, weight_method=weight_method,
                                    activation_mode=activations, activation_per_timestep=per_timestep,
-                                   activation_group_size=activation_group_size, activation_kind=activation_format)
+                                   activation_group_size=activation_group_size, activation_kind=activation_format,
+                                   weight_vq_iterations=vq_iterations)
     if weight_layers is not None or activation_layers is not None:
         policy = LayerPolicy.parse(
             weight_layers if weight_layers is not None else ",".join(sorted(recipe.policy.weights)),
@@ -83,7 +86,8 @@ OPT_CALIB_SEED = typer.Option(0, "--calibration-seed", help="seed of the calibra
 OPT_BUCKETS = typer.Option(None, help="timestep buckets of static scales (default: one per sampler step)")
 OPT_CALIB_DATA = typer.Option(None, help="reuse a saved calibration.safetensors instead of sampling")
 OPT_W_GROUP = typer.Option(None, help="weight group size along input channels (-1: per output channel)")
-OPT_W_METHOD = typer.Option(None, help="weight rounding: rtn or gptq")
+OPT_W_METHOD = typer.Option(None, help="weight rounding: rtn or gptq; for VQ precisions vq4dit or kmeans")
+OPT_VQ_ITERS = typer.Option(None, help="VQ4DiT calibration iterations per block (vq2 / vq3; default 300)")
 OPT_ACTS = typer.Option(None, help="activation quantization: static (per-timestep tables) or dynamic")
 OPT_A_GROUP = typer.Option(None, help="dynamic activation group size along channels (-1: one per token)")
 OPT_A_FORMAT = typer.Option(None, help="activation number format: int, fp8 (FP8 E4M3) or fp4 (FP4 E2M1)")
@@ -115,6 +119,7 @@ def calibrate(
     activations: Optional[str] = OPT_ACTS, per_timestep: Optional[bool] = OPT_PER_T,
     activation_group_size: Optional[int] = OPT_A_GROUP, activation_format: Optional[str] = OPT_A_FORMAT,
     weight_layers: Optional[str] = OPT_W_LAYERS, activation_layers: Optional[str] = OPT_A_LAYERS,
+    vq_iterations: Optional[int] = OPT_VQ_ITERS,
 ) -> None:
     """Calibrate and quantize a DiT; write the quantized checkpoint and SQNR / range reports."""
     from exporter.build import default_sampler
@@ -122,7 +127,8 @@ def calibrate(
     from exporter.model_loading import load_dit
 
     recipe = recipe_from_options(precision, weight_group_size, weight_method, activations, per_timestep,
-                                 weight_layers, activation_layers, activation_group_size, activation_format)
+                                 weight_layers, activation_layers, activation_group_size, activation_format,
+                                 vq_iterations)
     loaded = load_dit(model)
     _, summary = run_calibrate(loaded, recipe, default_sampler(loaded),
                                calibration_options(trajectories, calibration_seed, buckets, calibration_data), out)
@@ -145,12 +151,14 @@ def build(
     activations: Optional[str] = OPT_ACTS, per_timestep: Optional[bool] = OPT_PER_T,
     activation_group_size: Optional[int] = OPT_A_GROUP, activation_format: Optional[str] = OPT_A_FORMAT,
     weight_layers: Optional[str] = OPT_W_LAYERS, activation_layers: Optional[str] = OPT_A_LAYERS,
+    vq_iterations: Optional[int] = OPT_VQ_ITERS,
 ) -> None:
     """Run every stage of the pipeline that exists, writing artifacts and a build report."""
     from exporter.build import run_build
 
     recipe = recipe_from_options(precision, weight_group_size, weight_method, activations, per_timestep,
-                                 weight_layers, activation_layers, activation_group_size, activation_format)
+                                 weight_layers, activation_layers, activation_group_size, activation_format,
+                                 vq_iterations)
     run_build(model, recipe, out, checkpoint, eval_samples, seed,
               calibration_options(trajectories, calibration_seed, buckets, calibration_data))
 

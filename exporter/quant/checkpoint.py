@@ -10,6 +10,11 @@
                           L.w_zero    float32 [N, groups] (asymmetric formats only)
                           L.bias      float32 [N] (if the layer has one)
                           L.a_scale, L.a_zero   float32 [buckets] (static activations only)
+                        VQ layers instead of codes and scales:
+                          L.codebook     float16 [codewords, dim]
+                          L.assignments  uint8: the codeword index of each sub-vector, row-major
+                                         [N, ceil(K/dim)], as a little-endian bit stream of
+                                         log2(codewords) bits each (exporter/quant/vq.py)
                         timestep_buckets   int64 [num_train_timesteps]: t -> bucket row
                         fp.<name>       every parameter and buffer that is not quantized
 
@@ -36,6 +41,8 @@ from exporter.quant.primitives import IntFormat, format_from_name
 from exporter.quant.qlinear import DynamicActivationQuant, QuantLinear, StaticActivationQuant, TimestepContext
 from exporter.quant.quantize import QuantizedDiT, TimestepBuckets, _set_module
 from exporter.quant.recipes import ActivationSpec, Recipe, WeightSpec
+from exporter.quant.vq import VqFormat, pack_indices, unpack_indices
+from exporter.quant.vq_linear import VqLinear
 
 FORMAT = "dit-export-quantized"
 VERSION = 1
@@ -58,6 +65,9 @@ def save_checkpoint(qdit: QuantizedDiT, folder: Path, extra: dict[str, Any]) -> 
     layers = []
     qlinears = qdit.quant_linears()
     for name, q in qlinears.items():
+        if isinstance(q, VqLinear):
+            layers.append(_save_vq_layer(name, q, qdit, tensors))
+            continue
         codes = pack_int4(q.codes) if q.fmt.bits == 4 else q.codes
         tensors[f"{name}.codes"] = codes.contiguous()
         tensors[f"{name}.w_scale"] = q.w_scale.contiguous()
@@ -81,6 +91,7 @@ def save_checkpoint(qdit: QuantizedDiT, folder: Path, extra: dict[str, Any]) -> 
                        "storage": "4-bit codes x2 per byte, low nibble first" if q.fmt.bits == 4 else str(q.codes.dtype).removeprefix("torch.")},
             "activation": act,
             "rotation_block": q.rotation_block,
+            "weight_bytes": _stored_bytes(tensors, name, ("codes", "w_scale", "w_zero")),
         })
     quantized_prefixes = tuple(f"{n}." for n in qlinears)
     for key, value in qdit.transformer.state_dict().items():
@@ -97,6 +108,36 @@ def save_checkpoint(qdit: QuantizedDiT, folder: Path, extra: dict[str, Any]) -> 
         save_file(tensors, str(tmp / TENSORS))
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return folder
+
+
+def _save_vq_layer(name: str, q: VqLinear, qdit: QuantizedDiT, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    tensors[f"{name}.codebook"] = q.codebook.half().contiguous()
+    tensors[f"{name}.assignments"] = pack_indices(q.assignments, q.fmt.index_bits)
+    if q.bias is not None:
+        tensors[f"{name}.bias"] = q.bias.contiguous()
+    return {
+        "name": name, "role": qdit.roles[name], "in_features": q.in_features, "out_features": q.out_features,
+        "weight": {"format": q.fmt.name, "kind": "vq", "codewords": q.fmt.codewords, "dim": q.fmt.dim,
+                   "index_bits": q.fmt.index_bits, "bits_per_weight": q.fmt.bits_per_weight,
+                   "method": qdit.recipe.weight.method,
+                   "storage": "float16 codebook; indices as a little-endian bit stream, row-major"},
+        "activation": {"mode": "none"},
+        "rotation_block": 0,
+        "weight_bytes": _stored_bytes(tensors, name, ("codebook", "assignments")),
+    }
+
+
+def _stored_bytes(tensors: dict[str, torch.Tensor], name: str, parts: tuple[str, ...]) -> int:
+    """Bytes the checkpoint spends on a layer's weight (codes or assignments, scales, codebooks)."""
+    return sum(t.numel() * t.element_size() for part in parts if (t := tensors.get(f"{name}.{part}")) is not None)
+
+
+def weight_storage(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Stored weight bytes of the quantized layers against the same weights in FP16."""
+    stored = sum(layer.get("weight_bytes", 0) for layer in manifest["layers"])
+    fp16 = sum(2 * layer["in_features"] * layer["out_features"] for layer in manifest["layers"])
+    return {"quantized_weight_bytes": stored, "fp16_weight_bytes": fp16,
+            "weight_storage_vs_fp16": round(stored / fp16, 4) if fp16 else None}
 
 
 def check_made_from(manifest: dict[str, Any], transformer: nn.Module, source: str, folder: Path) -> None:
@@ -162,9 +203,22 @@ def load_checkpoint(folder: Path) -> tuple[QuantizedDiT, dict[str, Any]]:
     return QuantizedDiT(model, context, recipe, buckets, roles), manifest
 
 
-def _quant_linear_from(layer: dict[str, Any], tensors: dict[str, torch.Tensor], bucket_of_t: torch.Tensor,
-                       context: TimestepContext) -> QuantLinear:
+def _vq_linear_from(layer: dict[str, Any], tensors: dict[str, torch.Tensor]) -> VqLinear:
     name, w = layer["name"], layer["weight"]
+    n, k = layer["out_features"], layer["in_features"]
+    codebook = tensors[f"{name}.codebook"].float()
+    if codebook.shape != (w["codewords"], w["dim"]):
+        raise ValueError(f"{name}.codebook has shape {tuple(codebook.shape)}, expected {(w['codewords'], w['dim'])}")
+    per_row = -(-k // w["dim"])
+    indices = unpack_indices(tensors[f"{name}.assignments"], VqFormat(w["codewords"], w["dim"]).index_bits, n * per_row)
+    return VqLinear(codebook, indices.reshape(n, per_row), k, tensors.get(f"{name}.bias"))
+
+
+def _quant_linear_from(layer: dict[str, Any], tensors: dict[str, torch.Tensor], bucket_of_t: torch.Tensor,
+                       context: TimestepContext) -> QuantLinear | VqLinear:
+    name, w = layer["name"], layer["weight"]
+    if w.get("kind") == "vq":
+        return _vq_linear_from(layer, tensors)
     n, k = layer["out_features"], layer["in_features"]
     fmt = format_from_name(w["format"])
     codes = tensors[f"{name}.codes"]

@@ -10,8 +10,14 @@ from __future__ import annotations
 
 import torch
 
-from exporter.quant.primitives import (PER_CHANNEL, PER_TENSOR, QuantFormat, choose_qparams, num_groups,
-                                       search_clip_ratio)
+from exporter.quant.primitives import (
+    PER_CHANNEL,
+    PER_TENSOR,
+    QuantFormat,
+    choose_qparams,
+    num_groups,
+    search_clip_ratio,
+)
 
 
 class HessianAccumulator:

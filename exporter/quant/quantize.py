@@ -24,6 +24,7 @@ from exporter.quant.policy import linear_roles
 from exporter.quant.primitives import choose_qparams, qparams_from_range, quantize, search_clip_ratio
 from exporter.quant.qlinear import DynamicActivationQuant, QuantLinear, StaticActivationQuant, TimestepContext
 from exporter.quant.recipes import Recipe
+from exporter.quant.vq_linear import VqLinear
 
 BATCH = 256
 
@@ -77,9 +78,10 @@ class QuantizedDiT:
     buckets: TimestepBuckets
     roles: dict[str, str]  # quantized layer name -> role
     activation_ranges: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
+    calibration_losses: dict[str, list[float]] = field(default_factory=dict)  # per block, VQ calibration
 
-    def quant_linears(self) -> dict[str, QuantLinear]:
-        return {n: m for n, m in self.transformer.named_modules() if isinstance(m, QuantLinear)}
+    def quant_linears(self) -> dict[str, QuantLinear | VqLinear]:
+        return {n: m for n, m in self.transformer.named_modules() if isinstance(m, (QuantLinear, VqLinear))}
 
 
 def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
@@ -143,6 +145,10 @@ def _collect(targets: dict[str, nn.Linear], recipe: Recipe, n_buckets: int, run,
 def quantize_model(fp_transformer: nn.Module, recipe: Recipe, calib: CalibrationSet,
                    num_train_timesteps: int, n_buckets: int | None = None, progress: bool = True) -> QuantizedDiT:
     buckets = TimestepBuckets.build(calib.timesteps, n_buckets, num_train_timesteps)
+    if recipe.weight.kind == "vq":
+        from exporter.quant.vq4dit import vq_quantize_model
+
+        return vq_quantize_model(fp_transformer, recipe, calib, buckets, progress)
     model = copy.deepcopy(fp_transformer).eval()
     context = TimestepContext()
     context.attach(model)

@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
-from exporter.errors import UserError
-from exporter.quant.policy import LayerPolicy
 import torch
 
+from exporter.errors import UserError
 from exporter.quant.fp4 import MAGNITUDES, Fp4Format, select_format
+from exporter.quant.policy import LayerPolicy
 from exporter.quant.primitives import PER_CHANNEL, PER_TENSOR, Fp8E4M3Format, IntFormat, QuantFormat
+from exporter.quant.vq import VqFormat
 
 
 def _check_bits(bits: int) -> None:
@@ -23,17 +24,38 @@ class WeightSpec:
     bits: int = 8
     symmetric: bool = True
     group_size: int = PER_CHANNEL  # PER_CHANNEL (-1) or a group size along input channels
-    method: Literal["rtn", "gptq"] = "rtn"
+    # rtn / gptq for int and fp4; vq4dit (calibrated) or kmeans (nearest codeword) for vq
+    method: Literal["rtn", "gptq", "vq4dit", "kmeans"] = "rtn"
     clip_search: bool = False
     # fp4: 4-bit floats (bits must be 4); fp4_format e2m1 / e3m0 / e1m2, or auto: chosen per
     # layer from its weights (HQ-DiT).
-    kind: Literal["int", "fp4"] = "int"
+    # vq: codebooks of vq_codewords codewords over sub-vectors of vq_dim weights (VQ4DiT); bits
+    # is log2(vq_codewords) / vq_dim; vq_iterations of calibration per block, vq_candidates
+    # nearest codewords per sub-vector.
+    kind: Literal["int", "fp4", "vq"] = "int"
     fp4_format: str = "auto"
+    vq_codewords: int = 256
+    vq_dim: int = 4
+    vq_iterations: int = 300
+    vq_candidates: int = 2
 
     def __post_init__(self) -> None:
         _check_bits(self.bits)
-        if self.kind not in ("int", "fp4"):
-            raise UserError(f"unknown weight format '{self.kind}'; valid: int, fp4")
+        if self.kind not in ("int", "fp4", "vq"):
+            raise UserError(f"unknown weight format '{self.kind}'; valid: int, fp4, vq")
+        vq_methods = ("vq4dit", "kmeans")
+        if (self.kind == "vq") != (self.method in vq_methods):
+            raise UserError(f"weight method '{self.method}' does not apply to {self.kind} weights; valid: "
+                            f"{', '.join(vq_methods) if self.kind == 'vq' else 'rtn, gptq'}")
+        if self.kind == "vq":
+            try:
+                fmt = VqFormat(self.vq_codewords, self.vq_dim)
+            except ValueError as e:
+                raise UserError(str(e)) from None
+            if fmt.bits_per_weight != self.bits:
+                raise UserError(f"{fmt.name} codebooks store {fmt.bits_per_weight:g} bits per weight, not {self.bits}")
+            if self.vq_iterations < 0 or self.vq_candidates < 1:
+                raise UserError("VQ calibration needs iterations >= 0 and at least one candidate codeword")
         if self.kind == "fp4" and (self.bits != 4 or self.fp4_format not in (*MAGNITUDES, "auto")):
             raise UserError(f"FP4 weights are 4-bit, format one of {', '.join((*MAGNITUDES, 'auto'))}")
         if self.group_size < PER_CHANNEL:
@@ -41,8 +63,10 @@ class WeightSpec:
         if self.method == "gptq" and self.group_size == PER_TENSOR:
             raise UserError("GPTQ needs per-channel or group-wise weight scales, not per-tensor")
 
-    def format_for(self, weight: torch.Tensor) -> QuantFormat:
+    def format_for(self, weight: torch.Tensor) -> QuantFormat | VqFormat:
         """The layer's weight format; with fp4_format auto, the FP4 format that fits ``weight`` best."""
+        if self.kind == "vq":
+            return VqFormat(self.vq_codewords, self.vq_dim)
         if self.kind == "int":
             return IntFormat(self.bits, self.symmetric)
         if self.fp4_format != "auto":
@@ -126,6 +150,12 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
            "channels, Hadamard-rotated inputs (HQ-DiT)",
            WeightSpec(bits=4, group_size=32, method="gptq", clip_search=True, kind="fp4"),
            ActivationSpec(bits=4, mode="dynamic", group_size=32, kind="fp4"), hadamard=True),
+    Recipe("vq2", "VQ4DiT 2-bit: per-layer codebooks of 256 codewords x 4 weights, calibrated block by block "
+           "against the FP model without data; activations FP",
+           WeightSpec(bits=2, kind="vq", method="vq4dit", vq_codewords=256, vq_dim=4), None),
+    Recipe("vq3", "VQ4DiT 3-bit: per-layer codebooks of 64 codewords x 2 weights, calibrated block by block "
+           "against the FP model without data; activations FP",
+           WeightSpec(bits=3, kind="vq", method="vq4dit", vq_codewords=64, vq_dim=2), None),
 ]}
 
 

@@ -13,6 +13,7 @@ from torch import nn
 
 from exporter.atomic import atomic_file, atomic_write_text
 from exporter.quant.calibration import CalibrationSet
+from exporter.quant.hadamard import rotate
 from exporter.quant.primitives import sqnr_db
 from exporter.quant.quantize import QuantizedDiT
 
@@ -47,9 +48,11 @@ def measure(fp: nn.Module, qdit: QuantizedDiT, calib: CalibrationSet, per_timest
             outputs[n] = {"fp": [], "q": []}
     for n in names:
         q = q_modules[n]
+        block = getattr(q, "rotation_block", 0)
+        weight = rotate(q.weight, block) if block else q.weight  # W H H = W: H is symmetric, orthonormal
         report["layers"][n] = {
             "role": qdit.roles[n],
-            "weight_sqnr_db": _finite(sqnr_db(fp_modules[n].weight, q.weight)),
+            "weight_sqnr_db": _finite(sqnr_db(fp_modules[n].weight, weight)),
             "output_sqnr_db_mean": _finite(sum(per_t[n]) / len(per_t[n])),
             "output_sqnr_db_per_timestep": [_finite(v) for v in per_t[n]],
         }
@@ -57,6 +60,8 @@ def measure(fp: nn.Module, qdit: QuantizedDiT, calib: CalibrationSet, per_timest
             lo, hi = qdit.activation_ranges[n]
             report["layers"][n]["activation_range_per_bucket"] = {"min": lo, "max": hi}
     report["buckets"] = qdit.buckets.members
+    if qdit.calibration_losses:
+        report["vq_calibration_losses"] = qdit.calibration_losses
     return report
 
 
@@ -112,6 +117,18 @@ def write_reports(report: dict[str, Any], out_dir: Path, title: str) -> list[Pat
         ax.legend(fontsize=6, ncol=4)
         fig.tight_layout()
         paths.append(_save(fig, out_dir / "activation_ranges.png"))
+
+    if report.get("vq_calibration_losses"):
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        for block, losses in report["vq_calibration_losses"].items():
+            ax.plot(range(1, len(losses) + 1), losses, linewidth=1, label=block)
+        ax.set_yscale("log")
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("block output MSE / teacher mean square")
+        ax.set_title(f"{title}: VQ4DiT calibration loss per block")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        paths.append(_save(fig, out_dir / "vq_calibration_loss.png"))
     return paths
 
 
