@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from exporter.progress import Progress
+from exporter.quant.quantize import _set_module
 from exporter.quant.vq import VqFormat, from_subvectors, kmeans, nearest, subvectors
 from exporter.quant.vq_linear import VqLinear
 
@@ -103,11 +104,6 @@ def nearest_vq(linear: nn.Linear, fmt: VqFormat, options: Vq4DitOptions) -> VqLi
     """Plain k-means VQ: every sub-vector takes its nearest codeword (the VQ4DiT paper's baseline)."""
     return SoftVqLinear(linear, fmt, Vq4DitOptions(candidates=1, kmeans_iterations=options.kmeans_iterations,
                                                    seed=options.seed)).hard()
-
-
-def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, child, module)
 
 
 def calibrate_block(teacher: nn.Module, targets: dict[str, nn.Linear], fmt: VqFormat,
