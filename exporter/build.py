@@ -12,7 +12,7 @@ from exporter.atomic import atomic_write_text
 from exporter.calibrate import CalibrationOptions, as_loaded, open_checkpoint, run_calibrate, saved_calibration
 from exporter.digits import IMAGE_SIZE
 from exporter.evaluate import evaluate
-from exporter.export.onnx_export import export_blocker, run_export, validation_step_weights, validation_timesteps
+from exporter.export.onnx_export import run_export, validation_step_weights, validation_timesteps
 from exporter.model_loading import LoadedDiT, load_dit
 from exporter.quant.quantize import QuantizedDiT
 from exporter.quant.recipes import Recipe
@@ -77,12 +77,7 @@ def run_build(model: str | None, recipe: Recipe, out_dir: Path, checkpoint: Path
     quantized = as_loaded(qdit, manifest, checkpoint)
     timesteps = validation_timesteps(manifest)
 
-    blocker = export_blocker(qdit)
-    if blocker:
-        for stage in ("export", "validate"):
-            report.record(stage, "not-available", 0.0, reason=blocker)
-    else:
-        _export_and_validate(report, qdit, loaded, out_dir, timesteps, validation_step_weights(manifest, timesteps))
+    _export_and_validate(report, qdit, loaded, out_dir, timesteps, validation_step_weights(manifest, timesteps))
     _fidelity(report, loaded, quantized, sampler, out_dir, eval_samples, seed)
 
     for stage in PENDING_STAGES:

@@ -2,7 +2,6 @@
 
 import json
 
-import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
@@ -19,14 +18,17 @@ from exporter.validate import INPUTS_FILE, REFERENCE_FILE, Tolerances, run_valid
 from tests.conftest import SAMPLER, save_tiny_pipeline
 
 
-@pytest.fixture(scope="module", params=["w4a8", "fp4"])
+@pytest.fixture(scope="module", params=["w4a8", "fp4", "vq3"])
 def exported(tmp_path_factory, request):
     """The FP and QDQ graphs of a tiny model; fp4's QDQ graph holds FLOAT4E2M1, which ONNX
-    Runtime runs in its reference form."""
+    Runtime runs in its reference form; vq3's decodes its codebooks with standard ops."""
     folder = tmp_path_factory.mktemp("v")
     tiny = load_dit(str(save_tiny_pipeline(folder / "pipe", num_layers=2)))
     calib = collect_calibration_set(tiny, SAMPLER, trajectories=4, seed=0, progress=False)
-    qdit = quantize_model(tiny.transformer, get_recipe(request.param), calib, 1000, progress=False)
+    recipe = get_recipe(request.param)
+    if recipe.weight.kind == "vq":
+        recipe = recipe.with_overrides(weight_vq_iterations=10)
+    qdit = quantize_model(tiny.transformer, recipe, calib, 1000, progress=False)
     fp = write_onnx(fp_onnx(tiny.transformer), folder / "fp.onnx")
     qdq = write_onnx(qdq_onnx(qdit), folder / f"{request.param}.qdq.onnx")
     weights = epsilon_step_weights(tiny.scheduler_config, SAMPLER, calib.timesteps)
@@ -35,8 +37,9 @@ def exported(tmp_path_factory, request):
 
 def tolerances_for(qdq) -> Tolerances:
     # The tiny model's weights are random: at W4A4 its error is about twice the trained embedded
-    # model's (0.042 against the default 0.02 at t = 830).
-    return Tolerances(quantization_atol=0.1) if "fp4" in qdq.name else Tolerances()
+    # model's (0.042 against the default 0.02 at t = 830), and 3-bit codebooks calibrated for 10
+    # iterations reach 0.033 there.
+    return Tolerances(quantization_atol=0.1) if qdq.name.startswith(("fp4", "vq")) else Tolerances()
 
 
 def test_validation_passes_and_writes_polygraphy_files(exported, tmp_path):
@@ -70,8 +73,9 @@ def test_a_wrong_export_fails_the_exporter_check(exported, tmp_path):
     fp, qdq, qdit, timesteps, weights = exported
     proto = onnx.load(str(qdq))
     for init in proto.graph.initializer:
-        if init.name == "transformer_blocks.1.ff.net.2.weight_scale":
-            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * np.float32(1.5), init.name))
+        if init.name in ("transformer_blocks.1.ff.net.2.weight_scale", "transformer_blocks.1.ff.net.2.vq_codebook"):
+            values = numpy_helper.to_array(init)
+            init.CopyFrom(numpy_helper.from_array(values * values.dtype.type(1.5), init.name))
     broken = write_onnx(proto, tmp_path / "broken.onnx")
     with pytest.raises(UserError, match="validation failed: QDQ vs pytorch-simulated"):
         run_validation(fp, broken, qdit.transformer, timesteps, weights, tmp_path)

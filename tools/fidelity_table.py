@@ -3,6 +3,7 @@
     python tools/fidelity_table.py                       # 1,000 samples, writes RESULTS.md's table
     python tools/fidelity_table.py -n 200 --no-write     # quicker look
     python tools/fidelity_table.py --rows 5,6,7,8,9      # re-measure some rows, keep the others
+    python tools/fidelity_table.py --rows 10-15          # the VQ rows
 
 
 Each row is calibrated from scratch (its time is reported), then evaluated with
@@ -26,12 +27,18 @@ from exporter.build import default_sampler  # noqa: E402
 from exporter.calibrate import CalibrationOptions, loaded_from_checkpoint, run_calibrate  # noqa: E402
 from exporter.evaluate import evaluate  # noqa: E402
 from exporter.model_loading import load_dit  # noqa: E402
-from exporter.quant.recipes import get_recipe  # noqa: E402
+from exporter.quant.recipes import PER_CHANNEL, Recipe, WeightSpec, get_recipe  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "RESULTS.md"
 
-# (row label, precision, recipe overrides)
+
+def _weight_only_rtn(bits: int) -> Recipe:
+    return Recipe(f"int{bits}-rtn", f"baseline: INT{bits} per-channel round-to-nearest weights, FP activations",
+                  WeightSpec(bits=bits, group_size=PER_CHANNEL, method="rtn"), None)
+
+
+# (row label, precision or recipe, recipe overrides)
 ROWS = [
     ("W8A8 (per-channel W8 RTN, static per-timestep A8)", "w8a8", {}),
     ("W4A8 (g32 GPTQ + clip search W4, dynamic per-token A8)", "w4a8", {}),
@@ -43,6 +50,12 @@ ROWS = [
     ("W4A4-FP4 with E2M1 everywhere (no per-layer format choice)", "fp4", {"weight_fp4_format": "e2m1"}),
     ("W4A4 INT4 RTN baseline (g32 RTN W4, dynamic g32 INT4 A4)", "w4a8",
      {"weight_method": "rtn", "weight_clip_search": False, "activation_bits": 4, "activation_group_size": 32}),
+    ("vq3 (VQ4DiT: 64 x 2 codebooks per layer, calibrated block by block; FP activations)", "vq3", {}),
+    ("vq2 (VQ4DiT: 256 x 4 codebooks per layer, calibrated block by block; FP activations)", "vq2", {}),
+    ("vq3 with plain k-means codebooks (no VQ4DiT calibration)", "vq3", {"weight_method": "kmeans"}),
+    ("vq2 with plain k-means codebooks (no VQ4DiT calibration)", "vq2", {"weight_method": "kmeans"}),
+    ("INT3 RTN baseline (per-channel W3, FP activations)", _weight_only_rtn(3), {}),
+    ("INT2 RTN baseline (per-channel W2, FP activations)", _weight_only_rtn(2), {}),
 ]
 
 
@@ -51,7 +64,8 @@ def main() -> None:
     parser.add_argument("-n", "--samples", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--trajectories", type=int, default=32)
-    parser.add_argument("--rows", default="all", help="comma-separated row numbers (1-based) or 'all'")
+    parser.add_argument("--rows", default="all",
+                        help="row numbers (1-based), comma-separated, ranges as 10-15; or 'all'")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md as it is")
     args = parser.parse_args()
 
@@ -69,22 +83,22 @@ def main() -> None:
         f"{nf['accuracy']:.3f} | {100 * (nf['accuracy'] - fp['accuracy']):+.1f} | "
         f"{nf['distance_between_seeds']:.3f} (other seeds) | — | — |",
     ]
-    rows = ROWS if args.rows == "all" else [ROWS[int(i) - 1] for i in args.rows.split(",")]
+    rows = ROWS if args.rows == "all" else [ROWS[i - 1] for i in row_numbers(args.rows)]
     results = {"fp": fp, "rows": []}
     for label, precision, overrides in rows:
-        recipe = get_recipe(precision).with_overrides(**overrides)
+        recipe = (get_recipe(precision) if isinstance(precision, str) else precision).with_overrides(**overrides)
         out = work / re.sub(r"\W+", "-", label)[:40]
         started = time.monotonic()
         run_calibrate(loaded, recipe, sampler, CalibrationOptions(trajectories=args.trajectories), out)
         seconds = time.monotonic() - started
         quantized, _ = loaded_from_checkpoint(out / "quantized", loaded)
-        q = evaluate(quantized, out, args.samples, args.seed, sampler, noise_floor=False, label=precision,
+        q = evaluate(quantized, out, args.samples, args.seed, sampler, noise_floor=False, label=recipe.name,
                      reference_samples=work / fp["samples_file"])
         ratio = q["frechet_distance"] / fp["frechet_distance"]
         lines.append(f"| {label} | {q['frechet_distance']:.3f} | {ratio:.3f} | {q['accuracy']:.3f} | "
                      f"{100 * (q['accuracy'] - fp['accuracy']):+.1f} | {q['frechet_distance_to_reference']:.3f} | "
                      f"{q['psnr_to_reference_db']:.1f} | {seconds:.0f} |")
-        results["rows"].append({"label": label, "precision": precision, "overrides": overrides,
+        results["rows"].append({"label": label, "precision": recipe.name, "overrides": overrides,
                                 "calibration_seconds": round(seconds, 1), "ratio": ratio, **q})
         print(lines[-1], flush=True)
         if not args.no_write:
@@ -105,9 +119,19 @@ def write_table(lines: list[str]) -> None:
     kept = {row_label(line): line for line in match.group(1).splitlines()[4:]} if match else {}
     kept.update({row_label(line): line for line in lines[4:]})
     order = [label for label, _, _ in ROWS]
+    order += [label for label in kept if label not in order]  # rows this version no longer measures
     rows = [kept[label] for label in order if label in kept]
     block = "<!-- quantization-table -->\n" + "\n".join(lines[:4] + rows) + "\n<!-- /quantization-table -->"
     RESULTS.write_text(TABLE.sub(lambda _: block, text) if match else text + "\n" + block + "\n")
+
+
+def row_numbers(spec: str) -> list[int]:
+    """'5,7-9' -> [5, 7, 8, 9]."""
+    numbers: list[int] = []
+    for part in spec.split(","):
+        first, _, last = part.partition("-")
+        numbers += range(int(first), int(last or first) + 1)
+    return numbers
 
 
 def row_label(line: str) -> str:

@@ -9,7 +9,6 @@ import onnx
 import torch
 from torch import nn
 
-from exporter.errors import UserError
 from exporter.export.fp4_graph import needs_reference, reference_graph, reference_path
 from exporter.export.onnx_files import write_onnx
 from exporter.export.onnx_graph import trace
@@ -17,7 +16,6 @@ from exporter.export.ort_check import run, session
 from exporter.export.qdq import insert_qdq
 from exporter.model_loading import LoadedDiT
 from exporter.quant.quantize import QuantizedDiT
-from exporter.quant.vq_linear import VqLinear
 
 
 def fp_onnx(transformer: nn.Module) -> onnx.ModelProto:
@@ -26,16 +24,7 @@ def fp_onnx(transformer: nn.Module) -> onnx.ModelProto:
     return proto
 
 
-def export_blocker(qdit: QuantizedDiT) -> str | None:
-    """Why this model has no QDQ export yet, or None."""
-    vq = [name for name, m in qdit.quant_linears().items() if isinstance(m, VqLinear)]
-    return f"codebook (VQ) weights ({len(vq)} layers) have no ONNX export yet" if vq else None
-
-
 def qdq_onnx(qdit: QuantizedDiT) -> onnx.ModelProto:
-    blocker = export_blocker(qdit)
-    if blocker:
-        raise UserError(f"cannot export precision {qdit.recipe.name}: {blocker}")
     proto, names, shapes = trace(qdit.transformer)
     return insert_qdq(proto, names, shapes, qdit.quant_linears(), qdit.buckets.bucket_of_t)
 

@@ -1,8 +1,9 @@
 """Tracing a DiT to ONNX with user-facing names: sample, timestep, class_labels -> out_sample.
 
-Quantized Linears are traced as one marker node each (domain ``dit_export``, op ``QuantLinear``,
-attribute ``layer`` = index into the layer list), which ``qdq.py`` then replaces by standard
-QuantizeLinear / DequantizeLinear / MatMul nodes.
+Quantized Linears (scalar codes and codebooks) are traced as one marker node each (domain
+``dit_export``, op ``QuantLinear``, attribute ``layer`` = index into the layer list), which
+``qdq.py`` then replaces by standard QuantizeLinear / DequantizeLinear / MatMul nodes, or by the
+codebook decode of ``vq_graph.py``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from torch import nn
 
 from exporter.export.onnx_files import deduplicate_initializers
 from exporter.quant.qlinear import QuantLinear
+from exporter.quant.vq_linear import VqLinear
 
 INPUT_NAMES = ("sample", "timestep", "class_labels")
 OUTPUT_NAME = "out_sample"
@@ -39,7 +41,7 @@ class _Entry(nn.Module):
 
 
 class _Marker(torch.autograd.Function):
-    modules: list[QuantLinear] = []  # the layers of the trace in progress, by marker index
+    modules: list[QuantLinear | VqLinear] = []  # the layers of the trace in progress, by marker index
     input_shapes: dict[int, tuple[int, ...]] = {}  # what each marker was fed while tracing
 
     @staticmethod
@@ -54,7 +56,7 @@ class _Marker(torch.autograd.Function):
 
 
 class _Marked(nn.Module):
-    def __init__(self, module: QuantLinear, layer: int) -> None:
+    def __init__(self, module: QuantLinear | VqLinear, layer: int) -> None:
         super().__init__()
         self.module, self.layer = module, layer
 
@@ -87,7 +89,7 @@ def trace(transformer: nn.Module) -> tuple[onnx.ModelProto, list[str], list[tupl
     """The traced graph, the names of the quantized Linears in marker order, and the shape of
     each one's input while tracing (batch first)."""
     model = copy.deepcopy(transformer).eval()
-    names = [n for n, m in model.named_modules() if isinstance(m, QuantLinear)]
+    names = [n for n, m in model.named_modules() if isinstance(m, (QuantLinear, VqLinear))]
     for i, name in enumerate(names):
         parent, _, child = name.rpartition(".")
         holder = model.get_submodule(parent) if parent else model

@@ -16,6 +16,8 @@ Per quantized Linear `L` (x [..., K] -> y [..., N]):
              then blocked Q/DQ along the last axis (FLOAT4E2M1 for FP4 activations).
     rotated  x H before the activation quantizer: x reshaped to [..., K/b, b], MatMul with the
              b x b Hadamard block L.hadamard, reshaped back; the weight codes already hold W H.
+    codebook a VQ Linear's weight is decoded from its codebook and packed assignments by
+             standard ops (vq_graph.py); its activations stay FP.
 
 Graphs with FLOAT4E2M1 use opset 23; the other graphs stay at opset 21.
 """
@@ -32,10 +34,12 @@ from exporter.export.fp4_graph import use_fp4_opset, weight_decode
 from exporter.export.graph_builder import Builder, code_tensor, float_tensor, int64_tensor, onnx_quant_type
 from exporter.export.onnx_files import deduplicate_initializers
 from exporter.export.onnx_graph import INPUT_NAMES, MARKER_OP, OPSET
+from exporter.export.vq_graph import vq_weight
 from exporter.quant.fp4 import Fp4Format
 from exporter.quant.hadamard import hadamard_matrix
 from exporter.quant.primitives import PER_CHANNEL, PER_TENSOR
 from exporter.quant.qlinear import DynamicActivationQuant, QuantLinear, StaticActivationQuant
+from exporter.quant.vq_linear import VqLinear
 
 BUCKET_TABLE = "timestep_bucket_table"
 BUCKET = "timestep_bucket"
@@ -111,14 +115,16 @@ def _rotation(b: Builder, x: str, block: int, k: int, rank: int) -> str:
     return b.node("Reshape", [rotated, b.node("Shape", [x])])
 
 
-def _replacement(b: Builder, x: str, y: str, q: QuantLinear, features: int, rank: int) -> None:
-    if q.rotation_block:
+def _replacement(b: Builder, x: str, y: str, q: QuantLinear | VqLinear, features: int, rank: int) -> None:
+    if isinstance(q, QuantLinear) and q.rotation_block:
         x = _rotation(b, x, q.rotation_block, q.in_features, rank)
     if isinstance(q.act, StaticActivationQuant):
         x = _static_activation(b, x, q.act, features)
     elif isinstance(q.act, DynamicActivationQuant):
         x = _dynamic_activation(b, x, q.act, q.in_features, rank)
-    w = _weight(b, q)
+    elif q.act is not None:
+        raise UserError(f"layer {b.prefix}: no export for activation quantizer {type(q.act).__name__}")
+    w = vq_weight(b, q) if isinstance(q, VqLinear) else _weight(b, q)
     if q.bias is None:
         b.node("MatMul", [x, w], output=y)
     else:
@@ -126,7 +132,7 @@ def _replacement(b: Builder, x: str, y: str, q: QuantLinear, features: int, rank
 
 
 def insert_qdq(proto: onnx.ModelProto, names: list[str], shapes: list[tuple[int, ...]],
-               layers: dict[str, QuantLinear], bucket_of_t: torch.Tensor | None) -> onnx.ModelProto:
+               layers: dict[str, QuantLinear | VqLinear], bucket_of_t: torch.Tensor | None) -> onnx.ModelProto:
     """Replaces the trace's marker nodes (see onnx_graph.py) by QDQ subgraphs, in place."""
     graph = proto.graph
     nodes: list[onnx.NodeProto] = []
