@@ -8,6 +8,7 @@ import torch
 
 from exporter.errors import UserError
 from exporter.quant.checkpoint import load_checkpoint, save_checkpoint, weight_storage
+from exporter.quant.qlinear import DynamicActivationQuant
 from exporter.quant.quantize import quantize_model
 from exporter.quant.recipes import WeightSpec, get_recipe
 from exporter.quant.vq import VqFormat, nearest, subvectors
@@ -57,17 +58,22 @@ def test_calibration_loss_decreases_and_beats_plain_kmeans(tiny, calib):
         assert torch.equal(block(hidden, timestep=calib.t, class_labels=calib.y), reference)
 
 
-@pytest.mark.parametrize("precision", ["vq2", "vq3"])
+@pytest.mark.parametrize("precision", ["vq2", "vq3", "vq3-a8"])
 def test_vq_precisions_quantize_and_round_trip_through_the_checkpoint(tiny, calib, tmp_path, precision):
     recipe = get_recipe(precision).with_overrides(weight_vq_iterations=10)
     qdit = quantize_model(tiny.transformer, recipe, calib, 1000, progress=False)
     layers = qdit.quant_linears()
     assert layers and all(isinstance(m, VqLinear) for m in layers.values())
+    with_act = {name for name, m in layers.items() if isinstance(m.act, DynamicActivationQuant)}
+    assert with_act == ({n for n in layers if qdit.roles[n] in recipe.policy.activations}
+                        if recipe.activation else set())
+    assert with_act or not recipe.activation
     assert set(qdit.calibration_losses) == {"block 0", "block 1"}
     save_checkpoint(qdit, tmp_path / "q", {"model_fingerprint": "x"})
     loaded, manifest = load_checkpoint(tmp_path / "q")
     for name, layer in loaded.quant_linears().items():
         assert torch.equal(layer.weight, layers[name].weight), name
+        assert type(layer.act) is type(layers[name].act), name
     storage = weight_storage(manifest)
     layer = manifest["layers"][0]
     fmt = VqFormat(layer["weight"]["codewords"], layer["weight"]["dim"])
@@ -96,3 +102,5 @@ def test_vq_recipes_reject_inconsistent_settings():
         WeightSpec(bits=3, kind="vq", method="vq4dit", vq_codewords=256, vq_dim=4)
     with pytest.raises(UserError, match="power-of-two number of codewords"):
         WeightSpec(bits=2, kind="vq", method="vq4dit", vq_codewords=100, vq_dim=4)
+    with pytest.raises(UserError, match="dynamic activations only"):
+        get_recipe("vq2-a8").with_overrides(activation_mode="static")

@@ -55,7 +55,7 @@ def test_stream_is_the_checkpoints_packing_padded_to_whole_rows():
     assert len(stream) == 6 * -(-count // 8) and not stream[-(len(stream) - -(-count * 6 // 8)):].any()
 
 
-@pytest.mark.parametrize("precision", ["vq2", "vq3"])
+@pytest.mark.parametrize("precision", ["vq2", "vq3", "vq2-a8"])
 def test_exported_vq_model_matches_pytorch_and_stores_no_float_weights(tiny, calib, tmp_path, precision):
     recipe = get_recipe(precision).with_overrides(weight_vq_iterations=10)
     qdit = quantize_model(tiny.transformer, recipe, calib, 1000, progress=False)
@@ -67,6 +67,9 @@ def test_exported_vq_model_matches_pytorch_and_stores_no_float_weights(tiny, cal
     for name, layer in qdit.quant_linears().items():
         assert names[f"{name}.vq_codebook"].data_type == TensorProto.FLOAT16
         assert names[f"{name}.vq_assignments"].data_type == TensorProto.UINT8
+    quantized_inputs = sum(n.op_type == "QuantizeLinear" for n in proto.graph.node)
+    assert quantized_inputs == sum(layer.act is not None for layer in qdit.quant_linears().values())
+    assert (quantized_inputs > 0) == precision.endswith("-a8")
     # The quantized layers' weights exist only as codebooks and packed indices.
     float_params = sum(int(np.prod(t.dims)) for t in proto.graph.initializer if t.data_type == TensorProto.FLOAT)
     fp_params = sum(p.numel() for p in tiny.transformer.parameters())

@@ -3,7 +3,7 @@
     python tools/fidelity_table.py                       # 1,000 samples, writes RESULTS.md's table
     python tools/fidelity_table.py -n 200 --no-write     # quicker look
     python tools/fidelity_table.py --rows 5,6,7,8,9      # re-measure some rows, keep the others
-    python tools/fidelity_table.py --rows 10-15          # the VQ rows
+    python tools/fidelity_table.py --rows 10-16          # the VQ rows
 
 
 Each row is calibrated from scratch (its time is reported), then evaluated with
@@ -56,6 +56,7 @@ ROWS = [
     ("vq2 with plain k-means codebooks (no VQ4DiT calibration)", "vq2", {"weight_method": "kmeans"}),
     ("INT3 RTN baseline (per-channel W3, FP activations)", _weight_only_rtn(3), {}),
     ("INT2 RTN baseline (per-channel W2, FP activations)", _weight_only_rtn(2), {}),
+    ("vq2-a8 (vq2 weights, dynamic per-token INT8 activations)", "vq2-a8", {}),
 ]
 
 

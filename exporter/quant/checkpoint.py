@@ -75,15 +75,7 @@ def save_checkpoint(qdit: QuantizedDiT, folder: Path, extra: dict[str, Any]) -> 
             tensors[f"{name}.w_zero"] = q.w_zero.contiguous()
         if q.bias is not None:
             tensors[f"{name}.bias"] = q.bias.contiguous()
-        act: dict[str, Any] = {"mode": "none"}
-        if isinstance(q.act, StaticActivationQuant):
-            tensors[f"{name}.a_scale"] = q.act.scale.contiguous()
-            tensors[f"{name}.a_zero"] = q.act.zero.contiguous()
-            act = {"mode": "static", "format": q.act.fmt.name, "bits": q.act.fmt.bits,
-                   "symmetric": q.act.fmt.symmetric, "granularity": "per-tensor per timestep bucket"}
-        elif isinstance(q.act, DynamicActivationQuant):
-            act = {"mode": "dynamic", "format": q.act.fmt.name, "bits": q.act.fmt.bits,
-                   "symmetric": q.act.fmt.symmetric, "group_size": q.act.group_size}
+        act = _save_activation(name, q.act, tensors)
         layers.append({
             "name": name, "role": qdit.roles[name], "in_features": q.in_features, "out_features": q.out_features,
             "weight": {"format": q.fmt.name, "bits": q.fmt.bits, "symmetric": q.fmt.symmetric,
@@ -110,6 +102,29 @@ def save_checkpoint(qdit: QuantizedDiT, folder: Path, extra: dict[str, Any]) -> 
     return folder
 
 
+def _save_activation(name: str, act: nn.Module | None, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    if isinstance(act, StaticActivationQuant):
+        tensors[f"{name}.a_scale"] = act.scale.contiguous()
+        tensors[f"{name}.a_zero"] = act.zero.contiguous()
+        return {"mode": "static", "format": act.fmt.name, "bits": act.fmt.bits,
+                "symmetric": act.fmt.symmetric, "granularity": "per-tensor per timestep bucket"}
+    if isinstance(act, DynamicActivationQuant):
+        return {"mode": "dynamic", "format": act.fmt.name, "bits": act.fmt.bits,
+                "symmetric": act.fmt.symmetric, "group_size": act.group_size}
+    return {"mode": "none"}
+
+
+def _load_activation(layer: dict[str, Any], tensors: dict[str, torch.Tensor], bucket_of_t: torch.Tensor,
+                     context: TimestepContext) -> nn.Module | None:
+    name, a = layer["name"], layer["activation"]
+    if a["mode"] == "static":
+        return StaticActivationQuant(format_from_name(a["format"]), tensors[f"{name}.a_scale"],
+                                     tensors[f"{name}.a_zero"], bucket_of_t, context)
+    if a["mode"] == "dynamic":
+        return DynamicActivationQuant(format_from_name(a["format"]), a["group_size"])
+    return None
+
+
 def _save_vq_layer(name: str, q: VqLinear, qdit: QuantizedDiT, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
     tensors[f"{name}.codebook"] = q.codebook.half().contiguous()
     tensors[f"{name}.assignments"] = pack_indices(q.assignments, q.fmt.index_bits)
@@ -121,7 +136,7 @@ def _save_vq_layer(name: str, q: VqLinear, qdit: QuantizedDiT, tensors: dict[str
                    "index_bits": q.fmt.index_bits, "bits_per_weight": q.fmt.bits_per_weight,
                    "method": qdit.recipe.weight.method,
                    "storage": "float16 codebook; indices as a little-endian bit stream, row-major"},
-        "activation": {"mode": "none"},
+        "activation": _save_activation(name, q.act, tensors),
         "rotation_block": 0,
         "weight_bytes": _stored_bytes(tensors, name, ("codebook", "assignments")),
     }
@@ -203,7 +218,7 @@ def load_checkpoint(folder: Path) -> tuple[QuantizedDiT, dict[str, Any]]:
     return QuantizedDiT(model, context, recipe, buckets, roles), manifest
 
 
-def _vq_linear_from(layer: dict[str, Any], tensors: dict[str, torch.Tensor]) -> VqLinear:
+def _vq_linear_from(layer: dict[str, Any], tensors: dict[str, torch.Tensor], act: nn.Module | None) -> VqLinear:
     name, w = layer["name"], layer["weight"]
     n, k = layer["out_features"], layer["in_features"]
     codebook = tensors[f"{name}.codebook"].float()
@@ -211,14 +226,14 @@ def _vq_linear_from(layer: dict[str, Any], tensors: dict[str, torch.Tensor]) -> 
         raise ValueError(f"{name}.codebook has shape {tuple(codebook.shape)}, expected {(w['codewords'], w['dim'])}")
     per_row = -(-k // w["dim"])
     indices = unpack_indices(tensors[f"{name}.assignments"], VqFormat(w["codewords"], w["dim"]).index_bits, n * per_row)
-    return VqLinear(codebook, indices.reshape(n, per_row), k, tensors.get(f"{name}.bias"))
+    return VqLinear(codebook, indices.reshape(n, per_row), k, tensors.get(f"{name}.bias"), act)
 
 
 def _quant_linear_from(layer: dict[str, Any], tensors: dict[str, torch.Tensor], bucket_of_t: torch.Tensor,
                        context: TimestepContext) -> QuantLinear | VqLinear:
     name, w = layer["name"], layer["weight"]
     if w.get("kind") == "vq":
-        return _vq_linear_from(layer, tensors)
+        return _vq_linear_from(layer, tensors, _load_activation(layer, tensors, bucket_of_t, context))
     n, k = layer["out_features"], layer["in_features"]
     fmt = format_from_name(w["format"])
     codes = tensors[f"{name}.codes"]
@@ -230,12 +245,6 @@ def _quant_linear_from(layer: dict[str, Any], tensors: dict[str, torch.Tensor], 
         raise ValueError(f"{name}.codes has shape {tuple(codes.shape)}, expected {(n, k)}")
     scale = tensors[f"{name}.w_scale"]
     zero = tensors.get(f"{name}.w_zero", torch.zeros_like(scale))
-    a = layer["activation"]
-    act = None
-    if a["mode"] == "static":
-        act = StaticActivationQuant(format_from_name(a["format"]), tensors[f"{name}.a_scale"],
-                                    tensors[f"{name}.a_zero"], bucket_of_t, context)
-    elif a["mode"] == "dynamic":
-        act = DynamicActivationQuant(format_from_name(a["format"]), a["group_size"])
+    act = _load_activation(layer, tensors, bucket_of_t, context)
     return QuantLinear(codes, scale, zero, fmt, w["group_size"], tensors.get(f"{name}.bias"), act,
                        rotation_block=int(layer.get("rotation_block", 0)))

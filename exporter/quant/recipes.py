@@ -116,6 +116,11 @@ class Recipe:
     policy: LayerPolicy = field(default_factory=LayerPolicy)
     hadamard: bool = False  # rotate every quantized layer's input channels (exporter/quant/hadamard.py)
 
+    def __post_init__(self) -> None:
+        if self.weight.kind == "vq" and self.activation is not None and self.activation.mode != "dynamic":
+            raise UserError("codebook (VQ) weights take dynamic activations only: their calibration keeps no "
+                            "activation ranges")
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["policy"] = self.policy.to_dict()
@@ -156,6 +161,12 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
     Recipe("vq3", "VQ4DiT 3-bit: per-layer codebooks of 64 codewords x 2 weights, calibrated block by block "
            "against the FP model without data; activations FP",
            WeightSpec(bits=3, kind="vq", method="vq4dit", vq_codewords=64, vq_dim=2), None),
+    Recipe("vq2-a8", "vq2 weights, INT8 dynamic per-token activations",
+           WeightSpec(bits=2, kind="vq", method="vq4dit", vq_codewords=256, vq_dim=4),
+           ActivationSpec(bits=8, mode="dynamic", group_size=PER_CHANNEL)),
+    Recipe("vq3-a8", "vq3 weights, INT8 dynamic per-token activations",
+           WeightSpec(bits=3, kind="vq", method="vq4dit", vq_codewords=64, vq_dim=2),
+           ActivationSpec(bits=8, mode="dynamic", group_size=PER_CHANNEL)),
 ]}
 
 

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from exporter.progress import Progress
+from exporter.quant.qlinear import DynamicActivationQuant
 from exporter.quant.quantize import _set_module
 from exporter.quant.vq import VqFormat, from_subvectors, kmeans, nearest, subvectors
 from exporter.quant.vq_linear import VqLinear
@@ -187,4 +188,11 @@ def vq_quantize_model(fp_transformer: nn.Module, recipe, calib, buckets, progres
     for name in roles:
         if not name.startswith("transformer_blocks."):
             _set_module(model, name, nearest_vq(fp_transformer.get_submodule(name), fmt, options))
+    if recipe.activation is not None:
+        # Added after the weights are calibrated: per-token INT8 rounding error is small next to
+        # the codebooks', and dynamic scales need no calibration.
+        for name, role in roles.items():
+            if role in recipe.policy.activations:
+                model.get_submodule(name).act = DynamicActivationQuant(recipe.activation.format,
+                                                                       recipe.activation.group_size)
     return QuantizedDiT(model, context, recipe, buckets, roles, calibration_losses=losses)
