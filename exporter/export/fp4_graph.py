@@ -50,16 +50,19 @@ def rounding_thresholds(fmt: Fp4Format) -> np.ndarray:
     return fmt.thresholds(torch.float32).numpy()
 
 
-def weight_decode(b: Builder, codes: str, fmt: Fp4Format, scale: np.ndarray, group_size: int, k: int,
+def weight_decode(b: Builder, codes: str, fmt: Fp4Format, scale: str, group_size: int, k: int,
                   output: str | None = None) -> str:
-    """W^T [K, N] from FP4 codes [K, N] (UINT4) and scales [G, N]: groups of ``group_size``
-    input channels when G > 1, one scale row for all channels when G == 1."""
+    """W^T [K, N] from FP4 codes [K, N] (UINT4, or integers 0..15) and the scale tensor [G, N]:
+    G = ceil(K / group_size) groups of input channels (group_size K: one scale row)."""
     table = b.const(float_tensor(b.name("weight_decode_table"), decode_table(fmt)))
     values = b.node("Gather", [table, b.node("Cast", [codes], to=TensorProto.INT64)])
-    rows = np.arange(k) // group_size if scale.shape[0] > 1 else np.zeros(k, dtype=np.int64)
-    scale_rows = b.node("Gather", [b.const(float_tensor(b.name("weight_scale"), scale)),
-                                   b.const(int64_tensor(b.name("weight_scale_rows"), rows))], axis=0)
-    return b.node("Mul", [values, scale_rows], output=output)
+    return b.node("Mul", [values, scale_rows(b, scale, group_size, k)], output=output)
+
+
+def scale_rows(b: Builder, scale: str, group_size: int, k: int) -> str:
+    """The [G, N] scale repeated to [K, N]: row k is scale[k // group_size]."""
+    rows = b.const(int64_tensor(b.name("weight_scale_rows"), np.arange(k) // group_size))
+    return b.node("Gather", [scale, rows], axis=0)
 
 
 def fake_quantize(b: Builder, x: str, scale: str, fmt: Fp4Format, output: str | None = None) -> str:
@@ -140,7 +143,8 @@ def reference_graph(proto: onnx.ModelProto) -> onnx.ModelProto:
             k, n = codes.dims
             scale, group = _weight_scale_grid(numpy_helper.to_array(initializers[node.input[1]]), node, k, n)
             codes.data_type = TensorProto.UINT4  # same bits: sign << 3 | magnitude index
-            weight_decode(b, codes.name, E2M1, scale, group, k, output=node.output[0])
+            scale_name = b.const(float_tensor(b.name("weight_scale"), scale))
+            weight_decode(b, codes.name, E2M1, scale_name, group, k, output=node.output[0])
         elif _is_fp4_quantize(node, initializers):
             pairs = consumers.get(node.output[0], [])
             if not pairs or any(c.op_type != "DequantizeLinear" or c.input[1] != node.input[1] for c in pairs):
@@ -149,9 +153,12 @@ def reference_graph(proto: onnx.ModelProto) -> onnx.ModelProto:
             scale, axis, block = node.input[1], _attr(node, "axis", 1), _attr(node, "block_size", 0)
             if block:
                 scale = _expand_blocked(b, scale, node.input[0], axis, block)
+            elif axis == 0 and not (scale in initializers and numpy_helper.to_array(initializers[scale]).size == 1):
+                # per-axis along the first axis of a 2-D input (static activations: one scale per sample)
+                scale = b.node("Unsqueeze", [scale, b.const(int64_tensor(b.name("per_row"), [1]))])
             elif scale not in initializers or numpy_helper.to_array(initializers[scale]).size != 1:
-                raise UserError(f"node '{node.name}': FLOAT4E2M1 QuantizeLinear needs a blocked or a constant "
-                                "scalar scale")
+                raise UserError(f"node '{node.name}': FLOAT4E2M1 QuantizeLinear needs a blocked, a per-row or a "
+                                "constant scalar scale")
             y = fake_quantize(b, node.input[0], scale, E2M1, output=pairs[0].output[0])
             for other in pairs[1:]:
                 b.node("Identity", [y], output=other.output[0])

@@ -19,14 +19,14 @@ from exporter.quant.quantize import QuantizedDiT
 
 
 def fp_onnx(transformer: nn.Module) -> onnx.ModelProto:
-    proto, names, _ = trace(transformer)
+    proto, names = trace(transformer)
     assert not names, "an FP model has no quantized layers"
     return proto
 
 
 def qdq_onnx(qdit: QuantizedDiT) -> onnx.ModelProto:
-    proto, names, shapes = trace(qdit.transformer)
-    return insert_qdq(proto, names, shapes, qdit.quant_linears(), qdit.buckets.bucket_of_t)
+    proto, names = trace(qdit.transformer)
+    return insert_qdq(proto, names, qdit.quant_linears(), qdit.buckets.bucket_of_t)
 
 
 ONNX_DIR = "onnx"

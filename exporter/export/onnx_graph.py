@@ -42,12 +42,10 @@ class _Entry(nn.Module):
 
 class _Marker(torch.autograd.Function):
     modules: list[QuantLinear | VqLinear] = []  # the layers of the trace in progress, by marker index
-    input_shapes: dict[int, tuple[int, ...]] = {}  # what each marker was fed while tracing
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, layer: int) -> torch.Tensor:  # noqa: ARG004
         # Only shapes matter while tracing: the marker's output values are never used.
-        _Marker.input_shapes[layer] = tuple(x.shape)
         return x.new_zeros(*x.shape[:-1], _Marker.modules[layer].out_features)
 
     @staticmethod
@@ -85,9 +83,8 @@ def example_inputs(transformer: nn.Module, batch: int = 2) -> tuple[torch.Tensor
     return sample, torch.full((batch,), 500, dtype=torch.long), torch.zeros(batch, dtype=torch.long)
 
 
-def trace(transformer: nn.Module) -> tuple[onnx.ModelProto, list[str], list[tuple[int, ...]]]:
-    """The traced graph, the names of the quantized Linears in marker order, and the shape of
-    each one's input while tracing (batch first)."""
+def trace(transformer: nn.Module) -> tuple[onnx.ModelProto, list[str]]:
+    """The traced graph and the names of the quantized Linears in marker order."""
     model = copy.deepcopy(transformer).eval()
     names = [n for n, m in model.named_modules() if isinstance(m, (QuantLinear, VqLinear))]
     for i, name in enumerate(names):
@@ -103,8 +100,7 @@ def trace(transformer: nn.Module) -> tuple[onnx.ModelProto, list[str], list[tupl
                           input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME], dynamic_axes=dynamic,
                           opset_version=OPSET, dynamo=False, do_constant_folding=True)
         proto = onnx.load(str(Path(tmp) / "model.onnx"))
-    shapes = [_Marker.input_shapes[i] for i in range(len(names))]
-    _Marker.modules, _Marker.input_shapes = [], {}
+    _Marker.modules = []
     deduplicate_initializers(proto)
     proto.ir_version = IR_VERSION
-    return proto, names, shapes
+    return proto, names

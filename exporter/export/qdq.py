@@ -9,13 +9,13 @@ Per quantized Linear `L` (x [..., K] -> y [..., N]):
                              [N] along axis 1 (per channel), or a scalar (per tensor)
              L.weight_zero   same shape and type as the codes' scale grid (asymmetric only)
     static   bucket = Gather(timestep_bucket_table [T], timestep)   (shared by all layers)
-             scale  = Gather(L.act_scale [buckets], bucket) -> [B, 1]
-             x is flattened to [B, F] and quantized per sample with blocked Q/DQ (block F),
-             so each sample uses the scale of its own timestep; no extra graph input.
+             scale  = Gather(L.act_scale [buckets], bucket) -> [B]
+             x is flattened to [B, F] and quantized per sample with Q/DQ along axis 0, so each
+             sample uses the scale of its own timestep; no extra graph input.
     dynamic  scale = ReduceMax(|x|) / qmax per token (per group of g channels when g < K),
              then blocked Q/DQ along the last axis (FLOAT4E2M1 for FP4 activations).
-    rotated  x H before the activation quantizer: x reshaped to [..., K/b, b], MatMul with the
-             b x b Hadamard block L.hadamard, reshaped back; the weight codes already hold W H.
+    rotated  x H before the activation quantizer: x reshaped to [-1, b], MatMul with the b x b
+             Hadamard block L.hadamard, reshaped back; the weight codes already hold W H.
     codebook a VQ Linear's weight is decoded from its codebook and packed assignments by
              standard ops (vq_graph.py); its activations stay FP.
 
@@ -37,7 +37,7 @@ from exporter.export.onnx_graph import INPUT_NAMES, MARKER_OP, OPSET
 from exporter.export.vq_graph import vq_weight
 from exporter.quant.fp4 import Fp4Format
 from exporter.quant.hadamard import hadamard_matrix
-from exporter.quant.primitives import PER_CHANNEL, PER_TENSOR
+from exporter.quant.primitives import PER_CHANNEL, PER_TENSOR, QuantFormat
 from exporter.quant.qlinear import DynamicActivationQuant, QuantLinear, StaticActivationQuant
 from exporter.quant.vq_linear import VqLinear
 
@@ -51,7 +51,8 @@ def _weight(b: Builder, q: QuantLinear) -> str:
     codes = b.const(code_tensor(b.name("weight_q"), codes_t, q.fmt))
     if onnx_quant_type(q.fmt) == TensorProto.UINT4 and isinstance(q.fmt, Fp4Format):
         group = q.group_size if scale.shape[0] > 1 else q.in_features
-        return weight_decode(b, codes, q.fmt, scale.numpy(), group, q.in_features)
+        return weight_decode(b, codes, q.fmt, b.const(float_tensor(b.name("weight_scale"), scale)), group,
+                             q.in_features)
     inputs = [codes]
     attrs: dict = {}
     if q.group_size == PER_TENSOR:
@@ -66,62 +67,70 @@ def _weight(b: Builder, q: QuantLinear) -> str:
     return b.node("DequantizeLinear", inputs, **attrs)
 
 
-def _static_activation(b: Builder, x: str, act: StaticActivationQuant, features: int) -> str:
-    bucket_shape = b.const(numpy_helper.from_array(np.array([1], dtype=np.int64), b.name("scale_shape")))
-    flat_shape = b.const(numpy_helper.from_array(np.array([0, -1], dtype=np.int64), b.name("flat_shape")))
-    scale_table = b.const(float_tensor(b.name("act_scale"), act.scale))
-    scale = b.node("Gather", [scale_table, BUCKET])
-    scale = b.node("Unsqueeze", [scale, bucket_shape])
-    inputs = [scale]
-    if not act.fmt.symmetric:
-        zero_table = b.const(code_tensor(b.name("act_zero"), act.zero.round().to(torch.uint8), act.fmt))
-        inputs.append(b.node("Unsqueeze", [b.node("Gather", [zero_table, BUCKET]), bucket_shape]))
-    flat = b.node("Reshape", [x, flat_shape])
-    attrs = {"axis": 1, "block_size": features}
-    q = b.node("QuantizeLinear", [flat] + inputs, output_dtype=onnx_quant_type(act.fmt), **attrs)
-    dq = b.node("DequantizeLinear", [q] + inputs, **attrs)
+def static_activation(b: Builder, x: str, scale_table: str, zero_table: str | None, fmt: QuantFormat,
+                      bucket: str) -> str:
+    """x quantized per sample with the scale of its timestep bucket: x flattened to [B, F], Q/DQ
+    along axis 0 with scale_table[bucket] [B]."""
+    inputs = [b.node("Gather", [scale_table, bucket])]
+    if zero_table is not None:
+        inputs.append(b.node("Gather", [zero_table, bucket]))
+    flat = b.node("Reshape", [x, b.const(int64_tensor(b.name("flat_shape"), [0, -1]))])
+    q = b.node("QuantizeLinear", [flat] + inputs, axis=0, output_dtype=onnx_quant_type(fmt))
+    dq = b.node("DequantizeLinear", [q] + inputs, axis=0)
     return b.node("Reshape", [dq, b.node("Shape", [x])])
 
 
-def _dynamic_activation(b: Builder, x: str, act: DynamicActivationQuant, k: int, rank: int) -> str:
-    if not act.fmt.symmetric:
-        raise UserError("export supports symmetric dynamic activations only")
-    g = k if act.group_size in (PER_CHANNEL, PER_TENSOR) or act.group_size >= k else act.group_size
+def dynamic_scale(b: Builder, x: str, fmt: QuantFormat, group: int, k: int) -> str:
+    """max|x| / qmax over each group of ``group`` channels of the last axis (group == k: the whole
+    token), floored at a tiny positive value: [..., k / group], the blocked scale of x."""
+    tiny = b.const(float_tensor(b.name("tiny"), np.array(np.finfo(np.float32).tiny * 2**24)))
+    magnitude = b.node("Abs", [x])
+    if group < k:
+        magnitude = b.node("Reshape", [magnitude, b.const(int64_tensor(b.name("group_rows"), [-1, group]))])
+    amax = b.node("ReduceMax", [magnitude, b.const(int64_tensor(b.name("last_axis"), [-1]))], keepdims=1)
+    if group < k:
+        leading = b.node("Shape", [x], end=-1)
+        groups = b.const(int64_tensor(b.name("groups"), [k // group]))
+        amax = b.node("Reshape", [amax, b.node("Concat", [leading, groups], axis=0)])
+    scale = b.node("Div", [amax, b.const(float_tensor(b.name("qmax"), np.array(fmt.qmax)))])
+    return b.node("Max", [scale, tiny])
+
+
+def dynamic_group(group_size: int, k: int) -> int:
+    """Channels per dynamic activation scale: the whole token unless a smaller group divides k."""
+    g = k if group_size in (PER_CHANNEL, PER_TENSOR) or group_size >= k else group_size
     if k % g:
         raise UserError(f"dynamic activation groups of {g} do not divide {k} channels; export needs them to")
-    last = b.const(numpy_helper.from_array(np.array([-1], dtype=np.int64), b.name("last_axis")))
-    qmax = b.const(numpy_helper.from_array(np.array(act.fmt.qmax, dtype=np.float32), b.name("qmax")))
-    tiny = b.const(numpy_helper.from_array(np.array(np.finfo(np.float32).tiny * 2**24, dtype=np.float32),
-                                           b.name("tiny")))
-    magnitude = b.node("Abs", [x])
-    if g < k:
-        grouped = b.const(numpy_helper.from_array(np.array([0] * (rank - 1) + [k // g, g], dtype=np.int64),
-                                                  b.name("group_shape")))
-        magnitude = b.node("Reshape", [magnitude, grouped])
-    amax = b.node("ReduceMax", [magnitude, last], keepdims=1)
-    if g < k:
-        amax = b.node("Squeeze", [amax, last])
-    scale = b.node("Max", [b.node("Div", [amax, qmax]), tiny])
-    attrs = {"axis": rank - 1, "block_size": g}
-    q = b.node("QuantizeLinear", [x, scale], output_dtype=onnx_quant_type(act.fmt), **attrs)
-    return b.node("DequantizeLinear", [q, scale], **attrs)
+    return g
 
 
-def _rotation(b: Builder, x: str, block: int, k: int, rank: int) -> str:
-    """x H along the last axis, H block-diagonal with Hadamard blocks of ``block`` channels."""
-    blocks = b.const(int64_tensor(b.name("rotation_shape"), [0] * (rank - 1) + [k // block, block]))
-    h = b.const(float_tensor(b.name("hadamard"), hadamard_matrix(block)))
-    rotated = b.node("MatMul", [b.node("Reshape", [x, blocks]), h])
-    return b.node("Reshape", [rotated, b.node("Shape", [x])])
+def _dynamic_activation(b: Builder, x: str, act: DynamicActivationQuant, k: int) -> str:
+    if not act.fmt.symmetric:
+        raise UserError("export supports symmetric dynamic activations only")
+    g = dynamic_group(act.group_size, k)
+    scale = dynamic_scale(b, x, act.fmt, g, k)
+    q = b.node("QuantizeLinear", [x, scale], output_dtype=onnx_quant_type(act.fmt), axis=-1, block_size=g)
+    return b.node("DequantizeLinear", [q, scale], axis=-1, block_size=g)
 
 
-def _replacement(b: Builder, x: str, y: str, q: QuantLinear | VqLinear, features: int, rank: int) -> None:
+def rotation(b: Builder, x: str, hadamard: str, block: int) -> str:
+    """x H along the last axis, H block-diagonal with the ``block`` x ``block`` Hadamard block."""
+    rows = b.node("Reshape", [x, b.const(int64_tensor(b.name("rotation_rows"), [-1, block]))])
+    return b.node("Reshape", [b.node("MatMul", [rows, hadamard]), b.node("Shape", [x])])
+
+
+def _replacement(b: Builder, x: str, y: str, q: QuantLinear | VqLinear) -> None:
     if isinstance(q, QuantLinear) and q.rotation_block:
-        x = _rotation(b, x, q.rotation_block, q.in_features, rank)
+        hadamard = b.const(float_tensor(b.name("hadamard"), hadamard_matrix(q.rotation_block)))
+        x = rotation(b, x, hadamard, q.rotation_block)
     if isinstance(q.act, StaticActivationQuant):
-        x = _static_activation(b, x, q.act, features)
+        zero = None
+        if not q.act.fmt.symmetric:
+            zero = b.const(code_tensor(b.name("act_zero"), q.act.zero.round().to(torch.uint8), q.act.fmt))
+        x = static_activation(b, x, b.const(float_tensor(b.name("act_scale"), q.act.scale)), zero, q.act.fmt,
+                              BUCKET)
     elif isinstance(q.act, DynamicActivationQuant):
-        x = _dynamic_activation(b, x, q.act, q.in_features, rank)
+        x = _dynamic_activation(b, x, q.act, q.in_features)
     elif q.act is not None:
         raise UserError(f"layer {b.prefix}: no export for activation quantizer {type(q.act).__name__}")
     w = vq_weight(b, q) if isinstance(q, VqLinear) else _weight(b, q)
@@ -131,8 +140,8 @@ def _replacement(b: Builder, x: str, y: str, q: QuantLinear | VqLinear, features
         b.node("Add", [b.node("MatMul", [x, w]), b.const(float_tensor(b.name("bias"), q.bias))], output=y)
 
 
-def insert_qdq(proto: onnx.ModelProto, names: list[str], shapes: list[tuple[int, ...]],
-               layers: dict[str, QuantLinear | VqLinear], bucket_of_t: torch.Tensor | None) -> onnx.ModelProto:
+def insert_qdq(proto: onnx.ModelProto, names: list[str], layers: dict[str, QuantLinear | VqLinear],
+               bucket_of_t: torch.Tensor | None) -> onnx.ModelProto:
     """Replaces the trace's marker nodes (see onnx_graph.py) by QDQ subgraphs, in place."""
     graph = proto.graph
     nodes: list[onnx.NodeProto] = []
@@ -144,13 +153,9 @@ def insert_qdq(proto: onnx.ModelProto, names: list[str], shapes: list[tuple[int,
         if node.op_type != MARKER_OP:
             nodes.append(node)
             continue
-        index = node.attribute[0].i
-        name = names[index]
-        layer = layers[name]
-        dims = shapes[index]
-        features = int(np.prod(dims[1:]))
+        name = names[node.attribute[0].i]
         b = Builder(name, [], [])
-        _replacement(b, node.input[0], node.output[0], layer, features, len(dims))
+        _replacement(b, node.input[0], node.output[0], layers[name])
         nodes.extend(b.nodes)
         initializers.extend(b.initializers)
     del graph.node[:]

@@ -12,7 +12,8 @@ sub-vectors per row; b = log2(k) index bits):
                                0..K along axis 1))                        [K, N]
     y        = MatMul(x, W^T) (+ bias)
 
-unpack: with b = 8 each byte is an index (a Cast). Otherwise 8 indices fill b bytes, so the
+unpack: with b = 8 each byte is an index (a Cast, and mod 256 so that INT8 bytes read the
+same). Otherwise 8 indices fill b bytes, so the
 stream is read as rows of b bytes [G, b]: index j of a row starts at bit j b, in byte
 o = (j b) // 8 at shift s = (j b) % 8, and spans at most three bytes (b <= 16), so
 
@@ -43,8 +44,9 @@ def packed_stream(assignments: torch.Tensor, bits: int) -> np.ndarray:
 
 
 def _unpack(b: Builder, stream: str, bits: int, count: int) -> str:
-    """int64 [count] indices from the padded stream (module docstring)."""
-    wide = b.node("Cast", [stream], to=TensorProto.INT64)
+    """int64 [count] indices from the padded stream (module docstring), UINT8 or INT8 bytes."""
+    wide = b.node("Mod", [b.node("Cast", [stream], to=TensorProto.INT64),
+                          b.const(int64_tensor(b.name("vq_byte_range"), 256))])
     if bits == 8:
         return wide
     rows = b.node("Reshape", [wide, b.const(int64_tensor(b.name("vq_stream_rows"), [-1, bits]))])
@@ -66,15 +68,20 @@ def _unpack(b: Builder, stream: str, bits: int, count: int) -> str:
 
 def vq_weight(b: Builder, q: VqLinear) -> str:
     """W^T [K, N] of a VQ Linear, decoded from its codebook and packed assignments."""
-    n, per_row = q.assignments.shape
-    bits, dim = q.fmt.index_bits, q.fmt.dim
+    bits = q.fmt.index_bits
     stream = b.const(numpy_helper.from_array(packed_stream(q.assignments, bits), b.name("vq_assignments")))
     codebook = b.const(numpy_helper.from_array(q.codebook.half().numpy(), b.name("vq_codebook")))
+    return vq_decode(b, stream, codebook, q.out_features, q.in_features, q.fmt.dim, bits)
+
+
+def vq_decode(b: Builder, stream: str, codebook: str, n: int, k: int, dim: int, bits: int) -> str:
+    """W^T [K, N] from a FLOAT16 codebook [codewords, dim] and the padded assignment stream."""
+    per_row = -(-k // dim)
     indices = _unpack(b, stream, bits, n * per_row)
     vectors = b.node("Gather", [b.node("Cast", [codebook], to=TensorProto.FLOAT), indices], axis=0)
     weight = b.node("Reshape", [vectors, b.const(int64_tensor(b.name("vq_rows"), [n, per_row * dim]))])
-    if per_row * dim != q.in_features:
+    if per_row * dim != k:
         weight = b.node("Slice", [weight, b.const(int64_tensor(b.name("vq_first_column"), [0])),
-                                  b.const(int64_tensor(b.name("vq_in_features"), [q.in_features])),
+                                  b.const(int64_tensor(b.name("vq_in_features"), [k])),
                                   b.const(int64_tensor(b.name("vq_axis"), [1]))])
     return b.node("Transpose", [weight], perm=[1, 0])
