@@ -16,11 +16,12 @@ from exporter.export.onnx_export import run_export, validation_step_weights, val
 from exporter.model_loading import LoadedDiT, load_dit
 from exporter.quant.quantize import QuantizedDiT
 from exporter.quant.recipes import Recipe
+from exporter.rewrite.rewrite import run_rewrite
 from exporter.sampling import SamplerConfig
-from exporter.validate import run_validation, worst
+from exporter.validate import run_rewrite_validation, run_validation, worst
 
 # Stages later versions add after quantization, in pipeline order.
-PENDING_STAGES = ("rewrite", "engine")
+PENDING_STAGES = ("engine",)
 
 
 @dataclass
@@ -103,6 +104,16 @@ def _export_and_validate(report: BuildReport, qdit: QuantizedDiT, loaded: Loaded
                   exporter_mean_abs_worst=worst(validation["exporter_check"], "mean"),
                   quantization_mean_abs_worst=worst(validation["quantization_error"], "mean"),
                   inputs_from=validation["inputs_from"])
+
+    started = time.monotonic()
+    rewritten = run_rewrite(Path(exported["qdq_onnx"]))
+    checked = run_rewrite_validation(Path(exported["qdq_onnx"]), Path(rewritten["rewritten_onnx"]), qdit.transformer,
+                                     timesteps, out_dir, calibration=saved_calibration(out_dir))
+    report.record("rewrite", "done", time.monotonic() - started, rewritten_onnx=rewritten["rewritten_onnx"],
+                  tensorrt_onnx=rewritten["tensorrt_onnx"],
+                  plugins=", ".join(f"{n} x{c}" for n, c in rewritten["replaced"].items()),
+                  not_replaced=len(rewritten["not_replaced"]),
+                  rewritten_vs_qdq_max_abs=f"{worst(checked['rewrite_check'], 'max'):.2e}", details=rewritten)
 
 
 def _fidelity(report: BuildReport, loaded: LoadedDiT, quantized: LoadedDiT, sampler: SamplerConfig, out_dir: Path,

@@ -10,6 +10,7 @@ import typer
 
 from exporter.errors import UserError
 from exporter.sampling import SamplerConfig
+from exporter.validate import REWRITE_ATOL
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Quantize a Diffusion Transformer (DiT) and export it to ONNX and TensorRT.")
@@ -209,6 +210,36 @@ def validate(
     for key, stat in (("exporter_check", tolerances.exporter_stat), ("quantization_error", tolerances.quantization_stat)):
         typer.echo(f"{key}: passed (worst {stat} {worst(report[key], stat):.3g})")
     typer.echo(f"report: {out / 'validation.md'}")
+
+
+@app.command()
+@user_errors_exit_2
+def rewrite(
+    checkpoint: Path = typer.Option(Path("out/quantized"), help="quantized checkpoint the QDQ graph was exported from"),
+    model: Optional[str] = typer.Option(None, help=MODEL_HELP + "; must be the checkpoint's"),
+    out: Path = typer.Option(Path("out"), help="folder holding onnx/ (dit-export export); the report goes here"),
+    atol: float = typer.Option(REWRITE_ATOL, help="rewritten vs QDQ graph: tolerance on the max absolute difference"),
+) -> None:
+    """Replace every quantized GEMM of the QDQ graph by a TensorRT plugin node: writes
+    NAME.rewritten.onnx (with reference functions, runs in ONNX Runtime) and NAME.trt.onnx (for
+    TensorRT), then compares the rewritten graph with the QDQ graph with Polygraphy."""
+    from exporter.calibrate import loaded_from_checkpoint, saved_calibration
+    from exporter.export.onnx_export import ONNX_DIR, validation_timesteps
+    from exporter.model_loading import load_dit
+    from exporter.rewrite.rewrite import run_rewrite
+    from exporter.validate import run_rewrite_validation, worst
+
+    quantized, manifest = loaded_from_checkpoint(checkpoint, load_dit(model))
+    qdq = out / ONNX_DIR / f"{manifest['precision']}.qdq.onnx"
+    result = run_rewrite(qdq)
+    for plugin, count in result["replaced"].items():
+        typer.echo(f"replaced: {count} x {plugin}")
+    for layer, why in result["not_replaced"].items():
+        typer.echo(f"not replaced: {layer}: {why}")
+    report = run_rewrite_validation(qdq, Path(result["rewritten_onnx"]), quantized.transformer,
+                                    validation_timesteps(manifest), out, atol, calibration=saved_calibration(out))
+    typer.echo(f"rewritten vs QDQ: passed (worst max abs {worst(report['rewrite_check'], 'max'):.3g})")
+    typer.echo(f"rewritten_onnx: {result['rewritten_onnx']}\ntensorrt_onnx: {result['tensorrt_onnx']}")
 
 
 @app.command("eval")

@@ -28,6 +28,9 @@ def test_build_runs_the_existing_stages_and_says_what_is_missing(tmp_path):
     assert stages["export"]["details"]["qdq_vs_simulated"]["mean_abs"] < stages["export"]["details"]["qdq_vs_fp"]["mean_abs"]
     assert (tmp_path / "onnx" / "fp.onnx").is_file() and (tmp_path / "onnx" / "w8a8.qdq.onnx").is_file()
     assert stages["validate"]["status"] == "done" and (tmp_path / "validation.md").is_file()
+    assert stages["rewrite"]["status"] == "done" and stages["rewrite"]["details"]["not_replaced"] == {}
+    assert stages["rewrite"]["plugins"] == f"DitIntGemm x{stages['calibrate']['layers']}"
+    assert (tmp_path / "onnx" / "w8a8.trt.onnx").is_file() and (tmp_path / "rewrite_validation.md").is_file()
     assert stages["engine"]["status"] == "not-available"
     assert "[engine] not-available" in result.stdout
     assert "calibrating blocks" in result.stderr  # progress
@@ -37,6 +40,10 @@ def test_build_runs_the_existing_stages_and_says_what_is_missing(tmp_path):
     strict = run_cli("validate", "--checkpoint", str(tmp_path / "quantized"), "--out", str(tmp_path),
                      "--quantization-atol", "1e-9", "--quantization-stat", "max")
     assert_one_line_error(strict, "validation failed: QDQ vs FP reference, output out_sample")
+    rewritten = run_cli("rewrite", "--checkpoint", str(tmp_path / "quantized"), "--out", str(tmp_path))
+    assert rewritten.returncode == 0, rewritten.stderr
+    assert f"replaced: {stages['calibrate']['layers']} x DitIntGemm" in rewritten.stdout
+    assert "rewritten vs QDQ: passed" in rewritten.stdout
 
     again = run_cli("build", "--checkpoint", str(tmp_path / "quantized"), "--eval-samples", "0",
                     "--out", str(tmp_path / "again"))

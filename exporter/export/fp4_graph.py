@@ -77,7 +77,7 @@ def fake_quantize(b: Builder, x: str, scale: str, fmt: Fp4Format, output: str | 
     return b.node("Mul", [value, scale], output=output)
 
 
-def _expand_blocked(b: Builder, scale: str, x: str, axis: int, block_size: int) -> str:
+def expand_blocked(b: Builder, scale: str, x: str, axis: int, block_size: int) -> str:
     """A blocked scale repeated to x's size along ``axis``: scale[..., i // block_size, ...]."""
     length = b.node("Gather", [b.node("Shape", [x]), b.const(int64_tensor(b.name("axis"), axis))])
     zero, one = b.const(int64_tensor(b.name("zero"), 0)), b.const(int64_tensor(b.name("one"), 1))
@@ -152,7 +152,7 @@ def reference_graph(proto: onnx.ModelProto) -> onnx.ModelProto:
                                 "nodes with the same scale")
             scale, axis, block = node.input[1], _attr(node, "axis", 1), _attr(node, "block_size", 0)
             if block:
-                scale = _expand_blocked(b, scale, node.input[0], axis, block)
+                scale = expand_blocked(b, scale, node.input[0], axis, block)
             elif axis == 0 and not (scale in initializers and numpy_helper.to_array(initializers[scale]).size == 1):
                 # per-axis along the first axis of a 2-D input (static activations: one scale per sample)
                 scale = b.node("Unsqueeze", [scale, b.const(int64_tensor(b.name("per_row"), [1]))])

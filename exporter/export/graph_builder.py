@@ -68,5 +68,8 @@ class Builder:
         return out
 
     def const(self, tensor: TensorProto) -> str:
+        """Adds an initializer and returns its name, made unique within this builder."""
+        if any(t.name == tensor.name for t in self.initializers):
+            tensor.name = f"{tensor.name}_{len(self.initializers)}"
         self.initializers.append(tensor)
         return tensor.name

@@ -1,0 +1,162 @@
+"""The C++ header of the plugin contract, generated from ``contract.py``.
+
+    python -m exporter.rewrite.header > plugins/include/dit_export/plugin_contract.h
+
+For each plugin: its name, version and namespace; an enum per string field; a struct of its
+fields with the names TensorRT's PluginFields carry; a parser from a PluginFieldCollection-like
+list of (name, type, data, length) that rejects missing, unknown and out-of-range fields; and the
+index of each input given the fields (-1 when absent). The header depends on the C++17 standard
+library only, so the kernels' tests can include it without TensorRT.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from exporter.rewrite.contract import CONTRACTS, NONZERO, PluginContract
+
+HEADER = Path(__file__).resolve().parents[2] / "plugins" / "include" / "dit_export" / "plugin_contract.h"
+
+
+def _camel(name: str) -> str:
+    return "".join(part[:1].upper() + part[1:] for part in re.split(r"[_\s]+", name))
+
+
+def _enum_name(field: str) -> str:
+    return _camel(field)
+
+
+def _enumerator(value: str) -> str:
+    return "k" + _camel(value)
+
+
+def _comment(text: str, indent: str = "") -> list[str]:
+    words, lines, line = text.split(), [], ""
+    for word in words:
+        if len(line) + len(word) + 1 > 96 - len(indent):
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    lines.append(line)
+    return [f"{indent}// {text}" for text in lines]
+
+
+def _enums(contracts: list[PluginContract]) -> list[str]:
+    out, seen = [], set()
+    for c in contracts:
+        for f in c.fields:
+            if not f.is_string or f.name in seen:
+                continue
+            seen.add(f.name)
+            name = _enum_name(f.name)
+            values = ", ".join(f"{_enumerator(v)} = {i}" for i, v in enumerate(f.choices))
+            out += [f"enum class {name} : int32_t {{ {values} }};", "",
+                    f"inline bool parse{name}(std::string_view text, {name}& out)", "{"]
+            for v in f.choices:
+                out.append(f'    if (text == "{v}") {{ out = {name}::{_enumerator(v)}; return true; }}')
+            out += ["    return false;", "}", "",
+                    f"inline char const* toString({name} value)", "{", "    switch (value)", "    {"]
+            for v in f.choices:
+                out.append(f'    case {name}::{_enumerator(v)}: return "{v}";')
+            out += ["    }", '    return "";', "}", ""]
+    return out
+
+
+def _condition(when, var: str) -> str:
+    name, values = when
+    if values == NONZERO:
+        return f"{var}.{name} != 0"
+    enum = _enum_name(name)
+    return " || ".join(f"{var}.{name} == {enum}::{_enumerator(v)}" for v in values)
+
+
+def _plugin(c: PluginContract) -> list[str]:
+    s = f"{c.name}Fields"
+    out = [f"// ---- {c.name} ----", *_comment(c.doc), "",
+           f"struct {c.name}Info", "{",
+           f'    static constexpr char const* kName = "{c.name}";',
+           f'    static constexpr char const* kVersion = "{c.version}";',
+           f'    static constexpr char const* kNamespace = "{c.namespace}";',
+           f"    static constexpr int32_t kNbFields = {len(c.fields)};",
+           "    static constexpr char const* kFieldNames[kNbFields] = {"
+           + ", ".join(f'"{f.name}"' for f in c.fields) + "};",
+           f"    static constexpr int32_t kMaxInputs = {len(c.inputs)};",
+           f"    static constexpr int32_t kNbOutputs = {len(c.outputs)};",
+           "};", "", f"struct {s}", "{"]
+    for f in c.fields:
+        out += _comment(f.doc, "    ")
+        out.append(f"    {_enum_name(f.name) if f.is_string else 'int32_t'} {f.name}{{}};")
+    out += ["};", "",
+            "// Reads the fields from (name, type, data, length) entries; returns an empty string or what is wrong.",
+            f"inline std::string parse{s}(FieldView const* entries, int32_t count, {s}& out)", "{",
+            f"    bool seen[{c.name}Info::kNbFields] = {{}};",
+            "    for (int32_t i = 0; i < count; ++i)", "    {",
+            "        FieldView const& e = entries[i];", "        std::string_view name(e.name);"]
+    for i, f in enumerate(c.fields):
+        out.append(f'        if (name == "{f.name}")')
+        out.append("        {")
+        if f.is_string:
+            parse = f"parse{_enum_name(f.name)}(e.text(), out.{f.name})"
+            out += [f"            if (e.type != FieldType::kChar || !{parse})",
+                    f'                return "{c.name}: field {f.name} must be one of {", ".join(f.choices)}";']
+        else:
+            out += ["            if (e.type != FieldType::kInt32 || e.length != 1)",
+                    f'                return "{c.name}: field {f.name} must be one int32";',
+                    f"            out.{f.name} = *static_cast<int32_t const*>(e.data);",
+                    f"            if (out.{f.name} < {f.minimum})",
+                    f'                return "{c.name}: field {f.name} must be >= {f.minimum}";']
+        out += [f"            seen[{i}] = true;", "            continue;", "        }"]
+    out += [f'        return std::string("{c.name}: unknown field ") + std::string(name);', "    }",
+            f"    for (int32_t i = 0; i < {c.name}Info::kNbFields; ++i)",
+            "        if (!seen[i])",
+            f'            return std::string("{c.name}: missing field ") + {c.name}Info::kFieldNames[i];',
+            "    if ((out.act_mode == ActMode::kNone) != (out.act_format == ActFormat::kNone))",
+            f'        return "{c.name}: act_mode and act_format must both be none or neither";',
+            '    return "";', "}", "",
+            "// Input indices given the fields; -1 where the input is absent.",
+            f"struct {c.name}Inputs", "{"]
+    for p in c.inputs:
+        out += _comment(f"{p.dtype} {p.shape}: {p.doc}", "    ")
+        out.append(f"    int32_t {p.name}{{-1}};")
+    out += ["    int32_t count{0};", "};", "",
+            f"inline {c.name}Inputs {c.name[0].lower()}{c.name[1:]}Inputs({s} const& f)", "{",
+            f"    {c.name}Inputs in;"]
+    for p in c.inputs:
+        if p.when is None:
+            out.append(f"    in.{p.name} = in.count++;")
+        else:
+            out.append(f"    if ({_condition(p.when, 'f')})")
+            out.append(f"        in.{p.name} = in.count++;")
+    out += ["    return in;", "}", ""]
+    return out
+
+
+def generate() -> str:
+    contracts = list(CONTRACTS.values())
+    lines = [
+        "// Generated by `python -m exporter.rewrite.header` from exporter/rewrite/contract.py: do not edit.",
+        "// The contract of the dit-export TensorRT plugins: names, fields and inputs.",
+        "#pragma once", "", "#include <cstdint>", "#include <string>", "#include <string_view>", "",
+        "namespace dit_export", "{", "",
+        "// The field types the plugins read (TensorRT's PluginFieldType kINT32 and kCHAR).",
+        "enum class FieldType : int32_t { kInt32, kChar };", "",
+        "// One plugin field as the creator receives it: a view, no ownership.",
+        "struct FieldView", "{", "    char const* name;", "    FieldType type;", "    void const* data;",
+        "    int32_t length;", "",
+        "    std::string_view text() const",
+        "    {",
+        "        std::string_view s(static_cast<char const*>(data), static_cast<size_t>(length));",
+        "        return s.substr(0, s.find('\\0'));  // TensorRT's kCHAR fields may count the terminator",
+        "    }", "};", "",
+        *_enums(contracts),
+    ]
+    for c in contracts:
+        lines += _plugin(c)
+    lines += ["} // namespace dit_export", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(generate(), end="")
