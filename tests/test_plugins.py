@@ -2,6 +2,7 @@
 formats agree with the Python definitions (host check, no GPU needed), and on a GPU each GEMM
 matches dequantize-then-matmul in torch at SQNR >= 40 dB over DiT-XL/2's shapes and awkward ones."""
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -232,3 +233,17 @@ def test_vq_gemm_matches_dequantize_then_matmul(gpu_kernels, codewords, dim, act
     reference = xq.double() @ w.double().T
     y = gpu_kernels.vq_gemm(x.to(dev), codebook.to(dev), stream.to(dev), n, bits, act=act)
     assert sqnr_db(reference, y.cpu()) >= 40, (codewords, dim, m, k, n)
+
+
+@needs_toolchain
+@pytest.mark.skipif(not os.environ.get("TENSORRT_ROOT"), reason="set TENSORRT_ROOT to TensorRT's include/ (and "
+                    "lib/) to compile the plugin library; TensorRT's headers are not part of this repository")
+def test_plugin_library_compiles_against_tensorrt(tmp_path):
+    env = {**os.environ, "DIT_CUDA_ARCHS": "80"}
+    result = subprocess.run(["bash", str(PLUGINS.parent / "tools" / "build_plugins.sh"), str(tmp_path)],
+                            capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    library = tmp_path / "libdit_export_plugins.so"
+    exported = subprocess.run(["nm", "-D", "--defined-only", str(library)], capture_output=True, text=True).stdout
+    assert " getCreators" in exported and " setLoggerFinder" in exported
+    assert "warning:" not in (result.stdout + result.stderr).lower()

@@ -82,7 +82,13 @@ def _plugin(c: PluginContract) -> list[str]:
            f"    static constexpr int32_t kNbFields = {len(c.fields)};",
            "    static constexpr char const* kFieldNames[kNbFields] = {"
            + ", ".join(f'"{f.name}"' for f in c.fields) + "};",
+           "    static constexpr FieldType kFieldTypes[kNbFields] = {"
+           + ", ".join("FieldType::kChar" if f.is_string else "FieldType::kInt32" for f in c.fields) + "};",
            f"    static constexpr int32_t kMaxInputs = {len(c.inputs)};",
+           "    static constexpr char const* kInputNames[kMaxInputs] = {"
+           + ", ".join(f'"{p.name}"' for p in c.inputs) + "};",
+           "    static constexpr PortType kInputTypes[kMaxInputs] = {"
+           + ", ".join(_PORT_TYPES[p.dtype] for p in c.inputs) + "};",
            f"    static constexpr int32_t kNbOutputs = {len(c.outputs)};",
            "};", "", f"struct {s}", "{"]
     for f in c.fields:
@@ -115,22 +121,40 @@ def _plugin(c: PluginContract) -> list[str]:
             "    if ((out.act_mode == ActMode::kNone) != (out.act_format == ActFormat::kNone))",
             f'        return "{c.name}: act_mode and act_format must both be none or neither";',
             '    return "";', "}", "",
-            "// Input indices given the fields; -1 where the input is absent.",
+            "// Input indices given the fields (-1 where the input is absent), and the contract port",
+            "// (index into kInputNames / kInputTypes) of each input position.",
             f"struct {c.name}Inputs", "{"]
     for p in c.inputs:
         out += _comment(f"{p.dtype} {p.shape}: {p.doc}", "    ")
         out.append(f"    int32_t {p.name}{{-1}};")
-    out += ["    int32_t count{0};", "};", "",
-            f"inline {c.name}Inputs {c.name[0].lower()}{c.name[1:]}Inputs({s} const& f)", "{",
+    out += ["    int32_t count{0};", f"    int32_t port[{c.name}Info::kMaxInputs]{{}};", "};", "",
+            f"inline {c.name}Inputs {_lower_first(c.name)}Inputs({s} const& f)", "{",
             f"    {c.name}Inputs in;"]
-    for p in c.inputs:
+    for i, p in enumerate(c.inputs):
         if p.when is None:
+            out.append(f"    in.port[in.count] = {i};")
             out.append(f"    in.{p.name} = in.count++;")
         else:
             out.append(f"    if ({_condition(p.when, 'f')})")
+            out.append("    {")
+            out.append(f"        in.port[in.count] = {i};")
             out.append(f"        in.{p.name} = in.count++;")
-    out += ["    return in;", "}", ""]
+            out.append("    }")
+    out += ["    return in;", "}", "",
+            "// Calls visit(name, field) for every field, in the contract's order.",
+            "template <typename Visitor>",
+            f"inline void visit{s}({s}& f, Visitor&& visit)", "{"]
+    out += [f'    visit("{f.name}", f.{f.name});' for f in c.fields]
+    out += ["}", ""]
     return out
+
+
+def _lower_first(name: str) -> str:
+    return name[0].lower() + name[1:]
+
+
+_PORT_TYPES = {"T": "PortType::kActivation", "INT8": "PortType::kInt8", "FLOAT": "PortType::kFloat32",
+               "FLOAT16": "PortType::kFloat16", "INT64": "PortType::kInt64"}
 
 
 def generate() -> str:
@@ -142,6 +166,8 @@ def generate() -> str:
         "namespace dit_export", "{", "",
         "// The field types the plugins read (TensorRT's PluginFieldType kINT32 and kCHAR).",
         "enum class FieldType : int32_t { kInt32, kChar };", "",
+        "// Element types of plugin inputs; kActivation is float32 or float16, the same as the output.",
+        "enum class PortType : int32_t { kActivation, kInt8, kFloat32, kFloat16, kInt64 };", "",
         "// One plugin field as the creator receives it: a view, no ownership.",
         "struct FieldView", "{", "    char const* name;", "    FieldType type;", "    void const* data;",
         "    int32_t length;", "",

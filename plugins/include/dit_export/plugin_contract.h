@@ -12,6 +12,9 @@ namespace dit_export
 // The field types the plugins read (TensorRT's PluginFieldType kINT32 and kCHAR).
 enum class FieldType : int32_t { kInt32, kChar };
 
+// Element types of plugin inputs; kActivation is float32 or float16, the same as the output.
+enum class PortType : int32_t { kActivation, kInt8, kFloat32, kFloat16, kInt64 };
+
 // One plugin field as the creator receives it: a view, no ownership.
 struct FieldView
 {
@@ -103,7 +106,10 @@ struct DitIntGemmInfo
     static constexpr char const* kNamespace = "dit_export";
     static constexpr int32_t kNbFields = 9;
     static constexpr char const* kFieldNames[kNbFields] = {"in_features", "out_features", "weight_bits", "group_size", "act_mode", "act_format", "act_group_size", "rotation_block", "has_bias"};
+    static constexpr FieldType kFieldTypes[kNbFields] = {FieldType::kInt32, FieldType::kInt32, FieldType::kInt32, FieldType::kInt32, FieldType::kChar, FieldType::kChar, FieldType::kInt32, FieldType::kInt32, FieldType::kInt32};
     static constexpr int32_t kMaxInputs = 7;
+    static constexpr char const* kInputNames[kMaxInputs] = {"x", "weight", "weight_scale", "hadamard", "act_scale_table", "timestep_bucket", "bias"};
+    static constexpr PortType kInputTypes[kMaxInputs] = {PortType::kActivation, PortType::kInt8, PortType::kFloat32, PortType::kFloat32, PortType::kFloat32, PortType::kInt64, PortType::kFloat32};
     static constexpr int32_t kNbOutputs = 1;
 };
 
@@ -233,7 +239,8 @@ inline std::string parseDitIntGemmFields(FieldView const* entries, int32_t count
     return "";
 }
 
-// Input indices given the fields; -1 where the input is absent.
+// Input indices given the fields (-1 where the input is absent), and the contract port
+// (index into kInputNames / kInputTypes) of each input position.
 struct DitIntGemmInputs
 {
     // T [..., K]: activations, float32 or float16
@@ -252,23 +259,54 @@ struct DitIntGemmInputs
     // FLOAT [N]: bias
     int32_t bias{-1};
     int32_t count{0};
+    int32_t port[DitIntGemmInfo::kMaxInputs]{};
 };
 
 inline DitIntGemmInputs ditIntGemmInputs(DitIntGemmFields const& f)
 {
     DitIntGemmInputs in;
+    in.port[in.count] = 0;
     in.x = in.count++;
+    in.port[in.count] = 1;
     in.weight = in.count++;
+    in.port[in.count] = 2;
     in.weight_scale = in.count++;
     if (f.rotation_block != 0)
+    {
+        in.port[in.count] = 3;
         in.hadamard = in.count++;
+    }
     if (f.act_mode == ActMode::kStatic)
+    {
+        in.port[in.count] = 4;
         in.act_scale_table = in.count++;
+    }
     if (f.act_mode == ActMode::kStatic)
+    {
+        in.port[in.count] = 5;
         in.timestep_bucket = in.count++;
+    }
     if (f.has_bias != 0)
+    {
+        in.port[in.count] = 6;
         in.bias = in.count++;
+    }
     return in;
+}
+
+// Calls visit(name, field) for every field, in the contract's order.
+template <typename Visitor>
+inline void visitDitIntGemmFields(DitIntGemmFields& f, Visitor&& visit)
+{
+    visit("in_features", f.in_features);
+    visit("out_features", f.out_features);
+    visit("weight_bits", f.weight_bits);
+    visit("group_size", f.group_size);
+    visit("act_mode", f.act_mode);
+    visit("act_format", f.act_format);
+    visit("act_group_size", f.act_group_size);
+    visit("rotation_block", f.rotation_block);
+    visit("has_bias", f.has_bias);
 }
 
 // ---- DitFp4Gemm ----
@@ -281,7 +319,10 @@ struct DitFp4GemmInfo
     static constexpr char const* kNamespace = "dit_export";
     static constexpr int32_t kNbFields = 9;
     static constexpr char const* kFieldNames[kNbFields] = {"in_features", "out_features", "weight_format", "group_size", "act_mode", "act_format", "act_group_size", "rotation_block", "has_bias"};
+    static constexpr FieldType kFieldTypes[kNbFields] = {FieldType::kInt32, FieldType::kInt32, FieldType::kChar, FieldType::kInt32, FieldType::kChar, FieldType::kChar, FieldType::kInt32, FieldType::kInt32, FieldType::kInt32};
     static constexpr int32_t kMaxInputs = 7;
+    static constexpr char const* kInputNames[kMaxInputs] = {"x", "weight", "weight_scale", "hadamard", "act_scale_table", "timestep_bucket", "bias"};
+    static constexpr PortType kInputTypes[kMaxInputs] = {PortType::kActivation, PortType::kInt8, PortType::kFloat32, PortType::kFloat32, PortType::kFloat32, PortType::kInt64, PortType::kFloat32};
     static constexpr int32_t kNbOutputs = 1;
 };
 
@@ -408,7 +449,8 @@ inline std::string parseDitFp4GemmFields(FieldView const* entries, int32_t count
     return "";
 }
 
-// Input indices given the fields; -1 where the input is absent.
+// Input indices given the fields (-1 where the input is absent), and the contract port
+// (index into kInputNames / kInputTypes) of each input position.
 struct DitFp4GemmInputs
 {
     // T [..., K]: activations, float32 or float16
@@ -428,23 +470,54 @@ struct DitFp4GemmInputs
     // FLOAT [N]: bias
     int32_t bias{-1};
     int32_t count{0};
+    int32_t port[DitFp4GemmInfo::kMaxInputs]{};
 };
 
 inline DitFp4GemmInputs ditFp4GemmInputs(DitFp4GemmFields const& f)
 {
     DitFp4GemmInputs in;
+    in.port[in.count] = 0;
     in.x = in.count++;
+    in.port[in.count] = 1;
     in.weight = in.count++;
+    in.port[in.count] = 2;
     in.weight_scale = in.count++;
     if (f.rotation_block != 0)
+    {
+        in.port[in.count] = 3;
         in.hadamard = in.count++;
+    }
     if (f.act_mode == ActMode::kStatic)
+    {
+        in.port[in.count] = 4;
         in.act_scale_table = in.count++;
+    }
     if (f.act_mode == ActMode::kStatic)
+    {
+        in.port[in.count] = 5;
         in.timestep_bucket = in.count++;
+    }
     if (f.has_bias != 0)
+    {
+        in.port[in.count] = 6;
         in.bias = in.count++;
+    }
     return in;
+}
+
+// Calls visit(name, field) for every field, in the contract's order.
+template <typename Visitor>
+inline void visitDitFp4GemmFields(DitFp4GemmFields& f, Visitor&& visit)
+{
+    visit("in_features", f.in_features);
+    visit("out_features", f.out_features);
+    visit("weight_format", f.weight_format);
+    visit("group_size", f.group_size);
+    visit("act_mode", f.act_mode);
+    visit("act_format", f.act_format);
+    visit("act_group_size", f.act_group_size);
+    visit("rotation_block", f.rotation_block);
+    visit("has_bias", f.has_bias);
 }
 
 // ---- DitVqGemm ----
@@ -459,7 +532,10 @@ struct DitVqGemmInfo
     static constexpr char const* kNamespace = "dit_export";
     static constexpr int32_t kNbFields = 10;
     static constexpr char const* kFieldNames[kNbFields] = {"in_features", "out_features", "codewords", "codeword_dim", "index_bits", "act_mode", "act_format", "act_group_size", "rotation_block", "has_bias"};
+    static constexpr FieldType kFieldTypes[kNbFields] = {FieldType::kInt32, FieldType::kInt32, FieldType::kInt32, FieldType::kInt32, FieldType::kInt32, FieldType::kChar, FieldType::kChar, FieldType::kInt32, FieldType::kInt32, FieldType::kInt32};
     static constexpr int32_t kMaxInputs = 7;
+    static constexpr char const* kInputNames[kMaxInputs] = {"x", "codebook", "assignments", "hadamard", "act_scale_table", "timestep_bucket", "bias"};
+    static constexpr PortType kInputTypes[kMaxInputs] = {PortType::kActivation, PortType::kFloat16, PortType::kInt8, PortType::kFloat32, PortType::kFloat32, PortType::kInt64, PortType::kFloat32};
     static constexpr int32_t kNbOutputs = 1;
 };
 
@@ -601,7 +677,8 @@ inline std::string parseDitVqGemmFields(FieldView const* entries, int32_t count,
     return "";
 }
 
-// Input indices given the fields; -1 where the input is absent.
+// Input indices given the fields (-1 where the input is absent), and the contract port
+// (index into kInputNames / kInputTypes) of each input position.
 struct DitVqGemmInputs
 {
     // T [..., K]: activations, float32 or float16
@@ -620,23 +697,55 @@ struct DitVqGemmInputs
     // FLOAT [N]: bias
     int32_t bias{-1};
     int32_t count{0};
+    int32_t port[DitVqGemmInfo::kMaxInputs]{};
 };
 
 inline DitVqGemmInputs ditVqGemmInputs(DitVqGemmFields const& f)
 {
     DitVqGemmInputs in;
+    in.port[in.count] = 0;
     in.x = in.count++;
+    in.port[in.count] = 1;
     in.codebook = in.count++;
+    in.port[in.count] = 2;
     in.assignments = in.count++;
     if (f.rotation_block != 0)
+    {
+        in.port[in.count] = 3;
         in.hadamard = in.count++;
+    }
     if (f.act_mode == ActMode::kStatic)
+    {
+        in.port[in.count] = 4;
         in.act_scale_table = in.count++;
+    }
     if (f.act_mode == ActMode::kStatic)
+    {
+        in.port[in.count] = 5;
         in.timestep_bucket = in.count++;
+    }
     if (f.has_bias != 0)
+    {
+        in.port[in.count] = 6;
         in.bias = in.count++;
+    }
     return in;
+}
+
+// Calls visit(name, field) for every field, in the contract's order.
+template <typename Visitor>
+inline void visitDitVqGemmFields(DitVqGemmFields& f, Visitor&& visit)
+{
+    visit("in_features", f.in_features);
+    visit("out_features", f.out_features);
+    visit("codewords", f.codewords);
+    visit("codeword_dim", f.codeword_dim);
+    visit("index_bits", f.index_bits);
+    visit("act_mode", f.act_mode);
+    visit("act_format", f.act_format);
+    visit("act_group_size", f.act_group_size);
+    visit("rotation_block", f.rotation_block);
+    visit("has_bias", f.has_bias);
 }
 
 } // namespace dit_export
