@@ -18,7 +18,7 @@ constexpr int32_t kThreads = 128;  // 4 warps, 2 x 2, each 32 x 32
 constexpr int32_t kAStride = kBlockK + 8;
 constexpr int32_t kBStride = kBlockN + 8;
 constexpr int32_t kCStride = kBlockN + 4;
-constexpr int32_t kMaxSharedCodebook = 16384;  // halves: codebooks up to 32 KiB are staged
+constexpr int32_t kMaxSharedCodebook = 8192;  // halves: codebooks up to 16 KiB are staged (48 KiB in all)
 
 struct ActivationOperand
 {
