@@ -9,19 +9,26 @@ from pathlib import Path
 from typing import Any
 
 from exporter.atomic import atomic_write_text
-from exporter.calibrate import CalibrationOptions, as_loaded, open_checkpoint, run_calibrate, saved_calibration
+from exporter.calibrate import (
+    CalibrationOptions,
+    as_loaded,
+    open_checkpoint,
+    run_calibrate,
+    saved_calibration,
+)
 from exporter.digits import IMAGE_SIZE
 from exporter.evaluate import evaluate
-from exporter.export.onnx_export import run_export, validation_step_weights, validation_timesteps
+from exporter.export.onnx_export import (
+    run_export,
+    validation_step_weights,
+    validation_timesteps,
+)
 from exporter.model_loading import LoadedDiT, load_dit
 from exporter.quant.quantize import QuantizedDiT
 from exporter.quant.recipes import Recipe
 from exporter.rewrite.rewrite import run_rewrite
 from exporter.sampling import SamplerConfig
 from exporter.validate import run_rewrite_validation, run_validation, worst
-
-# Stages later versions add after quantization, in pipeline order.
-PENDING_STAGES = ("engine",)
 
 
 @dataclass
@@ -81,8 +88,7 @@ def run_build(model: str | None, recipe: Recipe, out_dir: Path, checkpoint: Path
     _export_and_validate(report, qdit, loaded, out_dir, timesteps, validation_step_weights(manifest, timesteps))
     _fidelity(report, loaded, quantized, sampler, out_dir, eval_samples, seed)
 
-    for stage in PENDING_STAGES:
-        report.record(stage, "not-available", 0.0, reason=f"this version of dit-export has no '{stage}' stage yet")
+    _engines(report, loaded, out_dir, timesteps, validation_step_weights(manifest, timesteps))
     atomic_write_text(out_dir / "build_report.json", json.dumps(report.to_dict(), indent=2) + "\n")
     print(f"build report: {out_dir / 'build_report.json'}", flush=True)
     return report
@@ -114,6 +120,26 @@ def _export_and_validate(report: BuildReport, qdit: QuantizedDiT, loaded: Loaded
                   plugins=", ".join(f"{n} x{c}" for n, c in rewritten["replaced"].items()),
                   not_replaced=len(rewritten["not_replaced"]),
                   rewritten_vs_qdq_max_abs=f"{worst(checked['rewrite_check'], 'max'):.2e}", details=rewritten)
+
+
+def _engines(report: BuildReport, loaded: LoadedDiT, out_dir: Path, timesteps: list[int],
+             step_weights: list[float]) -> None:
+    from engines.stage import plan_engines, run_engine_stage
+
+    started = time.monotonic()
+    result = run_engine_stage(plan_engines(out_dir, report.precision, loaded.transformer.config), out_dir,
+                              timesteps, step_weights)
+    if result["status"] == "not-available":
+        for stage in ("engine", "engine-validate"):
+            report.record(stage, "not-available", 0.0, reason=result["reason"], commands=result["commands"])
+        print("The same with the files written here, where TensorRT is installed:", flush=True)
+        for command in result["commands"]:
+            print(f"    {command}", flush=True)
+        return
+    report.record("engine", "done", time.monotonic() - started, quantized_engine=result["quantized"]["engine"],
+                  fp16_engine=result["fp16"]["engine"], details=result)
+    report.record("engine-validate", "done", 0.0, report=result["report"],
+                  quantization_mean_abs_worst=f"{result['validation_worst']:.3g}")
 
 
 def _fidelity(report: BuildReport, loaded: LoadedDiT, quantized: LoadedDiT, sampler: SamplerConfig, out_dir: Path,

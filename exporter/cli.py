@@ -242,6 +242,84 @@ def rewrite(
     typer.echo(f"rewritten_onnx: {result['rewritten_onnx']}\ntensorrt_onnx: {result['tensorrt_onnx']}")
 
 
+def _engine_context(checkpoint: Path, out: Path):
+    """Precision, model config, validation timesteps and step weights of a checkpoint's build."""
+    from types import SimpleNamespace
+
+    from exporter.export.onnx_export import validation_step_weights, validation_timesteps
+    from exporter.quant.checkpoint import read_manifest
+
+    manifest = read_manifest(checkpoint)
+    timesteps = validation_timesteps(manifest)
+    return (manifest["precision"], SimpleNamespace(**manifest["transformer_config"]), timesteps,
+            validation_step_weights(manifest, timesteps))
+
+
+@app.command()
+@user_errors_exit_2
+def engine(
+    checkpoint: Path = typer.Option(Path("out/quantized"), help="quantized checkpoint the graphs were exported from"),
+    out: Path = typer.Option(Path("out"), help="folder holding onnx/ and the validation files; engines go to "
+                             "OUT/engines/"),
+    plugin_library: Optional[Path] = typer.Option(None, help="libdit_export_plugins.so (default: plugins/build/)"),
+    batch: str = typer.Option("1,2,16", help="optimization profile batch sizes MIN,OPT,MAX (CFG: 2 per image)"),
+    resolution: Optional[int] = typer.Option(None, help="latent size (default and only choice: the model's)"),
+    optimization_level: int = typer.Option(3, help="TensorRT builder optimization level, 0 to 5"),
+    quantization_atol: float = typer.Option(0.02, help="engine vs FP reference: tolerance on the error times the "
+                                            "step weight, as in validate"),
+    quantization_stat: str = typer.Option("mean", help="error statistic checked: max, mean or median"),
+) -> None:
+    """Build the quantized TensorRT engine (with the plugins) and the FP16 baseline engine, and
+    validate the quantized one against the FP reference outputs with Polygraphy."""
+    from engines.profiles import EngineProfile
+    from engines.stage import plan_engines, run_engine_stage
+    from exporter.validate import Tolerances
+
+    precision, config, timesteps, weights = _engine_context(checkpoint, out)
+    tolerances = Tolerances(quantization_atol=quantization_atol, quantization_stat=quantization_stat)
+    plan = plan_engines(out, precision, config, EngineProfile.parse(batch, resolution), plugin_library,
+                        optimization_level)
+    result = run_engine_stage(plan, out, timesteps, weights, tolerances)
+    if result["status"] == "not-available":
+        typer.echo(f"engine: not available: {result['reason']}; the same with the files written here:")
+        for command in result["commands"]:
+            typer.echo(f"    {command}")
+        return
+    typer.echo(f"quantized engine: {result['quantized']['engine']}\nfp16 engine: {result['fp16']['engine']}")
+    typer.echo(f"validation: passed (worst {quantization_stat} x step weight {result['validation_worst']:.3g}); "
+               f"report: {result['report']}")
+
+
+@app.command()
+@user_errors_exit_2
+def bench(
+    checkpoint: Path = typer.Option(Path("out/quantized"), help="quantized checkpoint the engines were built from"),
+    out: Path = typer.Option(Path("out"), help="folder holding engines/"),
+    plugin_library: Optional[Path] = typer.Option(None, help="libdit_export_plugins.so (default: plugins/build/)"),
+    batch: int = typer.Option(2, help="model batch (CFG: 2 per image)"),
+    warmup: int = typer.Option(10, help="untimed runs first"),
+    iterations: int = typer.Option(50, help="timed runs; the median is reported"),
+) -> None:
+    """Latency and memory of the quantized and FP16 engines, measured in one run; prints the ratio."""
+    from engines.bench import bench_engines
+    from engines.profiles import EngineProfile
+    from engines.stage import ENGINE_DIR
+    from engines.tensorrt_support import PLUGIN_LIBRARY, check_plugin_library
+
+    precision, config, _, _ = _engine_context(checkpoint, out)
+    shapes = {name: s[1] for name, s in EngineProfile(batch, batch, batch).shapes(config).items()}
+    library = check_plugin_library(plugin_library or PLUGIN_LIBRARY)
+    result = bench_engines(out / ENGINE_DIR / f"{precision}.engine", out / ENGINE_DIR / "fp16.engine", shapes,
+                           library, warmup, iterations)
+    q, fp = result["quantized"], result["fp16"]
+    typer.echo(f"{result['device']}, batch {batch}, median of {iterations} after {warmup} warm-up runs")
+    typer.echo(f"fp16:      {fp['median_ms']:.3f} ms, engine {fp['engine_bytes'] / 2**20:.1f} MiB, "
+               f"activations {fp['activation_bytes'] / 2**20:.1f} MiB")
+    typer.echo(f"{precision}: {q['median_ms']:.3f} ms, engine {q['engine_bytes'] / 2**20:.1f} MiB, "
+               f"activations {q['activation_bytes'] / 2**20:.1f} MiB")
+    typer.echo(f"speedup over fp16: {result['speedup']:.2f}x; engine size ratio {result['engine_size_ratio']:.2f}")
+
+
 @app.command("eval")
 @user_errors_exit_2
 def eval_command(

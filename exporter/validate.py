@@ -97,7 +97,7 @@ def _simulated_results(model: nn.Module, feeds: list[dict[str, np.ndarray]]):
     return iterations
 
 
-def _comparison(results, pair: tuple[int, int], atol: float, stat: str,
+def comparison(results, pair: tuple[int, int], atol: float, stat: str,
                 weights: list[float] | None = None) -> tuple[bool, list[dict[str, Any]]]:
     """Polygraphy's error statistics per iteration and output; an iteration passes when its
     ``stat`` times its weight (1 without weights) is at most ``atol``."""
@@ -152,8 +152,8 @@ def run_validation(fp_onnx: Path, qdq_onnx: Path, simulated: nn.Module, timestep
     results = Comparator.run([qdq_runner, fp_runner], data_loader=feeds)
     results.append((SIMULATED, _simulated_results(simulated, feeds)))
 
-    exporter_ok, exporter_rows = _comparison(results, (0, 2), tolerances.exporter_atol, tolerances.exporter_stat)
-    quant_ok, quant_rows = _comparison(results, (0, 1), tolerances.quantization_atol, tolerances.quantization_stat,
+    exporter_ok, exporter_rows = comparison(results, (0, 2), tolerances.exporter_atol, tolerances.exporter_stat)
+    quant_ok, quant_rows = comparison(results, (0, 1), tolerances.quantization_atol, tolerances.quantization_stat,
                                        step_weights)
 
     from polygraphy.comparator import RunResults
@@ -246,7 +246,7 @@ def run_rewrite_validation(qdq_onnx: Path, rewritten_onnx: Path, transformer: nn
     except Exception as e:  # ONNX Runtime rejects malformed graphs with many exception types
         raise UserError(f"ONNX Runtime cannot load the graphs: {str(e).splitlines()[0]}") from None
     results = Comparator.run(runners, data_loader=feeds)
-    ok, rows = _comparison(results, (0, 1), atol, "max")
+    ok, rows = comparison(results, (0, 1), atol, "max")
     report = {"timesteps": timesteps, "inputs_from": source, "atol": atol, "stat": "max",
               "rewrite_check": {"against": "qdq-onnxrt", "passed": ok, "iterations": rows}}
     atomic_write_text(out_dir / "rewrite_validation.json", json.dumps(report, indent=2) + "\n")

@@ -31,8 +31,10 @@ def test_build_runs_the_existing_stages_and_says_what_is_missing(tmp_path):
     assert stages["rewrite"]["status"] == "done" and stages["rewrite"]["details"]["not_replaced"] == {}
     assert stages["rewrite"]["plugins"] == f"DitIntGemm x{stages['calibrate']['layers']}"
     assert (tmp_path / "onnx" / "w8a8.trt.onnx").is_file() and (tmp_path / "rewrite_validation.md").is_file()
-    assert stages["engine"]["status"] == "not-available"
-    assert "[engine] not-available" in result.stdout
+    assert stages["engine"]["status"] == "not-available" == stages["engine-validate"]["status"]
+    assert stages["engine"]["reason"].startswith("TensorRT is not installed")
+    assert "[engine] not-available" in result.stdout and "trtexec --onnx=" in result.stdout
+    assert any("w8a8.trt.onnx" in c for c in stages["engine"]["commands"])
     assert "calibrating blocks" in result.stderr  # progress
     for png in ("fp_samples.png", "w8a8_samples.png", "layer_sqnr.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

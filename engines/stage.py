@@ -1,0 +1,93 @@
+"""The engine stage of `dit-export build` and `dit-export engine`: the quantized and FP16 engines
+from the files export and rewrite wrote, and the quantized engine's validation. Arguments are
+checked first, TensorRT second: without TensorRT the stage says so in one line and returns the
+trtexec / polygraphy commands that do the same with the files already written."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engines.engine_builder import (
+    DEFAULT_OPTIMIZATION_LEVEL,
+    EngineSpec,
+    build_engine,
+    check_onnx,
+    trtexec_command,
+)
+from engines.engine_validation import (
+    polygraphy_command,
+    saved_validation_files,
+    validate_engine,
+)
+from engines.profiles import EngineProfile
+from engines.tensorrt_support import (
+    BUILD_PLUGINS,
+    PLUGIN_LIBRARY,
+    check_plugin_library,
+    tensorrt_missing,
+)
+from exporter.export.onnx_export import ONNX_DIR
+from exporter.rewrite.rewrite import rewritten_paths
+from exporter.validate import Tolerances
+
+ENGINE_DIR = "engines"
+
+
+@dataclass(frozen=True)
+class EnginePlan:
+    quantized: EngineSpec
+    fp16: EngineSpec
+    shapes: dict
+    optimization_level: int
+    plugin_library: Path
+    plugin_library_given: bool
+
+
+def plan_engines(out_dir: Path, precision: str, config, profile: EngineProfile = EngineProfile(),
+                 plugin_library: Path | None = None,
+                 optimization_level: int = DEFAULT_OPTIMIZATION_LEVEL) -> EnginePlan:
+    """Checks what the engines are built from (UserError naming what is wrong) and where they go."""
+    onnx_dir = out_dir / ONNX_DIR
+    _, trt_onnx = rewritten_paths(onnx_dir / f"{precision}.qdq.onnx")
+    check_onnx(trt_onnx)
+    check_onnx(onnx_dir / "fp.onnx")
+    shapes = profile.shapes(config)
+    library = Path(plugin_library) if plugin_library is not None else PLUGIN_LIBRARY
+    if plugin_library is not None:
+        check_plugin_library(library)
+    engines = out_dir / ENGINE_DIR
+    return EnginePlan(EngineSpec(trt_onnx, engines / f"{precision}.engine", strongly_typed=True, fp16=False,
+                                 plugin_library=library),
+                      EngineSpec(onnx_dir / "fp.onnx", engines / "fp16.engine", strongly_typed=False, fp16=True),
+                      shapes, optimization_level, library, plugin_library is not None)
+
+
+def commands(plan: EnginePlan, out_dir: Path, tolerances: Tolerances, step_weights: list[float]) -> list[str]:
+    """What to run where TensorRT is installed, with the files this run wrote."""
+    lines = [] if plan.plugin_library.is_file() else [BUILD_PLUGINS]
+    lines += [trtexec_command(plan.quantized, plan.shapes, plan.optimization_level),
+              trtexec_command(plan.fp16, plan.shapes, plan.optimization_level),
+              polygraphy_command(plan.quantized.engine, out_dir, plan.plugin_library, tolerances, step_weights)]
+    return lines
+
+
+def run_engine_stage(plan: EnginePlan, out_dir: Path, timesteps: list[int], step_weights: list[float],
+                     tolerances: Tolerances = Tolerances()) -> dict[str, Any]:
+    """{"status": "done", ...} with the engines built and validated, or {"status":
+    "not-available", "reason": ..., "commands": [...]} where TensorRT is missing."""
+    saved_validation_files(out_dir)
+    missing = tensorrt_missing()
+    if missing:
+        return {"status": "not-available", "reason": missing,
+                "commands": commands(plan, out_dir, tolerances, step_weights)}
+    check_plugin_library(plan.plugin_library)
+    (out_dir / ENGINE_DIR).mkdir(parents=True, exist_ok=True)
+    quantized = build_engine(plan.quantized, plan.shapes, plan.optimization_level)
+    fp16 = build_engine(plan.fp16, plan.shapes, plan.optimization_level)
+    validation = validate_engine(plan.quantized.engine, out_dir, timesteps, step_weights, plan.plugin_library,
+                                 tolerances)
+    worst = max(r[f"step_{tolerances.quantization_stat}_abs"] for r in validation["iterations"])
+    return {"status": "done", "quantized": quantized, "fp16": fp16, "validation_worst": worst,
+            "report": str(out_dir / "engine_validation.md")}
