@@ -4,8 +4,9 @@
 
 The stubs (10.13) ship without a py.typed marker and with lines that are not valid Python
 (parameters named `in`, a parameter without default after defaulted ones, `...` for types the
-stub generator could not name), which stop mypy. This copies them to a temporary folder, repairs those lines, and runs mypy with that
-folder on MYPYPATH; mypy's settings are in pyproject.toml.
+stub generator could not name), which stop mypy. This copies them to a temporary folder,
+repairs those lines, and runs mypy with that folder on MYPYPATH; mypy's settings are in
+pyproject.toml.
 """
 
 from __future__ import annotations
