@@ -79,7 +79,7 @@ def run_calibrate(loaded: LoadedDiT, recipe: Recipe, sampler: SamplerConfig, opt
         **weight_storage(read_manifest(folder)),
     }
     if qdit.calibration_losses:
-        summary["vq_loss_first_last"] = {block: [round(losses[0], 5), round(sum(losses[-20:]) / len(losses[-20:]), 5)]
+        summary["block_loss_first_last"] = {block: [round(losses[0], 5), round(sum(losses[-20:]) / len(losses[-20:]), 5)]
                                          for block, losses in qdit.calibration_losses.items()}
     return qdit, summary
 

@@ -132,11 +132,11 @@ def _fake_quant(x: torch.Tensor, fmt: str, group: int, scale: torch.Tensor | Non
     k = x.shape[1]
     g = group or k
     xs = x.reshape(x.shape[0], k // g, g)
-    qmax = {"int8": 127.0, "fp8e4m3": 448.0, "fp4e2m1": 6.0}[fmt]
+    qmax = {"int8": 127.0, "int4": 7.0, "fp8e4m3": 448.0, "fp4e2m1": 6.0}[fmt]
     s = (xs.abs().amax(-1, keepdim=True) / qmax).clamp_min(TINY) if scale is None else scale.reshape(-1, 1, 1)
     y = xs / s
-    if fmt == "int8":
-        q = y.round().clamp(-128, 127)
+    if fmt in ("int8", "int4"):
+        q = y.round().clamp(-qmax - 1, qmax)
     elif fmt == "fp8e4m3":
         q = y.clamp(-448, 448).to(torch.float8_e4m3fn).float()
     else:
@@ -163,6 +163,7 @@ def gpu_kernels(tmp_path_factory):
 SCALAR_CASES = {  # weights, activation mode, activation format, activation group, Hadamard
     "w4a8": ("int4", "dynamic", "int8", 0, False),
     "w8a8-static": ("int8", "static", "int8", 0, False),
+    "w4a4-static": ("int4", "static", "int4", 0, False),
     "w4-weight-only": ("int4", "none", "none", 0, False),
     "w4a8-fp4": ("fp4e2m1", "dynamic", "int8", 0, False),
     "fp4-e3m0-a8": ("fp4e3m0", "dynamic", "int8", 0, False),

@@ -22,7 +22,7 @@ from exporter.rewrite.header import HEADER, generate
 from exporter.rewrite.rewrite import rewrite_graph, run_rewrite
 from exporter.validate import run_rewrite_validation
 
-PRECISIONS = ["w8a8", "w4a8", "w4a8-naive", "w4a8-fp4", "fp4", "vq3", "vq2-a8"]
+PRECISIONS = ["w8a8", "w4a8", "w4a8-naive", "w4a4", "w4a8-fp4", "fp4", "vq3", "vq2-a8"]
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +33,8 @@ def qdq_graphs(tiny, calib, tmp_path_factory):
         recipe = get_recipe(precision)
         if recipe.weight.kind == "vq":
             recipe = recipe.with_overrides(weight_vq_iterations=5)
+        if recipe.kd_iterations:
+            recipe = recipe.with_overrides(kd_iterations=3)
         qdit = quantize_model(tiny.transformer, recipe, calib, 1000, progress=False)
         graphs[precision] = (write_onnx(qdq_onnx(qdit), folder / f"{precision}.qdq.onnx"), qdit)
     return graphs

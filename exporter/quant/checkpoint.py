@@ -182,7 +182,8 @@ def _recipe_from(d: dict[str, Any]) -> Recipe:
     return Recipe(d["name"], d["description"], WeightSpec(**d["weight"]),
                   ActivationSpec(**act) if act else None,
                   LayerPolicy(frozenset(d["policy"]["weights"]), frozenset(d["policy"]["activations"])),
-                  hadamard=bool(d.get("hadamard", False)))
+                  hadamard=bool(d.get("hadamard", False)), dilation=bool(d.get("dilation", False)),
+                  kd_iterations=int(d.get("kd_iterations", 0)))
 
 
 def load_checkpoint(folder: Path) -> tuple[QuantizedDiT, dict[str, Any]]:

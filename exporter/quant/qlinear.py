@@ -49,11 +49,19 @@ class StaticActivationQuant(nn.Module):
         self.register_buffer("scale", scale.float())
         self.register_buffer("zero", zero.float())
         self.register_buffer("bucket_of_t", bucket_of_t.long())
+        self.learned_log_scale: nn.Parameter | None = None  # set while the scales are trained (dilatequant.py)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bucket = self.bucket_of_t[self.context.current(x.shape[0])]
         shape = (-1,) + (1,) * (x.dim() - 1)
-        s, z = self.scale[bucket].reshape(shape), self.zero[bucket].reshape(shape)
+        z = self.zero[bucket].reshape(shape)
+        if self.learned_log_scale is not None:
+            # Straight-through rounding, gradients to the scale as in LSQ (clamped values: the bound).
+            s = self.learned_log_scale.exp()[bucket].reshape(shape)
+            y = x / s + z
+            q = torch.clamp(y + (torch.round(y) - y).detach(), self.fmt.qmin, self.fmt.qmax)
+            return ((q - z) * s).to(x.dtype)
+        s = self.scale[bucket].reshape(shape)
         return ((self.fmt.round(x / s + z) - z) * s).to(x.dtype)
 
 

@@ -18,6 +18,8 @@ from torch import nn
 from exporter.errors import UserError
 from exporter.progress import Progress
 from exporter.quant.calibration import CalibrationSet
+from exporter.quant.dilatequant import train_activation_scales
+from exporter.quant.dilation import channel_maxima, dilate_block
 from exporter.quant.gptq import HessianAccumulator, gptq_quantize
 from exporter.quant.hadamard import block_size_for, rotate, rotate_linear_weight
 from exporter.quant.policy import linear_roles
@@ -78,7 +80,7 @@ class QuantizedDiT:
     buckets: TimestepBuckets
     roles: dict[str, str]  # quantized layer name -> role
     activation_ranges: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
-    calibration_losses: dict[str, list[float]] = field(default_factory=dict)  # per block, VQ calibration
+    calibration_losses: dict[str, list[float]] = field(default_factory=dict)  # per block: VQ4DiT, DilateQuant
 
     def quant_linears(self) -> dict[str, QuantLinear | VqLinear]:
         return {n: m for n, m in self.transformer.named_modules() if isinstance(m, (QuantLinear, VqLinear))}
@@ -112,6 +114,19 @@ def quantize_linear(linear: nn.Linear, recipe: Recipe, stats: LayerStats, quanti
             a_scale, a_zero = qparams_from_range(lo, hi, a.format)
             act = StaticActivationQuant(a.format, a_scale, a_zero, buckets.bucket_of_t, context)
     return QuantLinear(codes, scale, zero, fmt, spec.group_size, linear.bias, act, rotation_block=block)
+
+
+def _distil(block: nn.Module, teacher: nn.Module, hidden: list[torch.Tensor], batches: list, state: dict,
+            context: TimestepContext, iterations: int, advance) -> list[float]:
+    """DilateQuant's temporal parallel quantizer on one block (exporter/quant/dilatequant.py)."""
+    targets = [teacher(h, timestep=t, class_labels=y) for h, (_, t, y) in zip(hidden, batches)]
+
+    def forward(i: int) -> torch.Tensor:
+        _, t, y = batches[i]
+        state["t"], context.timestep = t, t
+        return block(hidden[i], timestep=t, class_labels=y)
+
+    return train_activation_scales(block, targets, forward, iterations, advance=advance)
 
 
 def rotation_block(recipe: Recipe, in_features: int) -> int:
@@ -183,11 +198,20 @@ def quantize_model(fp_transformer: nn.Module, recipe: Recipe, calib: Calibration
                 out.append(result)
         return out
 
+    losses: dict[str, list[float]] = {}
+    distil_bar = Progress("distilling activation scales (iterations)", len(blocks) * recipe.kd_iterations,
+                          enabled=progress and recipe.kd_iterations > 0)
     for b, block in enumerate(blocks):
         prefix = f"transformer_blocks.{b}."
+        if recipe.dilation:
+            dilate_block(block, channel_maxima(block, lambda: run_block(block, False)))
+        teacher = copy.deepcopy(block) if recipe.kd_iterations else None
         targets = {n[len(prefix):]: model.get_submodule(n) for n in roles if n.startswith(prefix)}
         if targets:
             quantize_targets(prefix, targets, lambda: run_block(block, False))
+        if teacher is not None and targets:
+            losses[f"block {b}"] = _distil(block, teacher, hidden, batches, state, context, recipe.kd_iterations,
+                                           distil_bar.advance)
         hidden = run_block(block, True)
         bar.advance()
 
@@ -199,5 +223,5 @@ def quantize_model(fp_transformer: nn.Module, recipe: Recipe, calib: Calibration
                 model(x, t, y)
         quantize_targets("", outer, run_model)
     bar.advance()
-    return QuantizedDiT(model, context, recipe, buckets, quantized_roles, ranges)
+    return QuantizedDiT(model, context, recipe, buckets, quantized_roles, ranges, losses)
 

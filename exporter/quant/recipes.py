@@ -115,8 +115,15 @@ class Recipe:
     activation: ActivationSpec | None
     policy: LayerPolicy = field(default_factory=LayerPolicy)
     hadamard: bool = False  # rotate every quantized layer's input channels (exporter/quant/hadamard.py)
+    dilation: bool = False  # DilateQuant's weight dilation before quantizing (exporter/quant/dilation.py)
+    kd_iterations: int = 0  # block-wise distillation of the per-timestep activation scales (dilatequant.py)
 
     def __post_init__(self) -> None:
+        if self.kd_iterations < 0:
+            raise UserError(f"distillation iterations must be 0 or more, not {self.kd_iterations}")
+        if self.kd_iterations and (self.activation is None or self.activation.mode != "static"
+                                   or self.activation.kind != "int"):
+            raise UserError("distillation trains static integer activation scales: it needs static int activations")
         if self.weight.kind == "vq" and self.activation is not None and self.activation.mode != "dynamic":
             raise UserError("codebook (VQ) weights take dynamic activations only: their calibration keeps no "
                             "activation ranges")
@@ -127,13 +134,14 @@ class Recipe:
         return d
 
     def with_overrides(self, **overrides: Any) -> "Recipe":
-        """weight_* / activation_* / hadamard keyword overrides; None leaves a field as it is."""
+        """weight_* / activation_* / hadamard / dilation / kd_iterations keyword overrides; None
+        leaves a field as it is."""
         weight = {k[len("weight_"):]: v for k, v in overrides.items() if k.startswith("weight_") and v is not None}
         act = {k[len("activation_"):]: v for k, v in overrides.items()
                if k.startswith("activation_") and v is not None}
         if act and self.activation is None:
             raise UserError(f"precision {self.name} quantizes no activations")
-        top = {k: v for k, v in overrides.items() if k == "hadamard" and v is not None}
+        top = {k: v for k, v in overrides.items() if k in ("hadamard", "dilation", "kd_iterations") and v is not None}
         return replace(self, weight=replace(self.weight, **weight),
                        activation=replace(self.activation, **act) if self.activation else None, **top)
 
@@ -155,6 +163,10 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
            "channels, Hadamard-rotated inputs (HQ-DiT)",
            WeightSpec(bits=4, group_size=32, method="gptq", clip_search=True, kind="fp4"),
            ActivationSpec(bits=4, mode="dynamic", group_size=32, kind="fp4"), hadamard=True),
+    Recipe("w4a4", "W4A4 (DilateQuant): INT4 g32 GPTQ weights with clip search after weight dilation, INT4 "
+           "static activations with one scale per timestep bucket, distilled block by block against the FP model",
+           WeightSpec(bits=4, group_size=32, method="gptq", clip_search=True),
+           ActivationSpec(bits=4, mode="static", per_timestep=True), dilation=True, kd_iterations=100),
     Recipe("vq2", "VQ4DiT 2-bit: per-layer codebooks of 256 codewords x 4 weights, calibrated block by block "
            "against the FP model without data; activations FP",
            WeightSpec(bits=2, kind="vq", method="vq4dit", vq_codewords=256, vq_dim=4), None),

@@ -61,7 +61,7 @@ def measure(fp: nn.Module, qdit: QuantizedDiT, calib: CalibrationSet, per_timest
             report["layers"][n]["activation_range_per_bucket"] = {"min": lo, "max": hi}
     report["buckets"] = qdit.buckets.members
     if qdit.calibration_losses:
-        report["vq_calibration_losses"] = qdit.calibration_losses
+        report["block_calibration_losses"] = qdit.calibration_losses
     return report
 
 
@@ -118,17 +118,17 @@ def write_reports(report: dict[str, Any], out_dir: Path, title: str) -> list[Pat
         fig.tight_layout()
         paths.append(_save(fig, out_dir / "activation_ranges.png"))
 
-    if report.get("vq_calibration_losses"):
+    if report.get("block_calibration_losses"):
         fig, ax = plt.subplots(figsize=(8, 4.5))
-        for block, losses in report["vq_calibration_losses"].items():
+        for block, losses in report["block_calibration_losses"].items():
             ax.plot(range(1, len(losses) + 1), losses, linewidth=1, label=block)
         ax.set_yscale("log")
         ax.set_xlabel("iteration")
         ax.set_ylabel("block output MSE / teacher mean square")
-        ax.set_title(f"{title}: VQ4DiT calibration loss per block")
+        ax.set_title(f"{title}: block-wise calibration loss (VQ4DiT codebooks or DilateQuant scales)")
         ax.legend(fontsize=7)
         fig.tight_layout()
-        paths.append(_save(fig, out_dir / "vq_calibration_loss.png"))
+        paths.append(_save(fig, out_dir / "calibration_loss.png"))
     return paths
 
 

@@ -24,7 +24,7 @@ DOMAIN = "dit_export"  # ONNX domain of the plugin nodes and of their reference 
 VERSION = "1"
 
 ACT_MODES = ("none", "static", "dynamic")
-ACT_FORMATS = ("none", "int8", "fp8e4m3", "fp4e2m1")
+ACT_FORMATS = ("none", "int8", "fp8e4m3", "fp4e2m1", "int4")
 FP4_WEIGHT_FORMATS = ("e2m1", "e3m0", "e1m2")
 NONZERO = "nonzero"
 
@@ -108,7 +108,7 @@ _ACTIVATION_FIELDS = (
     Field("act_mode", "none: x as it is; static: one scale per timestep bucket, from act_scale_table at "
           "timestep_bucket[b] for every element of sample b; dynamic: scale = max|x| / qmax per token, or "
           "per act_group_size channels of each token", ACT_MODES),
-    Field("act_format", "number format of the quantized activations (int8 symmetric, FP8 E4M3, FP4 E2M1)",
+    Field("act_format", "number format of the quantized activations (int8 / int4 symmetric, FP8 E4M3, FP4 E2M1)",
           ACT_FORMATS),
     Field("act_group_size", "dynamic: channels per scale within a token (0: the whole token)"),
     Field("rotation_block", "Hadamard block of the input rotation x H before quantization (0: none)"),

@@ -32,7 +32,8 @@ from exporter.rewrite.contract import FP4_GEMM, INT_GEMM, VQ_GEMM, PluginContrac
 
 QUANTIZED_TYPES = {TensorProto.INT4, TensorProto.UINT4, TensorProto.INT8, TensorProto.UINT8, TensorProto.FLOAT4E2M1,
                    TensorProto.FLOAT8E4M3FN, TensorProto.FLOAT8E5M2}
-ACT_FORMAT_OF_TYPE = {TensorProto.INT8: "int8", TensorProto.FLOAT8E4M3FN: "fp8e4m3", TensorProto.FLOAT4E2M1: "fp4e2m1"}
+ACT_FORMAT_OF_TYPE = {TensorProto.INT8: "int8", TensorProto.FLOAT8E4M3FN: "fp8e4m3", TensorProto.FLOAT4E2M1: "fp4e2m1",
+                      TensorProto.INT4: "int4"}
 
 
 class NotReplaced(Exception):

@@ -30,7 +30,13 @@ __global__ void rotationKernel(T const* x, float const* h, float* out, int64_t m
 
 __device__ __forceinline__ float qmaxOf(int32_t format)
 {
-    return format == DIT_ACT_FORMAT_INT8 ? 127.0f : (format == DIT_ACT_FORMAT_FP8E4M3 ? 448.0f : 6.0f);
+    switch (format)
+    {
+    case DIT_ACT_FORMAT_INT8: return 127.0f;
+    case DIT_ACT_FORMAT_INT4: return 7.0f;
+    case DIT_ACT_FORMAT_FP8E4M3: return 448.0f;
+    default: return 6.0f;
+    }
 }
 
 __device__ __forceinline__ uint8_t encode(float y, int32_t format)
@@ -38,6 +44,10 @@ __device__ __forceinline__ uint8_t encode(float y, int32_t format)
     if (format == DIT_ACT_FORMAT_INT8)
     {
         return static_cast<uint8_t>(roundToInt8(y));
+    }
+    if (format == DIT_ACT_FORMAT_INT4)
+    {
+        return static_cast<uint8_t>(roundToInt4(y));
     }
     if (format == DIT_ACT_FORMAT_FP8E4M3)
     {

@@ -1,6 +1,6 @@
 // The C API: argument checks, the device check, and the choice of GEMM path.
 //
-//   scalar weights, INT8 activations                          -> 8-bit MMA, INT8 (sm_80+)
+//   scalar weights, INT8 or INT4 activations                  -> 8-bit MMA, INT8 (sm_80+)
 //   FP4 / INT4 weights, FP8 or FP4 activations, sm_89 / sm_90 -> 8-bit MMA, FP8 E4M3
 //   anything else (no activation quantization, Ampere FP8/FP4,
 //   INT8 weights with FP8 activations), and codebook weights  -> FP16 WMMA
@@ -66,7 +66,7 @@ std::string checkIO(DitGemmIO const& io)
         return "unknown act_mode";
     }
     if ((io.act_mode == DIT_ACT_NONE) != (io.act_format == DIT_ACT_FORMAT_NONE)
-        || io.act_format < DIT_ACT_FORMAT_NONE || io.act_format > DIT_ACT_FORMAT_FP4E2M1)
+        || io.act_format < DIT_ACT_FORMAT_NONE || io.act_format > DIT_ACT_FORMAT_INT4)
     {
         return "act_format must be none exactly when act_mode is none";
     }
@@ -205,7 +205,8 @@ extern "C" int32_t ditScalarGemm(DitGemmIO const* io, DitScalarWeights const* w,
     bool const fp4Weights = w->format >= DIT_WEIGHT_FP4E2M1 || w->format == DIT_WEIGHT_INT4;
     bool const fp8Acts = io->act_format == DIT_ACT_FORMAT_FP8E4M3 || io->act_format == DIT_ACT_FORMAT_FP4E2M1;
     int32_t status = 0;
-    if (eightBitShapes && io->act_format == DIT_ACT_FORMAT_INT8)
+    bool const intActs = io->act_format == DIT_ACT_FORMAT_INT8 || io->act_format == DIT_ACT_FORMAT_INT4;
+    if (eightBitShapes && intActs)
     {
         status = launchMma8(*io, weights, ws.codes, ws.scales, false, stream);
     }

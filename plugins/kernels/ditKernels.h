@@ -49,7 +49,8 @@ typedef enum
     DIT_ACT_FORMAT_NONE = 0,
     DIT_ACT_FORMAT_INT8 = 1,
     DIT_ACT_FORMAT_FP8E4M3 = 2,
-    DIT_ACT_FORMAT_FP4E2M1 = 3
+    DIT_ACT_FORMAT_FP4E2M1 = 3,
+    DIT_ACT_FORMAT_INT4 = 4  // codes in [-8, 7], one per byte
 } DitActFormat;
 
 typedef enum
@@ -102,8 +103,8 @@ size_t ditGemmWorkspaceSize(DitGemmIO const* io);
 int32_t ditScalarGemm(DitGemmIO const* io, DitScalarWeights const* weights, cudaStream_t stream);
 int32_t ditVqGemm(DitGemmIO const* io, DitVqWeights const* weights, cudaStream_t stream);
 
-// Quantizes (rot(x) of) io's activations as the GEMMs do: 8-bit codes [M, K] (INT8, or FP8 E4M3
-// bytes; FP4 E2M1 values as their exact E4M3 bytes) and float32 scales [M, groups].
+// Quantizes (rot(x) of) io's activations as the GEMMs do: 8-bit codes [M, K] (INT8 or INT4 as
+// int8, or FP8 E4M3 bytes; FP4 E2M1 values as their exact E4M3 bytes) and float32 scales [M, groups].
 int32_t ditQuantizeActivations(DitGemmIO const* io, uint8_t* codes, float* scales, cudaStream_t stream);
 
 // 0 when the current device is supported, else non-zero with ditLastError() saying why.

@@ -121,6 +121,13 @@ DIT_HD int8_t roundToInt8(float y)
     return static_cast<int8_t>(r < -128.0f ? -128.0f : (r > 127.0f ? 127.0f : r));
 }
 
+// Symmetric INT4 rounding (codes kept one per int8): nearest, ties to even, saturating at -8, 7.
+DIT_HD int8_t roundToInt4(float y)
+{
+    float const r = rintf(y);
+    return static_cast<int8_t>(r < -8.0f ? -8.0f : (r > 7.0f ? 7.0f : r));
+}
+
 DIT_HD uint8_t roundToE4m3(float y)
 {
     return static_cast<uint8_t>(__nv_cvt_float_to_fp8(y, __NV_SATFINITE, __NV_E4M3));

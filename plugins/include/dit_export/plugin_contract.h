@@ -51,7 +51,7 @@ inline char const* toString(ActMode value)
     return "";
 }
 
-enum class ActFormat : int32_t { kNone = 0, kInt8 = 1, kFp8e4m3 = 2, kFp4e2m1 = 3 };
+enum class ActFormat : int32_t { kNone = 0, kInt8 = 1, kFp8e4m3 = 2, kFp4e2m1 = 3, kInt4 = 4 };
 
 inline bool parseActFormat(std::string_view text, ActFormat& out)
 {
@@ -59,6 +59,7 @@ inline bool parseActFormat(std::string_view text, ActFormat& out)
     if (text == "int8") { out = ActFormat::kInt8; return true; }
     if (text == "fp8e4m3") { out = ActFormat::kFp8e4m3; return true; }
     if (text == "fp4e2m1") { out = ActFormat::kFp4e2m1; return true; }
+    if (text == "int4") { out = ActFormat::kInt4; return true; }
     return false;
 }
 
@@ -70,6 +71,7 @@ inline char const* toString(ActFormat value)
     case ActFormat::kInt8: return "int8";
     case ActFormat::kFp8e4m3: return "fp8e4m3";
     case ActFormat::kFp4e2m1: return "fp4e2m1";
+    case ActFormat::kInt4: return "int4";
     }
     return "";
 }
@@ -127,7 +129,7 @@ struct DitIntGemmFields
     // timestep_bucket[b] for every element of sample b; dynamic: scale = max|x| / qmax per token,
     // or per act_group_size channels of each token
     ActMode act_mode{};
-    // number format of the quantized activations (int8 symmetric, FP8 E4M3, FP4 E2M1)
+    // number format of the quantized activations (int8 / int4 symmetric, FP8 E4M3, FP4 E2M1)
     ActFormat act_format{};
     // dynamic: channels per scale within a token (0: the whole token)
     int32_t act_group_size{};
@@ -195,7 +197,7 @@ inline std::string parseDitIntGemmFields(FieldView const* entries, int32_t count
         if (name == "act_format")
         {
             if (e.type != FieldType::kChar || !parseActFormat(e.text(), out.act_format))
-                return "DitIntGemm: field act_format must be one of none, int8, fp8e4m3, fp4e2m1";
+                return "DitIntGemm: field act_format must be one of none, int8, fp8e4m3, fp4e2m1, int4";
             seen[5] = true;
             continue;
         }
@@ -340,7 +342,7 @@ struct DitFp4GemmFields
     // timestep_bucket[b] for every element of sample b; dynamic: scale = max|x| / qmax per token,
     // or per act_group_size channels of each token
     ActMode act_mode{};
-    // number format of the quantized activations (int8 symmetric, FP8 E4M3, FP4 E2M1)
+    // number format of the quantized activations (int8 / int4 symmetric, FP8 E4M3, FP4 E2M1)
     ActFormat act_format{};
     // dynamic: channels per scale within a token (0: the whole token)
     int32_t act_group_size{};
@@ -405,7 +407,7 @@ inline std::string parseDitFp4GemmFields(FieldView const* entries, int32_t count
         if (name == "act_format")
         {
             if (e.type != FieldType::kChar || !parseActFormat(e.text(), out.act_format))
-                return "DitFp4Gemm: field act_format must be one of none, int8, fp8e4m3, fp4e2m1";
+                return "DitFp4Gemm: field act_format must be one of none, int8, fp8e4m3, fp4e2m1, int4";
             seen[5] = true;
             continue;
         }
@@ -555,7 +557,7 @@ struct DitVqGemmFields
     // timestep_bucket[b] for every element of sample b; dynamic: scale = max|x| / qmax per token,
     // or per act_group_size channels of each token
     ActMode act_mode{};
-    // number format of the quantized activations (int8 symmetric, FP8 E4M3, FP4 E2M1)
+    // number format of the quantized activations (int8 / int4 symmetric, FP8 E4M3, FP4 E2M1)
     ActFormat act_format{};
     // dynamic: channels per scale within a token (0: the whole token)
     int32_t act_group_size{};
@@ -633,7 +635,7 @@ inline std::string parseDitVqGemmFields(FieldView const* entries, int32_t count,
         if (name == "act_format")
         {
             if (e.type != FieldType::kChar || !parseActFormat(e.text(), out.act_format))
-                return "DitVqGemm: field act_format must be one of none, int8, fp8e4m3, fp4e2m1";
+                return "DitVqGemm: field act_format must be one of none, int8, fp8e4m3, fp4e2m1, int4";
             seen[6] = true;
             continue;
         }
