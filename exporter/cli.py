@@ -51,7 +51,8 @@ def recipe_from_options(precision: str, weight_group_size: Optional[int], weight
                         activations: Optional[str], per_timestep: Optional[bool],
                         weight_layers: Optional[str], activation_layers: Optional[str],
                         activation_group_size: Optional[int] = None, activation_format: Optional[str] = None,
-                        vq_iterations: Optional[int] = None):
+                        vq_iterations: Optional[int] = None, dilation: Optional[bool] = None,
+                        kd_iterations: Optional[int] = None):
     from dataclasses import replace
 
     from exporter.quant.policy import LayerPolicy
@@ -65,7 +66,7 @@ def recipe_from_options(precision: str, weight_group_size: Optional[int], weight
     recipe = recipe.with_overrides(weight_group_size=weight_group_size, weight_method=weight_method,
                                    activation_mode=activations, activation_per_timestep=per_timestep,
                                    activation_group_size=activation_group_size, activation_kind=activation_format,
-                                   weight_vq_iterations=vq_iterations)
+                                   weight_vq_iterations=vq_iterations, dilation=dilation, kd_iterations=kd_iterations)
     if weight_layers is not None or activation_layers is not None:
         policy = LayerPolicy.parse(
             weight_layers if weight_layers is not None else ",".join(sorted(recipe.policy.weights)),
@@ -89,6 +90,8 @@ OPT_CALIB_DATA = typer.Option(None, help="reuse a saved calibration.safetensors 
 OPT_W_GROUP = typer.Option(None, help="weight group size along input channels (-1: per output channel)")
 OPT_W_METHOD = typer.Option(None, help="weight rounding: rtn or gptq; for VQ precisions vq4dit or kmeans")
 OPT_VQ_ITERS = typer.Option(None, help="VQ4DiT calibration iterations per block (vq2 / vq3; default 300)")
+OPT_DILATION = typer.Option(None, "--dilation/--no-dilation", help="DilateQuant's weight dilation (w4a4: on)")
+OPT_KD_ITERS = typer.Option(None, help="block-wise distillation iterations of static activation scales (w4a4: 100)")
 OPT_ACTS = typer.Option(None, help="activation quantization: static (per-timestep tables) or dynamic")
 OPT_A_GROUP = typer.Option(None, help="dynamic activation group size along channels (-1: one per token)")
 OPT_A_FORMAT = typer.Option(None, help="activation number format: int, fp8 (FP8 E4M3) or fp4 (FP4 E2M1)")
@@ -120,7 +123,8 @@ def calibrate(
     activations: Optional[str] = OPT_ACTS, per_timestep: Optional[bool] = OPT_PER_T,
     activation_group_size: Optional[int] = OPT_A_GROUP, activation_format: Optional[str] = OPT_A_FORMAT,
     weight_layers: Optional[str] = OPT_W_LAYERS, activation_layers: Optional[str] = OPT_A_LAYERS,
-    vq_iterations: Optional[int] = OPT_VQ_ITERS,
+    vq_iterations: Optional[int] = OPT_VQ_ITERS, dilation: Optional[bool] = OPT_DILATION,
+    kd_iterations: Optional[int] = OPT_KD_ITERS,
 ) -> None:
     """Calibrate and quantize a DiT; write the quantized checkpoint and SQNR / range reports."""
     from exporter.build import default_sampler
@@ -129,7 +133,7 @@ def calibrate(
 
     recipe = recipe_from_options(precision, weight_group_size, weight_method, activations, per_timestep,
                                  weight_layers, activation_layers, activation_group_size, activation_format,
-                                 vq_iterations)
+                                 vq_iterations, dilation, kd_iterations)
     loaded = load_dit(model)
     _, summary = run_calibrate(loaded, recipe, default_sampler(loaded),
                                calibration_options(trajectories, calibration_seed, buckets, calibration_data), out)
@@ -152,14 +156,15 @@ def build(
     activations: Optional[str] = OPT_ACTS, per_timestep: Optional[bool] = OPT_PER_T,
     activation_group_size: Optional[int] = OPT_A_GROUP, activation_format: Optional[str] = OPT_A_FORMAT,
     weight_layers: Optional[str] = OPT_W_LAYERS, activation_layers: Optional[str] = OPT_A_LAYERS,
-    vq_iterations: Optional[int] = OPT_VQ_ITERS,
+    vq_iterations: Optional[int] = OPT_VQ_ITERS, dilation: Optional[bool] = OPT_DILATION,
+    kd_iterations: Optional[int] = OPT_KD_ITERS,
 ) -> None:
     """Run every stage of the pipeline that exists, writing artifacts and a build report."""
     from exporter.build import run_build
 
     recipe = recipe_from_options(precision, weight_group_size, weight_method, activations, per_timestep,
                                  weight_layers, activation_layers, activation_group_size, activation_format,
-                                 vq_iterations)
+                                 vq_iterations, dilation, kd_iterations)
     run_build(model, recipe, out, checkpoint, eval_samples, seed,
               calibration_options(trajectories, calibration_seed, buckets, calibration_data))
 

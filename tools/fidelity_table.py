@@ -4,6 +4,7 @@
     python tools/fidelity_table.py -n 200 --no-write     # quicker look
     python tools/fidelity_table.py --rows 5,6,7,8,9      # re-measure some rows, keep the others
     python tools/fidelity_table.py --rows 10-16          # the VQ rows
+    python tools/fidelity_table.py --rows 17-20          # W4A4 with and without DilateQuant
 
 
 Each row is calibrated from scratch (its time is reported), then evaluated with
@@ -57,6 +58,11 @@ ROWS = [
     ("INT3 RTN baseline (per-channel W3, FP activations)", _weight_only_rtn(3), {}),
     ("INT2 RTN baseline (per-channel W2, FP activations)", _weight_only_rtn(2), {}),
     ("vq2-a8 (vq2 weights, dynamic per-token INT8 activations)", "vq2-a8", {}),
+    ("W4A4 DilateQuant (dilation, g32 GPTQ W4, static per-timestep INT4 A4 distilled per block)", "w4a4", {}),
+    ("W4A4 without DilateQuant (g32 GPTQ W4, static per-timestep INT4 A4 from calibration ranges)", "w4a4",
+     {"dilation": False, "kd_iterations": 0}),
+    ("W4A4 with weight dilation only", "w4a4", {"kd_iterations": 0}),
+    ("W4A4 with distilled scales only", "w4a4", {"dilation": False}),
 ]
 
 
