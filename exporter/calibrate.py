@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from exporter.atomic import atomic_write_text
 from exporter.errors import UserError
 from exporter.model_loading import LoadedDiT
-from exporter.quant.calibration import CalibrationSet, calibration_summary, collect_calibration_set
-from exporter.quant.checkpoint import (check_made_from, load_checkpoint, model_fingerprint, read_manifest,
-                                       save_checkpoint, weight_storage)
+from exporter.quant.calibration import (
+    CalibrationSet,
+    calibration_summary,
+    collect_calibration_set,
+)
+from exporter.quant.checkpoint import (
+    check_made_from,
+    load_checkpoint,
+    model_fingerprint,
+    read_manifest,
+    save_checkpoint,
+    weight_storage,
+)
+from exporter.quant.granularity import SearchOptions
 from exporter.quant.quantize import QuantizedDiT, quantize_model
 from exporter.quant.recipes import Recipe
 from exporter.quant.report import measure, write_reports
@@ -27,6 +40,7 @@ class CalibrationOptions:
     seed: int = 0
     buckets: int | None = None  # None: one bucket per sampler timestep
     data: Path | None = None  # reuse saved calibration data instead of sampling
+    group_search: SearchOptions | None = None  # Q-DiT's per-layer group-size search before quantizing
 
 
 def calibration_data(loaded: LoadedDiT, sampler: SamplerConfig, options: CalibrationOptions, out_dir: Path,
@@ -53,6 +67,10 @@ def run_calibrate(loaded: LoadedDiT, recipe: Recipe, sampler: SamplerConfig, opt
     started = time.monotonic()
     calib = calibration_data(loaded, sampler, options, out_dir, progress)
     collected = time.monotonic()
+    search = None
+    if options.group_search is not None:
+        recipe, search = searched_recipe(loaded, recipe, sampler, calib, options.group_search, out_dir, progress)
+        collected = time.monotonic()
     qdit = quantize_model(loaded.transformer, recipe, calib,
                           int(loaded.scheduler_config.get("num_train_timesteps", 1000)), options.buckets, progress)
     quantized = time.monotonic()
@@ -78,10 +96,39 @@ def run_calibrate(loaded: LoadedDiT, recipe: Recipe, sampler: SamplerConfig, opt
         "seconds_quantizing": round(quantized - collected, 1),
         **weight_storage(read_manifest(folder)),
     }
+    if search is not None:
+        summary["group_search"] = search
     if qdit.calibration_losses:
         summary["block_loss_first_last"] = {block: [round(losses[0], 5), round(sum(losses[-20:]) / len(losses[-20:]), 5)]
                                          for block, losses in qdit.calibration_losses.items()}
     return qdit, summary
+
+
+def searched_recipe(loaded: LoadedDiT, recipe: Recipe, sampler: SamplerConfig, calib: CalibrationSet,
+                    options: SearchOptions, out_dir: Path, progress: bool = True) -> tuple[Recipe, dict[str, Any]]:
+    """The recipe with the group sizes Q-DiT's search picks; writes group_search.json / .png."""
+    from dataclasses import replace
+
+    from exporter.quant.granularity import GroupSearch, evolve
+    from exporter.quant.report import plot_group_search
+    from exporter.sampling import epsilon_step_weights
+
+    started = time.monotonic()
+    weights = dict(zip(calib.timesteps, epsilon_step_weights(loaded.scheduler_config, sampler, calib.timesteps)))
+    try:
+        search = GroupSearch(loaded.transformer, recipe, calib, weights, options, progress)
+        result = evolve(search, progress)
+    except ValueError as e:
+        raise UserError(f"group-size search: {e}") from None
+    details = {**result.to_dict(), "budget": options.budget, "epochs": options.epochs,
+               "population": options.population, "seconds": round(time.monotonic() - started, 1)}
+    atomic_write_text(out_dir / "group_search.json", json.dumps(details, indent=2) + "\n")
+    plot_group_search(details, out_dir / "group_search.png", recipe.name)
+    groups = tuple((name, w, a) for name, (w, a) in result.config.items())
+    summary = {"objective": result.objective, "best_uniform": min(result.uniform.values()),
+               "mean_group": sum(w + a for _, w, a in groups) / (2 * len(groups)),
+               "evaluations": result.evaluations, "seconds": details["seconds"]}
+    return replace(recipe, layer_groups=groups), summary
 
 
 def saved_calibration(out_dir: Path) -> CalibrationSet | None:

@@ -75,10 +75,19 @@ def recipe_from_options(precision: str, weight_group_size: Optional[int], weight
     return recipe
 
 
-def calibration_options(trajectories: int, seed: int, buckets: Optional[int], calibration_data: Optional[Path]):
+def calibration_options(trajectories: int, seed: int, buckets: Optional[int], calibration_data: Optional[Path],
+                        group_search: bool = False, search_budget: float = 64.0, search_epochs: int = 10,
+                        search_population: int = 20):
     from exporter.calibrate import CalibrationOptions
+    from exporter.quant.granularity import SearchOptions
 
-    return CalibrationOptions(trajectories=trajectories, seed=seed, buckets=buckets, data=calibration_data)
+    if group_search and (search_epochs < 1 or search_population < 2 or search_budget <= 0):
+        raise UserError("the group-size search needs --search-epochs >= 1, --search-population >= 2 and a "
+                        "positive --search-budget")
+    search = SearchOptions(budget=search_budget, epochs=search_epochs, population=search_population,
+                           seed=seed) if group_search else None
+    return CalibrationOptions(trajectories=trajectories, seed=seed, buckets=buckets, data=calibration_data,
+                              group_search=search)
 
 
 # Options shared by `calibrate` and `build`.
@@ -92,6 +101,11 @@ OPT_W_METHOD = typer.Option(None, help="weight rounding: rtn or gptq; for VQ pre
 OPT_VQ_ITERS = typer.Option(None, help="VQ4DiT calibration iterations per block (vq2 / vq3; default 300)")
 OPT_DILATION = typer.Option(None, "--dilation/--no-dilation", help="DilateQuant's weight dilation (w4a4: on)")
 OPT_KD_ITERS = typer.Option(None, help="block-wise distillation iterations of static activation scales (w4a4: 100)")
+OPT_SEARCH = typer.Option(False, "--group-search", help="Q-DiT's per-layer group-size search before quantizing "
+                          "(integer weights, dynamic activations)")
+OPT_SEARCH_BUDGET = typer.Option(64.0, help="group-size search: mean group size over all layers, at least")
+OPT_SEARCH_EPOCHS = typer.Option(10, help="group-size search: generations (its cost)")
+OPT_SEARCH_POP = typer.Option(20, help="group-size search: candidates per generation (its cost)")
 OPT_ACTS = typer.Option(None, help="activation quantization: static (per-timestep tables) or dynamic")
 OPT_A_GROUP = typer.Option(None, help="dynamic activation group size along channels (-1: one per token)")
 OPT_A_FORMAT = typer.Option(None, help="activation number format: int, fp8 (FP8 E4M3) or fp4 (FP4 E2M1)")
@@ -124,7 +138,9 @@ def calibrate(
     activation_group_size: Optional[int] = OPT_A_GROUP, activation_format: Optional[str] = OPT_A_FORMAT,
     weight_layers: Optional[str] = OPT_W_LAYERS, activation_layers: Optional[str] = OPT_A_LAYERS,
     vq_iterations: Optional[int] = OPT_VQ_ITERS, dilation: Optional[bool] = OPT_DILATION,
-    kd_iterations: Optional[int] = OPT_KD_ITERS,
+    kd_iterations: Optional[int] = OPT_KD_ITERS, group_search: bool = OPT_SEARCH,
+    search_budget: float = OPT_SEARCH_BUDGET, search_epochs: int = OPT_SEARCH_EPOCHS,
+    search_population: int = OPT_SEARCH_POP,
 ) -> None:
     """Calibrate and quantize a DiT; write the quantized checkpoint and SQNR / range reports."""
     from exporter.build import default_sampler
@@ -136,7 +152,9 @@ def calibrate(
                                  vq_iterations, dilation, kd_iterations)
     loaded = load_dit(model)
     _, summary = run_calibrate(loaded, recipe, default_sampler(loaded),
-                               calibration_options(trajectories, calibration_seed, buckets, calibration_data), out)
+                               calibration_options(trajectories, calibration_seed, buckets, calibration_data,
+                                                   group_search, search_budget, search_epochs, search_population),
+                               out)
     for key, value in summary.items():
         typer.echo(f"{key}: {value}")
 
@@ -157,7 +175,9 @@ def build(
     activation_group_size: Optional[int] = OPT_A_GROUP, activation_format: Optional[str] = OPT_A_FORMAT,
     weight_layers: Optional[str] = OPT_W_LAYERS, activation_layers: Optional[str] = OPT_A_LAYERS,
     vq_iterations: Optional[int] = OPT_VQ_ITERS, dilation: Optional[bool] = OPT_DILATION,
-    kd_iterations: Optional[int] = OPT_KD_ITERS,
+    kd_iterations: Optional[int] = OPT_KD_ITERS, group_search: bool = OPT_SEARCH,
+    search_budget: float = OPT_SEARCH_BUDGET, search_epochs: int = OPT_SEARCH_EPOCHS,
+    search_population: int = OPT_SEARCH_POP,
 ) -> None:
     """Run every stage of the pipeline that exists, writing artifacts and a build report."""
     from exporter.build import run_build
@@ -166,7 +186,8 @@ def build(
                                  weight_layers, activation_layers, activation_group_size, activation_format,
                                  vq_iterations, dilation, kd_iterations)
     run_build(model, recipe, out, checkpoint, eval_samples, seed,
-              calibration_options(trajectories, calibration_seed, buckets, calibration_data))
+              calibration_options(trajectories, calibration_seed, buckets, calibration_data, group_search,
+                                  search_budget, search_epochs, search_population))
 
 
 @app.command("export")

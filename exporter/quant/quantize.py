@@ -92,28 +92,29 @@ def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def quantize_linear(linear: nn.Linear, recipe: Recipe, stats: LayerStats, quantize_input: bool,
-                    buckets: TimestepBuckets, context: TimestepContext) -> QuantLinear:
+                    buckets: TimestepBuckets, context: TimestepContext, name: str = "") -> QuantLinear:
     spec = recipe.weight
+    group, act_group = recipe.groups_of(name)
     block = rotation_block(recipe, linear.in_features)
     w = rotate_linear_weight(linear.weight.detach().float(), block) if block else linear.weight.detach().float()
     fmt = spec.format_for(w)
     if spec.method == "gptq":
-        codes, scale, zero = gptq_quantize(w, stats.hessian.h, fmt, spec.group_size, clip_search=spec.clip_search)
+        codes, scale, zero = gptq_quantize(w, stats.hessian.h, fmt, group, clip_search=spec.clip_search)
     else:
-        ratio = search_clip_ratio(w, fmt, spec.group_size) if spec.clip_search else 1.0
-        scale, zero = choose_qparams(w, fmt, spec.group_size, clip_ratio=ratio)
-        codes = quantize(w, scale, zero, fmt, spec.group_size)
+        ratio = search_clip_ratio(w, fmt, group) if spec.clip_search else 1.0
+        scale, zero = choose_qparams(w, fmt, group, clip_ratio=ratio)
+        codes = quantize(w, scale, zero, fmt, group)
     act = None
     if quantize_input and recipe.activation is not None:
         a = recipe.activation
         if a.mode == "dynamic":
-            act = DynamicActivationQuant(a.format, a.group_size)
+            act = DynamicActivationQuant(a.format, act_group)
         else:
             lo, hi = (stats.lo, stats.hi) if a.per_timestep else (stats.lo.min().expand(buckets.count),
                                                                    stats.hi.max().expand(buckets.count))
             a_scale, a_zero = qparams_from_range(lo, hi, a.format)
             act = StaticActivationQuant(a.format, a_scale, a_zero, buckets.bucket_of_t, context)
-    return QuantLinear(codes, scale, zero, fmt, spec.group_size, linear.bias, act, rotation_block=block)
+    return QuantLinear(codes, scale, zero, fmt, group, linear.bias, act, rotation_block=block)
 
 
 def _distil(block: nn.Module, teacher: nn.Module, hidden: list[torch.Tensor], batches: list, state: dict,
@@ -181,7 +182,8 @@ def quantize_model(fp_transformer: nn.Module, recipe: Recipe, calib: Calibration
         for name, linear in targets.items():
             full = prefix + name
             quantize_input = roles[full] in recipe.policy.activations
-            _set_module(model, full, quantize_linear(linear, recipe, stats[name], quantize_input, buckets, context))
+            _set_module(model, full, quantize_linear(linear, recipe, stats[name], quantize_input, buckets, context,
+                                                     full))
             quantized_roles[full] = roles[full]
             ranges[full] = (stats[name].lo.tolist(), stats[name].hi.tolist())
 

@@ -117,6 +117,15 @@ class Recipe:
     hadamard: bool = False  # rotate every quantized layer's input channels (exporter/quant/hadamard.py)
     dilation: bool = False  # DilateQuant's weight dilation before quantizing (exporter/quant/dilation.py)
     kd_iterations: int = 0  # block-wise distillation of the per-timestep activation scales (dilatequant.py)
+    # (layer, weight group, activation group) where a group-size search chose them (granularity.py)
+    layer_groups: tuple[tuple[str, int, int], ...] = ()
+
+    def groups_of(self, layer: str) -> tuple[int, int]:
+        """The layer's weight and dynamic-activation group sizes: searched, else the recipe's."""
+        for name, w, a in self.layer_groups:
+            if name == layer:
+                return w, a
+        return self.weight.group_size, self.activation.group_size if self.activation else PER_CHANNEL
 
     def __post_init__(self) -> None:
         if self.kd_iterations < 0:

@@ -132,6 +132,31 @@ def write_reports(report: dict[str, Any], out_dir: Path, title: str) -> list[Pat
     return paths
 
 
+def plot_group_search(details: dict, path: Path, title: str) -> Path:
+    """Best objective per epoch against the best uniform setting, and the chosen groups per layer."""
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    left.plot(range(1, len(details["history"]) + 1), details["history"], marker="o", label="searched")
+    for group, value in details["uniform"].items():
+        left.axhline(value, linestyle="--", linewidth=1, color="gray")
+        left.annotate(f"uniform {group}", (1, value), fontsize=7, color="gray")
+    left.set_yscale("log")
+    left.set_xlabel("epoch")
+    left.set_ylabel("weighted epsilon MSE")
+    left.set_title(f"{title}: group-size search (budget: mean group >= {details['budget']:g})")
+    names = list(details["config"])
+    right.bar(range(len(names)), [details["config"][n][0] for n in names], width=0.4, label="weight group")
+    right.bar([i + 0.4 for i in range(len(names))], [details["config"][n][1] for n in names], width=0.4,
+              label="activation group")
+    right.set_xticks(range(len(names)))
+    right.set_xticklabels([n.replace("transformer_blocks.", "b") for n in names], rotation=90, fontsize=6)
+    right.legend(fontsize=7)
+    right.set_title("chosen group sizes per layer")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def _save(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 

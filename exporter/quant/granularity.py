@@ -1,0 +1,215 @@
+"""Q-DiT's automatic granularity search: per-layer group sizes for weights and activations,
+chosen by an evolutionary search under a budget, seeded with the uniform setting.
+
+A configuration gives every quantized layer that quantizes its input a (weight group, activation
+group) pair from the sizes in ``CANDIDATES`` that divide its input width. The budget is the
+mean group size over all genes (Q-DiT: >= 128, a stand-in for bit operations): larger groups
+store fewer scales and compute fewer rescalings.
+
+Q-DiT scores a candidate by the FID of 800 generated images (GPU-hours per search). Here the
+objective is cheap: the quantized model's epsilon error on calibration inputs spread over the
+sampler's timesteps, each timestep's mean squared error times the square of its step weight
+(how far the sampler's step moves the next sample per unit of epsilon, as in validation), so
+the error is counted in what it does to the samples. Weights are quantized once per layer and
+group size with the recipe's method (GPTQ with Hessians from the FP model's own inputs) and
+cached; a candidate then costs one forward pass per input batch. tools/search_agreement.py
+measures how well this objective ranks candidates like the FID-style distance does.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from exporter.progress import Progress
+from exporter.quant.calibration import CalibrationSet
+from exporter.quant.gptq import HessianAccumulator, gptq_quantize
+from exporter.quant.policy import linear_roles
+from exporter.quant.primitives import choose_qparams, dequantize, quantize, search_clip_ratio
+from exporter.quant.qlinear import DynamicActivationQuant
+from exporter.quant.recipes import Recipe
+
+CANDIDATES = (32, 64, 128, 192, 288)
+Config = dict[str, tuple[int, int]]  # layer -> (weight group, activation group)
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    budget: float = 64.0  # mean group size over all genes, at least
+    epochs: int = 10
+    population: int = 20
+    parents: int = 5
+    mutation_probability: float = 0.1
+    inputs: int = 256  # calibration inputs the objective uses, spread over the timesteps
+    seed: int = 0
+
+
+@dataclass
+class SearchResult:
+    config: Config
+    objective: float
+    uniform: dict[int, float]  # objective of each uniform setting that fits the budget
+    history: list[float] = field(default_factory=list)  # best objective after each epoch
+    evaluations: int = 0
+
+    def to_dict(self) -> dict:
+        return {"config": {k: list(v) for k, v in self.config.items()}, "objective": self.objective,
+                "uniform": {str(k): v for k, v in self.uniform.items()}, "history": self.history,
+                "evaluations": self.evaluations}
+
+
+def choices(width: int) -> list[int]:
+    """Candidate group sizes that divide a layer's input width (the whole width when none does)."""
+    return [g for g in CANDIDATES if width % g == 0 and g <= width] or [width]
+
+
+def mean_group(config: Config) -> float:
+    genes = [g for pair in config.values() for g in pair]
+    return sum(genes) / len(genes)
+
+
+class _Searchable(nn.Module):
+    """A Linear with cached quantized weights per group size and dynamic activation groups."""
+
+    def __init__(self, linear: nn.Linear, weights: dict[int, torch.Tensor], act_format) -> None:
+        super().__init__()
+        self.weights, self.bias = weights, linear.bias
+        self.act = {g: DynamicActivationQuant(act_format, g) for g in weights}
+        self.weight_group = self.act_group = next(iter(weights))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.act[self.act_group](x), self.weights[self.weight_group], self.bias)
+
+
+class GroupSearch:
+    """The objective over configurations of one model and recipe (dynamic activations)."""
+
+    def __init__(self, fp: nn.Module, recipe: Recipe, calib: CalibrationSet, step_weight: dict[int, float],
+                 options: SearchOptions, progress: bool = True) -> None:
+        if recipe.activation is None or recipe.activation.mode != "dynamic" or recipe.weight.kind != "int":
+            raise ValueError("the group-size search takes integer weights with dynamic activations (e.g. w4a8)")
+        self.options = options
+        idx = torch.linspace(0, len(calib) - 1, min(options.inputs, len(calib))).round().long()
+        self.x, self.t, self.y = calib.x[idx], calib.t[idx], calib.y[idx]
+        self.weight = torch.tensor([step_weight[int(t)] for t in self.t]) ** 2
+        self.model = copy.deepcopy(fp).eval()
+        roles = linear_roles(self.model)
+        names = [n for n, r in roles.items() if r in recipe.policy.weights and r in recipe.policy.activations]
+        hessians = self._hessians(names) if recipe.weight.method == "gptq" else {}
+        bar = Progress("group search: quantizing layers per group size", len(names), enabled=progress)
+        self.layers: dict[str, _Searchable] = {}
+        self.widths: dict[str, int] = {}
+        for name in names:
+            linear = self.model.get_submodule(name)
+            weights = {g: self._quantized(linear.weight.detach().float(), recipe, g, hessians.get(name))
+                       for g in choices(linear.in_features)}
+            self.layers[name] = _Searchable(linear, weights, recipe.activation.format)
+            self.widths[name] = linear.in_features
+            parent, _, child = name.rpartition(".")
+            setattr(self.model.get_submodule(parent) if parent else self.model, child, self.layers[name])
+            bar.advance()
+        with torch.no_grad():
+            self.reference = self._outputs()
+        self.evaluations = 0
+
+    def _hessians(self, names: list[str]) -> dict[str, torch.Tensor]:
+        acc = {n: HessianAccumulator(self.model.get_submodule(n).in_features) for n in names}
+        hooks = [self.model.get_submodule(n).register_forward_hook(lambda _m, i, _o, a=acc[n]: a.add(i[0]))
+                 for n in names]
+        try:
+            with torch.no_grad():
+                self._outputs()
+        finally:
+            for h in hooks:
+                h.remove()
+        hessians = {n: a.h for n, a in acc.items()}
+        HessianAccumulator.forget()
+        return hessians
+
+    @staticmethod
+    def _quantized(w: torch.Tensor, recipe: Recipe, group: int, hessian: torch.Tensor | None) -> torch.Tensor:
+        fmt = recipe.weight.format_for(w)
+        if hessian is not None:
+            codes, scale, zero = gptq_quantize(w, hessian, fmt, group, clip_search=recipe.weight.clip_search)
+        else:
+            ratio = search_clip_ratio(w, fmt, group) if recipe.weight.clip_search else 1.0
+            scale, zero = choose_qparams(w, fmt, group, clip_ratio=ratio)
+            codes = quantize(w, scale, zero, fmt, group)
+        return dequantize(codes, scale, zero, fmt, group)
+
+    def _outputs(self) -> torch.Tensor:
+        return torch.cat([self.model(x, t, y).sample for x, t, y in zip(self.x.split(64), self.t.split(64),
+                                                                       self.y.split(64))])
+
+    @torch.no_grad()
+    def objective(self, config: Config) -> float:
+        """Mean over inputs of the epsilon MSE times the squared step weight."""
+        for name, (wg, ag) in config.items():
+            self.layers[name].weight_group, self.layers[name].act_group = wg, ag
+        error = (self._outputs() - self.reference).pow(2).flatten(1).mean(1)
+        self.evaluations += 1
+        return float((error * self.weight).mean())
+
+    def uniform(self, group: int) -> Config:
+        """Every gene at ``group``, or at the largest size below it that the layer can take."""
+        def fit(width: int) -> int:
+            return max((g for g in choices(width) if g <= group), default=min(choices(width)))
+        return {name: (fit(w), fit(w)) for name, w in self.widths.items()}
+
+    def feasible(self, config: Config) -> bool:
+        return mean_group(config) >= self.options.budget
+
+
+def _mutate(config: Config, search: GroupSearch, rng: random.Random, p: float) -> Config:
+    out = {}
+    for name, (wg, ag) in config.items():
+        options = choices(search.widths[name])
+        out[name] = (rng.choice(options) if rng.random() < p else wg, rng.choice(options) if rng.random() < p else ag)
+    return out
+
+
+def _crossover(a: Config, b: Config, rng: random.Random) -> Config:
+    return {name: a[name] if rng.random() < 0.5 else b[name] for name in a}
+
+
+def evolve(search: GroupSearch, progress: bool = True) -> SearchResult:
+    """Evolutionary search: keep the best ``parents`` of each generation, refill the population
+    with half crossovers and half mutations of them (infeasible children are redrawn), seeded
+    with the best uniform setting within the budget. Reproducible for a given seed."""
+    o = search.options
+    rng = random.Random(o.seed)
+    distinct = {}
+    for g in CANDIDATES:  # sizes a model's widths map to the same setting are scored once
+        config = search.uniform(g)
+        if search.feasible(config) and config not in distinct.values():
+            distinct[g] = config
+    uniform = {g: search.objective(c) for g, c in distinct.items()}
+    if not uniform:
+        raise ValueError(f"no uniform group size meets the budget of {o.budget}")
+    seed_config = search.uniform(min(uniform, key=uniform.get))
+    scored = [(uniform[min(uniform, key=uniform.get)], seed_config)]
+    bar = Progress("group search (epochs)", o.epochs, enabled=progress)
+    history = []
+    for _ in range(o.epochs):
+        parents = [c for _, c in sorted(scored, key=lambda s: s[0])[: o.parents]]
+        children = []
+        attempts = 0
+        while len(children) < o.population and attempts < 100 * o.population:
+            attempts += 1
+            if len(children) % 2 and len(parents) > 1:
+                child = _crossover(*rng.sample(parents, 2), rng)
+                child = _mutate(child, search, rng, o.mutation_probability / 2)
+            else:
+                child = _mutate(rng.choice(parents), search, rng, o.mutation_probability)
+            if search.feasible(child):
+                children.append(child)
+        scored = sorted(scored + [(search.objective(c), c) for c in children], key=lambda s: s[0])[: o.population]
+        history.append(scored[0][0])
+        bar.advance()
+    best, config = scored[0]
+    return SearchResult(config, best, uniform, history, search.evaluations)
