@@ -99,8 +99,9 @@ def run_calibrate(loaded: LoadedDiT, recipe: Recipe, sampler: SamplerConfig, opt
     if search is not None:
         summary["group_search"] = search
     if qdit.calibration_losses:
-        summary["block_loss_first_last"] = {block: [round(losses[0], 5), round(sum(losses[-20:]) / len(losses[-20:]), 5)]
-                                         for block, losses in qdit.calibration_losses.items()}
+        summary["block_loss_first_last"] = {
+            block: [round(losses[0], 5), round(sum(losses[-20:]) / len(losses[-20:]), 5)]
+            for block, losses in qdit.calibration_losses.items()}
     return qdit, summary
 
 
