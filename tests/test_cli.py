@@ -46,6 +46,12 @@ def test_build_runs_the_existing_stages_and_says_what_is_missing(tmp_path):
     assert rewritten.returncode == 0, rewritten.stderr
     assert f"replaced: {stages['calibrate']['layers']} x DitIntGemm" in rewritten.stdout
     assert "rewritten vs QDQ: passed" in rewritten.stdout
+    engine = run_cli("engine", "--checkpoint", str(tmp_path / "quantized"), "--out", str(tmp_path))
+    assert engine.returncode == 0 and "engine: not available: TensorRT is not installed" in engine.stdout
+    assert_one_line_error(run_cli("engine", "--checkpoint", str(tmp_path / "quantized"), "--out", str(tmp_path),
+                                  "--batch", "4,2,8"), "batch sizes must satisfy 1 <= min <= opt <= max")
+    assert_one_line_error(run_cli("bench", "--checkpoint", str(tmp_path / "quantized"), "--out", str(tmp_path),
+                                  "--plugin-library", str(tmp_path / "none.so")), "none.so does not exist")
 
     again = run_cli("build", "--checkpoint", str(tmp_path / "quantized"), "--eval-samples", "0",
                     "--out", str(tmp_path / "again"))

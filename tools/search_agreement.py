@@ -1,0 +1,94 @@
+"""How well the group-size search's cheap objective ranks configurations the way the FID-style
+distance does: for the uniform settings and random configurations within the budget, the
+objective next to the Fréchet distance of N samples to the FP model's samples (same seeds), and
+their Spearman rank correlation. Also times one full search at the default cost.
+
+    python tools/search_agreement.py                    # 12 configurations, 200 samples each
+    python tools/search_agreement.py -k 8 -n 100        # quicker look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from scipy.stats import spearmanr
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from exporter.build import default_sampler  # noqa: E402
+from exporter.evaluate import evaluate  # noqa: E402
+from exporter.model_loading import LoadedDiT, load_dit  # noqa: E402
+from exporter.quant.calibration import collect_calibration_set  # noqa: E402
+from exporter.quant.granularity import CANDIDATES, GroupSearch, SearchOptions, choices, evolve  # noqa: E402
+from exporter.quant.quantize import quantize_model  # noqa: E402
+from exporter.quant.recipes import get_recipe  # noqa: E402
+from exporter.sampling import epsilon_step_weights  # noqa: E402
+
+
+def random_config(search: GroupSearch, rng: random.Random) -> dict:
+    while True:
+        config = {n: (rng.choice(choices(w)), rng.choice(choices(w))) for n, w in search.widths.items()}
+        if search.feasible(config):
+            return config
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-k", "--configs", type=int, default=12)
+    parser.add_argument("-n", "--samples", type=int, default=200)
+    parser.add_argument("--budget", type=float, default=64.0)
+    parser.add_argument("--trajectories", type=int, default=32)
+    args = parser.parse_args()
+
+    loaded = load_dit()
+    sampler = default_sampler(loaded)
+    recipe = get_recipe("w4a8")
+    calib = collect_calibration_set(loaded, sampler, args.trajectories, 0, progress=False)
+    weights = dict(zip(calib.timesteps, epsilon_step_weights(loaded.scheduler_config, sampler, calib.timesteps)))
+    options = SearchOptions(budget=args.budget)
+    started = time.monotonic()
+    search = GroupSearch(loaded.transformer, recipe, calib, weights, options)
+    result = evolve(search)
+    search_seconds = time.monotonic() - started
+
+    rng = random.Random(0)
+    configs = [("searched", result.config)]
+    configs += [(f"uniform {g}", search.uniform(g)) for g in CANDIDATES if search.feasible(search.uniform(g))]
+    configs = list({json.dumps(c, sort_keys=True): (label, c) for label, c in configs}.values())
+    while len(configs) < args.configs:
+        configs.append((f"random {len(configs)}", random_config(search, rng)))
+
+    work = Path(tempfile.mkdtemp(prefix="search-agreement-"))
+    fp = evaluate(loaded, work, args.samples, 0, sampler, noise_floor=False, label="fp")
+    rows = []
+    for label, config in configs:
+        objective = search.objective(config)
+        groups = tuple((n, w, a) for n, (w, a) in config.items())
+        qdit = quantize_model(loaded.transformer, replace(recipe, layer_groups=groups), calib,
+                              int(loaded.scheduler_config.get("num_train_timesteps", 1000)), progress=False)
+        quantized = LoadedDiT(qdit.transformer, loaded.scheduler_config, label, loaded.folder, loaded.vae_folder)
+        q = evaluate(quantized, work, args.samples, 0, sampler, noise_floor=False, label=label.replace(" ", "_"),
+                     reference_samples=work / fp["samples_file"])
+        rows.append({"config": label, "objective": objective, "mean_group": sum(w + a for _, w, a in groups)
+                     / (2 * len(groups)), "distance_to_fp": q["frechet_distance_to_reference"],
+                     "distance_ratio": q["frechet_distance"] / fp["frechet_distance"]})
+        print(rows[-1], flush=True)
+    rho, p = spearmanr([r["objective"] for r in rows], [r["distance_to_fp"] for r in rows])
+    print(f"Spearman rank correlation, objective vs Fréchet distance to FP samples ({args.samples} samples, "
+          f"{len(rows)} configurations): {rho:.3f} (p = {p:.3g})")
+    print(f"one search at the default cost (budget {args.budget:g}, {options.epochs} epochs, population "
+          f"{options.population}): {search_seconds:.0f} s, {result.evaluations} evaluations")
+    (work / "search_agreement.json").write_text(json.dumps({"rows": rows, "spearman": rho, "p": p,
+                                                            "search_seconds": search_seconds}, indent=2))
+    print(f"details: {work}")
+
+
+if __name__ == "__main__":
+    main()
