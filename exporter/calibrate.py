@@ -110,7 +110,7 @@ def searched_recipe(loaded: LoadedDiT, recipe: Recipe, sampler: SamplerConfig, c
     """The recipe with the group sizes Q-DiT's search picks; writes group_search.json / .png."""
     from dataclasses import replace
 
-    from exporter.quant.granularity import GroupSearch, evolve
+    from exporter.quant.granularity import GroupSearch, evolve, mean_group
     from exporter.quant.report import plot_group_search
     from exporter.sampling import epsilon_step_weights
 
@@ -127,7 +127,7 @@ def searched_recipe(loaded: LoadedDiT, recipe: Recipe, sampler: SamplerConfig, c
     plot_group_search(details, out_dir / "group_search.png", recipe.name)
     groups = tuple((name, w, a) for name, (w, a) in result.config.items())
     summary = {"objective": result.objective, "best_uniform": min(result.uniform.values()),
-               "mean_group": sum(w + a for _, w, a in groups) / (2 * len(groups)),
+               "mean_group": mean_group(result.config),
                "evaluations": result.evaluations, "seconds": details["seconds"]}
     return replace(recipe, layer_groups=groups), summary
 

@@ -26,7 +26,14 @@ from exporter.build import default_sampler  # noqa: E402
 from exporter.evaluate import evaluate  # noqa: E402
 from exporter.model_loading import LoadedDiT, load_dit  # noqa: E402
 from exporter.quant.calibration import collect_calibration_set  # noqa: E402
-from exporter.quant.granularity import CANDIDATES, GroupSearch, SearchOptions, choices, evolve  # noqa: E402
+from exporter.quant.granularity import (  # noqa: E402
+    CANDIDATES,
+    GroupSearch,
+    SearchOptions,
+    choices,
+    evolve,
+    mean_group,
+)
 from exporter.quant.quantize import quantize_model  # noqa: E402
 from exporter.quant.recipes import get_recipe  # noqa: E402
 from exporter.sampling import epsilon_step_weights  # noqa: E402
@@ -76,8 +83,8 @@ def main() -> None:
         quantized = LoadedDiT(qdit.transformer, loaded.scheduler_config, label, loaded.folder, loaded.vae_folder)
         q = evaluate(quantized, work, args.samples, 0, sampler, noise_floor=False, label=label.replace(" ", "_"),
                      reference_samples=work / fp["samples_file"])
-        rows.append({"config": label, "objective": objective, "mean_group": sum(w + a for _, w, a in groups)
-                     / (2 * len(groups)), "distance_to_fp": q["frechet_distance_to_reference"],
+        rows.append({"config": label, "objective": objective, "mean_group": mean_group(config),
+                     "distance_to_fp": q["frechet_distance_to_reference"],
                      "distance_ratio": q["frechet_distance"] / fp["frechet_distance"]})
         print(rows[-1], flush=True)
     rho, p = spearmanr([r["objective"] for r in rows], [r["distance_to_fp"] for r in rows])

@@ -114,6 +114,7 @@ _ACTIVATION_FIELDS = (
     Field("rotation_block", "Hadamard block of the input rotation x H before quantization (0: none)"),
     Field("has_bias", "1 when the bias input is present"),
 )
+_GROUP_SIZE = Field("group_size", "input channels per weight scale (K: one scale per output channel)", minimum=1)
 _X = Port("x", "T", "[..., K]", "activations, float32 or float16")
 _ACTIVATION_INPUTS = (
     Port("hadamard", "FLOAT", "[rotation_block, rotation_block]", "the orthonormal Hadamard block",
@@ -129,10 +130,7 @@ _Y = (Port("y", "T", "[..., N]", "act(x) W^T + b, in x's type"),)
 INT_GEMM = PluginContract(
     "DitIntGemm",
     "Integer weights (4 or 8 bits, symmetric) with one scale per group of input channels and output channel.",
-    _SHAPE_FIELDS + (
-        Field("weight_bits", "bits per weight code: 4 or 8", minimum=4),
-        Field("group_size", "input channels per weight scale (K: one scale per output channel)", minimum=1),
-    ) + _ACTIVATION_FIELDS,
+    _SHAPE_FIELDS + (Field("weight_bits", "bits per weight code: 4 or 8", minimum=4), _GROUP_SIZE) + _ACTIVATION_FIELDS,
     (_X,
      Port("weight", "INT8", "[K, N * weight_bits / 8]", "codes of W^T [K, N], row-major; 4-bit codes two per "
           "byte, element 2i in the low nibble, two's complement"),
@@ -145,10 +143,8 @@ INT_GEMM = PluginContract(
 FP4_GEMM = PluginContract(
     "DitFp4Gemm",
     "FP4 weights (E2M1, E3M0 or E1M2) with one scale per group of input channels and output channel.",
-    _SHAPE_FIELDS + (
-        Field("weight_format", "FP4 format of the weight codes", FP4_WEIGHT_FORMATS),
-        Field("group_size", "input channels per weight scale (K: one scale per output channel)", minimum=1),
-    ) + _ACTIVATION_FIELDS,
+    _SHAPE_FIELDS + (Field("weight_format", "FP4 format of the weight codes", FP4_WEIGHT_FORMATS), _GROUP_SIZE)
+    + _ACTIVATION_FIELDS,
     (_X,
      Port("weight", "INT8", "[K, N / 2]", "codes of W^T [K, N], row-major, two per byte, element 2i in the "
           "low nibble; a code is sign << 3 | index of the magnitude in the format's ascending list"),

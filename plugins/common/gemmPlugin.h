@@ -420,6 +420,10 @@ std::string checkCommonShapes(Fields const& f, Inputs const& in, nvinfer1::Dims 
     return "";
 }
 
+// The group-scale input of scalar-code weights: [ceil(in_features / group_size), out_features].
+template <typename Fields>
+std::string checkGroupScale(Fields const& f, nvinfer1::Dims const& scale);
+
 inline bool isShape(nvinfer1::Dims const& d, std::initializer_list<int64_t> expected)
 {
     if (d.nbDims != static_cast<int32_t>(expected.size()))
@@ -435,6 +439,15 @@ inline bool isShape(nvinfer1::Dims const& d, std::initializer_list<int64_t> expe
         }
     }
     return true;
+}
+
+template <typename Fields>
+std::string checkGroupScale(Fields const& f, nvinfer1::Dims const& scale)
+{
+    int64_t const groups = (f.in_features + f.group_size - 1) / f.group_size;
+    return isShape(scale, {groups, f.out_features})
+        ? ""
+        : "weight_scale must be [ceil(in_features / group_size), out_features]";
 }
 
 } // namespace dit_export

@@ -16,11 +16,7 @@ std::string DitFp4GemmSpec::checkShapes(Fields const& f, Inputs const& in, nvinf
     {
         return "weight must be [in_features, out_features / 2] with an even out_features";
     }
-    if (!isShape(dims[in.weight_scale], {(k + f.group_size - 1) / f.group_size, n}))
-    {
-        return "weight_scale must be [ceil(in_features / group_size), out_features]";
-    }
-    return "";
+    return checkGroupScale(f, dims[in.weight_scale]);
 }
 
 int32_t DitFp4GemmSpec::run(Fields const& f, Inputs const& in, DitGemmIO& io, void const* const* inputs,

@@ -20,11 +20,7 @@ std::string DitIntGemmSpec::checkShapes(Fields const& f, Inputs const& in, nvinf
     {
         return "weight must be [in_features, out_features * weight_bits / 8]";
     }
-    if (!isShape(dims[in.weight_scale], {(k + f.group_size - 1) / f.group_size, n}))
-    {
-        return "weight_scale must be [ceil(in_features / group_size), out_features]";
-    }
-    return "";
+    return checkGroupScale(f, dims[in.weight_scale]);
 }
 
 int32_t DitIntGemmSpec::run(Fields const& f, Inputs const& in, DitGemmIO& io, void const* const* inputs,

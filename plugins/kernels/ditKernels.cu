@@ -105,6 +105,34 @@ int32_t prepareActivations(DitGemmIO const& io, Workspace const& ws, ActivationS
     return 0;
 }
 
+constexpr int32_t kProceed = -1;
+
+// The checks and preparation every GEMM starts with: 0 when there is nothing to compute (M = 0),
+// 1 on a problem (ditLastError says which), kProceed with the workspace and activations ready.
+int32_t startGemm(DitGemmIO const* io, std::string const& weightProblem, Workspace& ws, ActivationSource& source,
+    cudaStream_t stream)
+{
+    if (io == nullptr)
+    {
+        return fail("null argument");
+    }
+    std::string const problem = checkIO(*io);
+    if (!problem.empty() || !weightProblem.empty())
+    {
+        return fail(problem.empty() ? weightProblem : problem);
+    }
+    if (ditCheckDevice())
+    {
+        return 1;
+    }
+    if (io->m == 0)
+    {
+        return 0;
+    }
+    ws = workspaceLayout(*io);
+    return prepareActivations(*io, ws, source, stream) ? 1 : kProceed;
+}
+
 } // namespace
 
 void setLastError(std::string message)
@@ -165,37 +193,25 @@ extern "C" int32_t ditQuantizeActivations(DitGemmIO const* io, uint8_t* codes, f
 
 extern "C" int32_t ditScalarGemm(DitGemmIO const* io, DitScalarWeights const* w, cudaStream_t stream)
 {
-    if (io == nullptr || w == nullptr)
+    std::string weightProblem;
+    if (w == nullptr)
     {
-        return fail("null argument");
+        weightProblem = "null argument";
     }
-    std::string const problem = checkIO(*io);
-    if (!problem.empty())
-    {
-        return fail(problem);
-    }
-    if (w->codes == nullptr || w->scale == nullptr || w->group_size <= 0 || w->format < DIT_WEIGHT_INT4
+    else if (w->codes == nullptr || w->scale == nullptr || w->group_size <= 0 || w->format < DIT_WEIGHT_INT4
         || w->format > DIT_WEIGHT_FP4E1M2)
     {
-        return fail("weights need codes, scales, a positive group size and a known format");
+        weightProblem = "weights need codes, scales, a positive group size and a known format";
     }
-    if (w->format != DIT_WEIGHT_INT8 && io->n % 2)
+    else if (io != nullptr && w->format != DIT_WEIGHT_INT8 && io->n % 2)
     {
-        return fail("4-bit weights need an even N (two codes per byte along N)");
+        weightProblem = "4-bit weights need an even N (two codes per byte along N)";
     }
-    if (ditCheckDevice())
-    {
-        return 1;
-    }
-    if (io->m == 0)
-    {
-        return 0;
-    }
-    Workspace const ws = workspaceLayout(*io);
+    Workspace ws;
     ActivationSource source{};
-    if (prepareActivations(*io, ws, source, stream))
+    if (int32_t const start = startGemm(io, weightProblem, ws, source, stream); start != kProceed)
     {
-        return 1;
+        return start;
     }
     bool const eightBitShapes = io->k % 32 == 0 && (w->group_size % 32 == 0 || w->group_size >= io->k)
         && activationGroup(*io) % 32 == 0;
@@ -223,33 +239,21 @@ extern "C" int32_t ditScalarGemm(DitGemmIO const* io, DitScalarWeights const* w,
 
 extern "C" int32_t ditVqGemm(DitGemmIO const* io, DitVqWeights const* w, cudaStream_t stream)
 {
-    if (io == nullptr || w == nullptr)
+    std::string weightProblem;
+    if (w == nullptr)
     {
-        return fail("null argument");
+        weightProblem = "null argument";
     }
-    std::string const problem = checkIO(*io);
-    if (!problem.empty())
-    {
-        return fail(problem);
-    }
-    if (w->codebook == nullptr || w->assignments == nullptr || w->dim <= 0 || w->index_bits <= 0
+    else if (w->codebook == nullptr || w->assignments == nullptr || w->dim <= 0 || w->index_bits <= 0
         || w->index_bits > 16 || w->codewords > (1 << w->index_bits) || w->codewords <= 0)
     {
-        return fail("codebook weights need a codebook, assignments, dim > 0 and 1 to 16 index bits");
+        weightProblem = "codebook weights need a codebook, assignments, dim > 0 and 1 to 16 index bits";
     }
-    if (ditCheckDevice())
-    {
-        return 1;
-    }
-    if (io->m == 0)
-    {
-        return 0;
-    }
-    Workspace const ws = workspaceLayout(*io);
+    Workspace ws;
     ActivationSource source{};
-    if (prepareActivations(*io, ws, source, stream))
+    if (int32_t const start = startGemm(io, weightProblem, ws, source, stream); start != kProceed)
     {
-        return 1;
+        return start;
     }
     return launchWmmaCodebook(*io, *w, source, ws.codes, ws.scales, stream) ? fail("GEMM kernel launch failed") : 0;
 }
