@@ -30,7 +30,8 @@ class _GemmIO(ctypes.Structure):
                 ("x", ctypes.c_void_p), ("y", ctypes.c_void_p), ("bias", ctypes.c_void_p),
                 ("hadamard", ctypes.c_void_p), ("rotation_block", ctypes.c_int32),
                 ("act_mode", ctypes.c_int32), ("act_format", ctypes.c_int32), ("act_group_size", ctypes.c_int32),
-                ("act_scale_table", ctypes.c_void_p), ("timestep_bucket", ctypes.c_void_p),
+                ("act_scale_table", ctypes.c_void_p), ("act_zero_table", ctypes.c_void_p),
+                ("timestep_bucket", ctypes.c_void_p),
                 ("rows_per_sample", ctypes.c_int64), ("workspace", ctypes.c_void_p)]
 
 
@@ -51,7 +52,8 @@ class Activation:
     mode: str = "none"
     format: str = "none"
     group_size: int = 0
-    scale_table: torch.Tensor | None = None
+    scale_table: torch.Tensor | None = None  # [buckets] or [buckets, K / group_size]
+    zero_table: torch.Tensor | None = None  # int8, uint4 activations only
     timestep_bucket: torch.Tensor | None = None
 
 
@@ -90,6 +92,7 @@ class KernelLibrary:
                      rotation_block=0 if hadamard is None else hadamard.shape[0],
                      act_mode=ACT_MODES.index(act.mode), act_format=ACT_FORMATS.index(act.format),
                      act_group_size=act.group_size, act_scale_table=_ptr(act.scale_table),
+                     act_zero_table=_ptr(act.zero_table),
                      timestep_bucket=_ptr(bucket), rows_per_sample=m // len(bucket) if bucket is not None else 1)
         workspace = torch.empty(max(1, self.lib.ditGemmWorkspaceSize(ctypes.byref(io))), dtype=torch.uint8,
                                 device=x.device)

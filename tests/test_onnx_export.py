@@ -32,6 +32,9 @@ RECIPES = {
                                                                      weight_group_size=-1),
     "fp4-static-activations": get_recipe("fp4").with_overrides(activation_mode="static"),
     "w8a8-hadamard": get_recipe("w8a8").with_overrides(hadamard=True),
+    "w4a4": get_recipe("w4a4").with_overrides(kd_iterations=2),
+    "w4a4-symmetric-per-token": get_recipe("w4a4").with_overrides(activation_symmetric=False, activation_group_size=-1,
+                                                                  kd_iterations=0),
 }
 
 

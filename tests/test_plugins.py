@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 
@@ -100,6 +101,27 @@ def test_activation_rounding_matches_python(built):
 
 
 @needs_toolchain
+@pytest.mark.parametrize("zero", [0, 5, 15])
+def test_uint4_activation_codes_match_onnx_quantize_linear(built, zero):
+    """UINT4 static activations reach the GEMM as code - zero; the code must be ONNX's (round, then
+    add the zero point), which the QDQ graph and the reference functions compute."""
+    from onnx import TensorProto, helper
+
+    x = np.concatenate([np.arange(-20, 21) * 0.5, np.random.default_rng(zero).normal(0, 6, 100)]).astype(np.float32)
+    (line,) = _check(built, f"uint4 {zero} {len(x)} " + " ".join(f"{v:.9g}" for v in x) + "\n")
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "uint4", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [len(x)])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [len(x)])],
+        [helper.make_tensor("s", TensorProto.FLOAT, [], [1.0]), helper.make_tensor("z", TensorProto.UINT4, [], [zero])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    expected = session.run(None, {"x": x})[0]
+    np.testing.assert_array_equal(np.array(line, dtype=np.float32), expected)
+
+
+@needs_toolchain
 @pytest.mark.parametrize("bits", [1, 3, 6, 8, 11, 16])
 def test_packed_layouts_read_as_the_exporter_writes_them(built, bits):
     gen = torch.Generator().manual_seed(bits)
@@ -128,14 +150,19 @@ def sqnr_db(reference: torch.Tensor, actual: torch.Tensor) -> float:
     return float(10 * torch.log10(reference.double().pow(2).mean() / noise.clamp_min(1e-30)))
 
 
-def _fake_quant(x: torch.Tensor, fmt: str, group: int, scale: torch.Tensor | None = None) -> torch.Tensor:
+def _fake_quant(x: torch.Tensor, fmt: str, group: int, scale: torch.Tensor | None = None,
+                zero: torch.Tensor | None = None) -> torch.Tensor:
+    """Dynamic scales, or the given ones (and UINT4 zero points) [M, groups]."""
     k = x.shape[1]
     g = group or k
     xs = x.reshape(x.shape[0], k // g, g)
-    qmax = {"int8": 127.0, "int4": 7.0, "fp8e4m3": 448.0, "fp4e2m1": 6.0}[fmt]
-    s = (xs.abs().amax(-1, keepdim=True) / qmax).clamp_min(TINY) if scale is None else scale.reshape(-1, 1, 1)
+    qmax = {"int8": 127.0, "int4": 7.0, "uint4": 15.0, "fp8e4m3": 448.0, "fp4e2m1": 6.0}[fmt]
+    s = (xs.abs().amax(-1, keepdim=True) / qmax).clamp_min(TINY) if scale is None else scale.reshape(*xs.shape[:2], 1)
     y = xs / s
-    if fmt in ("int8", "int4"):
+    if fmt == "uint4":
+        z = zero.float().reshape(*xs.shape[:2], 1)
+        q = (y.round() + z).clamp(0, 15) - z  # ONNX QuantizeLinear: round, then the zero point
+    elif fmt in ("int8", "int4"):
         q = y.round().clamp(-qmax - 1, qmax)
     elif fmt == "fp8e4m3":
         q = y.clamp(-448, 448).to(torch.float8_e4m3fn).float()
@@ -164,6 +191,7 @@ SCALAR_CASES = {  # weights, activation mode, activation format, activation grou
     "w4a8": ("int4", "dynamic", "int8", 0, False),
     "w8a8-static": ("int8", "static", "int8", 0, False),
     "w4a4-static": ("int4", "static", "int4", 0, False),
+    "w4a4-static-uint4-g32": ("int4", "static", "uint4", 32, False),
     "w4-weight-only": ("int4", "none", "none", 0, False),
     "w4a8-fp4": ("fp4e2m1", "dynamic", "int8", 0, False),
     "fp4-e3m0-a8": ("fp4e3m0", "dynamic", "int8", 0, False),
@@ -202,9 +230,14 @@ def test_scalar_gemm_matches_dequantize_then_matmul(gpu_kernels, case, m, k, n):
     act = Activation(mode, act_format, act_group)
     if mode == "static":
         buckets = torch.arange(m, device=dev) % 3
-        table = torch.tensor([0.02, 0.05, 0.08], device=dev)
-        act = Activation(mode, act_format, 0, table, buckets)
-        xq = torch.stack([_fake_quant(xr[i:i + 1], act_format, 0, table[buckets[i]]) for i in range(m)]).squeeze(1)
+        groups = k // act_group if act_group else 1
+        spread = 1 + torch.rand(3, groups, device=dev, generator=gen)
+        table = torch.tensor([[0.02], [0.05], [0.08]], device=dev) * spread
+        zeros = torch.randint(4, 12, (3, groups), device=dev, generator=gen).to(torch.int8)
+        shape = (3, groups) if act_group else (3,)
+        table, zeros = table.reshape(shape).contiguous(), zeros.reshape(shape).contiguous()
+        act = Activation(mode, act_format, act_group, table, zeros if act_format == "uint4" else None, buckets)
+        xq = _fake_quant(xr, act_format, act_group, table[buckets], zeros[buckets])
     elif mode == "dynamic":
         xq = _fake_quant(xr, act_format, act_group)
     else:

@@ -86,6 +86,27 @@ def test_plugins_carry_the_layers_fields(qdq_graphs):
         assert f["weight_format"] == layer.fmt.kind.encode() and f["group_size"] == 32
 
 
+def test_static_asymmetric_group_tables_reach_the_plugins_unchanged(qdq_graphs):
+    path, qdit = qdq_graphs["w4a4"]
+    trt = rewrite_graph(onnx.load(str(path))).tensorrt
+    tensors = {t.name: numpy_helper.to_array(t) for t in trt.graph.initializer}
+    nodes = {n.name.split(".MatMul")[0]: n for n in trt.graph.node if n.domain == DOMAIN}
+    static = {name: layer for name, layer in qdit.quant_linears().items() if layer.act is not None}
+    assert any(layer.act.groups > 1 for layer in static.values())
+    for name, layer in static.items():
+        node = nodes[name]
+        fields = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        assert fields["act_format"] == b"uint4" and fields["act_mode"] == b"static"
+        assert layer.in_features // (fields["act_group_size"] or layer.in_features) == layer.act.groups
+        ports = [p.name for p in INT_GEMM.present_inputs({k: v.decode() if isinstance(v, bytes) else v
+                                                          for k, v in fields.items()})]
+        table = tensors[node.input[ports.index("act_scale_table")]]
+        zeros = tensors[node.input[ports.index("act_zero_table")]]
+        assert zeros.dtype == np.int8 and table.shape == zeros.shape == tuple(layer.act.scale.shape)
+        np.testing.assert_array_equal(table, layer.act.scale.numpy())
+        np.testing.assert_array_equal(zeros, layer.act.zero.numpy().astype(np.int8))
+
+
 def test_rewrite_validation_passes_and_catches_a_wrong_plugin_input(qdq_graphs, tiny, calib, tmp_path):
     path, qdit = qdq_graphs["w4a8"]
     result = run_rewrite(path)

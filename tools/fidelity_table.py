@@ -4,7 +4,8 @@
     python tools/fidelity_table.py -n 200 --no-write     # quicker look
     python tools/fidelity_table.py --rows 5,6,7,8,9      # re-measure some rows, keep the others
     python tools/fidelity_table.py --rows 10-16          # the VQ rows
-    python tools/fidelity_table.py --rows 17-20          # W4A4 with and without DilateQuant
+    python tools/fidelity_table.py --rows 17-22          # W4A4 with and without DilateQuant
+    python tools/fidelity_table.py --rows 23-24          # W4A8: searched group sizes vs uniform
 
 
 Each row is calibrated from scratch (its time is reported), then evaluated with
@@ -28,6 +29,7 @@ from exporter.build import default_sampler  # noqa: E402
 from exporter.calibrate import CalibrationOptions, loaded_from_checkpoint, run_calibrate  # noqa: E402
 from exporter.evaluate import evaluate  # noqa: E402
 from exporter.model_loading import load_dit  # noqa: E402
+from exporter.quant.granularity import SearchOptions  # noqa: E402
 from exporter.quant.recipes import PER_CHANNEL, Recipe, WeightSpec, get_recipe  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,6 +40,10 @@ def _weight_only_rtn(bits: int) -> Recipe:
     return Recipe(f"int{bits}-rtn", f"baseline: INT{bits} per-channel round-to-nearest weights, FP activations",
                   WeightSpec(bits=bits, group_size=PER_CHANNEL, method="rtn"), None)
 
+
+# A W4A4 recipe's first design: one symmetric scale per timestep for the whole token, min/max.
+PER_TENSOR_SYMMETRIC = {"activation_symmetric": True, "activation_group_size": -1, "activation_clip_search": False}
+SEARCH = "group_search"  # an override that is no recipe field: runs the search with these options
 
 # (row label, precision or recipe, recipe overrides)
 ROWS = [
@@ -58,11 +64,20 @@ ROWS = [
     ("INT3 RTN baseline (per-channel W3, FP activations)", _weight_only_rtn(3), {}),
     ("INT2 RTN baseline (per-channel W2, FP activations)", _weight_only_rtn(2), {}),
     ("vq2-a8 (vq2 weights, dynamic per-token INT8 activations)", "vq2-a8", {}),
-    ("W4A4 DilateQuant (dilation, g32 GPTQ W4, static per-timestep INT4 A4 distilled per block)", "w4a4", {}),
-    ("W4A4 without DilateQuant (g32 GPTQ W4, static per-timestep INT4 A4 from calibration ranges)", "w4a4",
+    ("W4A4 DilateQuant (dilation, g32 GPTQ W4, asymmetric static INT4 A4 per timestep and 32 channels, "
+     "clipped, distilled per block)", "w4a4", {}),
+    ("W4A4 without DilateQuant (the same static A4 grid and clip search; no dilation, no distillation)", "w4a4",
      {"dilation": False, "kd_iterations": 0}),
     ("W4A4 with weight dilation only", "w4a4", {"kd_iterations": 0}),
     ("W4A4 with distilled scales only", "w4a4", {"dilation": False}),
+    ("W4A4 DilateQuant with symmetric static INT4 A4, one scale per timestep (first design)", "w4a4",
+     PER_TENSOR_SYMMETRIC),
+    ("W4A4 symmetric static INT4 A4, one scale per timestep, without DilateQuant", "w4a4",
+     {**PER_TENSOR_SYMMETRIC, "dilation": False, "kd_iterations": 0}),
+    ("W4A8 with searched per-layer group sizes (budget: mean group >= 64; 10 epochs x 20)", "w4a8",
+     {SEARCH: SearchOptions(budget=64.0)}),
+    ("W4A8 with uniform groups of 64 (the best uniform setting within the same budget)", "w4a8",
+     {"weight_group_size": 64, "activation_group_size": 64}),
 ]
 
 
@@ -93,10 +108,12 @@ def main() -> None:
     rows = ROWS if args.rows == "all" else [ROWS[i - 1] for i in row_numbers(args.rows)]
     results = {"fp": fp, "rows": []}
     for label, precision, overrides in rows:
-        recipe = (get_recipe(precision) if isinstance(precision, str) else precision).with_overrides(**overrides)
+        fields = {k: v for k, v in overrides.items() if k != SEARCH}
+        recipe = (get_recipe(precision) if isinstance(precision, str) else precision).with_overrides(**fields)
         out = work / re.sub(r"\W+", "-", label)[:40]
         started = time.monotonic()
-        run_calibrate(loaded, recipe, sampler, CalibrationOptions(trajectories=args.trajectories), out)
+        options = CalibrationOptions(trajectories=args.trajectories, group_search=overrides.get(SEARCH))
+        run_calibrate(loaded, recipe, sampler, options, out)
         seconds = time.monotonic() - started
         quantized, _ = loaded_from_checkpoint(out / "quantized", loaded)
         q = evaluate(quantized, out, args.samples, args.seed, sampler, noise_floor=False, label=recipe.name,
@@ -105,8 +122,8 @@ def main() -> None:
         lines.append(f"| {label} | {q['frechet_distance']:.3f} | {ratio:.3f} | {q['accuracy']:.3f} | "
                      f"{100 * (q['accuracy'] - fp['accuracy']):+.1f} | {q['frechet_distance_to_reference']:.3f} | "
                      f"{q['psnr_to_reference_db']:.1f} | {seconds:.0f} |")
-        results["rows"].append({"label": label, "precision": recipe.name, "overrides": overrides,
-                                "calibration_seconds": round(seconds, 1), "ratio": ratio, **q})
+        results["rows"].append({"label": label, "precision": recipe.name,
+                                "overrides": {k: str(v) for k, v in overrides.items()}, "calibration_seconds": round(seconds, 1), "ratio": ratio, **q})
         print(lines[-1], flush=True)
         if not args.no_write:
             write_table(lines)  # after every row: a long run keeps what it measured

@@ -11,7 +11,10 @@ Per quantized Linear `L` (x [..., K] -> y [..., N]):
     static   bucket = Gather(timestep_bucket_table [T], timestep)   (shared by all layers)
              scale  = Gather(L.act_scale [buckets], bucket) -> [B]
              x is flattened to [B, F] and quantized per sample with Q/DQ along axis 0, so each
-             sample uses the scale of its own timestep; no extra graph input.
+             sample uses the scale of its own timestep; no extra graph input. With channel
+             groups, L.act_scale is [buckets, G]: x is viewed as [B, tokens, K] and quantized
+             blocked along the last axis with the scales expanded to [B, tokens, G]. Asymmetric
+             activations add L.act_zero (UINT8, cast to UINT4 once gathered) of the same shape.
     dynamic  scale = ReduceMax(|x|) / qmax per token (per group of g channels when g < K),
              then blocked Q/DQ along the last axis (FLOAT4E2M1 for FP4 activations).
     rotated  x H before the activation quantizer: x reshaped to [-1, b], MatMul with the b x b
@@ -68,15 +71,27 @@ def _weight(b: Builder, q: QuantLinear) -> str:
 
 
 def static_activation(b: Builder, x: str, scale_table: str, zero_table: str | None, fmt: QuantFormat,
-                      bucket: str) -> str:
-    """x quantized per sample with the scale of its timestep bucket: x flattened to [B, F], Q/DQ
-    along axis 0 with scale_table[bucket] [B]."""
-    inputs = [b.node("Gather", [scale_table, bucket])]
-    if zero_table is not None:
-        inputs.append(b.node("Gather", [zero_table, bucket]))
-    flat = b.node("Reshape", [x, b.const(int64_tensor(b.name("flat_shape"), [0, -1]))])
-    q = b.node("QuantizeLinear", [flat] + inputs, axis=0, output_dtype=onnx_quant_type(fmt))
-    dq = b.node("DequantizeLinear", [q] + inputs, axis=0)
+                      bucket: str, groups: int = 1, k: int = 0) -> str:
+    """x quantized per sample with the scales of its timestep bucket. One group: x flattened to
+    [B, F], Q/DQ along axis 0 with scale_table[bucket] [B]. ``groups`` groups of k / groups
+    channels: x viewed as [B, tokens, k], blocked Q/DQ along the last axis with
+    scale_table[bucket] [B, groups] expanded over the tokens."""
+    tables = [scale_table] if zero_table is None else [scale_table, zero_table]
+    params = [b.node("Gather", [table, bucket]) for table in tables]
+    if groups == 1:
+        flat = b.node("Reshape", [x, b.const(int64_tensor(b.name("flat_shape"), [0, -1]))])
+        axes: dict = {"axis": 0}
+    else:
+        flat = b.node("Reshape", [x, b.const(int64_tensor(b.name("token_shape"), [0, -1, k]))])
+        grid = b.node("Concat", [b.node("Shape", [flat], end=2), b.const(int64_tensor(b.name("groups"), [groups]))],
+                      axis=0)
+        one = b.const(int64_tensor(b.name("token_axis"), [1]))
+        params = [b.node("Expand", [b.node("Unsqueeze", [p, one]), grid]) for p in params]
+        axes = {"axis": -1, "block_size": k // groups}
+    if zero_table is not None and fmt.bits == 4:  # stored as UINT8: Gather and Expand take no 4-bit types
+        params[1] = b.node("Cast", [params[1]], to=onnx_quant_type(fmt))
+    q = b.node("QuantizeLinear", [flat] + params, output_dtype=onnx_quant_type(fmt), **axes)
+    dq = b.node("DequantizeLinear", [q] + params, **axes)
     return b.node("Reshape", [dq, b.node("Shape", [x])])
 
 
@@ -126,9 +141,9 @@ def _replacement(b: Builder, x: str, y: str, q: QuantLinear | VqLinear) -> None:
     if isinstance(q.act, StaticActivationQuant):
         zero = None
         if not q.act.fmt.symmetric:
-            zero = b.const(code_tensor(b.name("act_zero"), q.act.zero.round().to(torch.uint8), q.act.fmt))
+            zero = b.const(numpy_helper.from_array(q.act.zero.round().numpy().astype(np.uint8), b.name("act_zero")))
         x = static_activation(b, x, b.const(float_tensor(b.name("act_scale"), q.act.scale)), zero, q.act.fmt,
-                              BUCKET)
+                              BUCKET, q.act.groups, q.in_features)
     elif isinstance(q.act, DynamicActivationQuant):
         x = _dynamic_activation(b, x, q.act, q.in_features)
     elif q.act is not None:

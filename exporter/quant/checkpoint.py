@@ -107,7 +107,9 @@ def _save_activation(name: str, act: nn.Module | None, tensors: dict[str, torch.
         tensors[f"{name}.a_scale"] = act.scale.contiguous()
         tensors[f"{name}.a_zero"] = act.zero.contiguous()
         return {"mode": "static", "format": act.fmt.name, "bits": act.fmt.bits,
-                "symmetric": act.fmt.symmetric, "granularity": "per-tensor per timestep bucket"}
+                "symmetric": act.fmt.symmetric, "groups": act.groups,
+                "granularity": "per timestep bucket, "
+                + ("per token" if act.groups == 1 else f"{act.groups} channel groups")}
     if isinstance(act, DynamicActivationQuant):
         return {"mode": "dynamic", "format": act.fmt.name, "bits": act.fmt.bits,
                 "symmetric": act.fmt.symmetric, "group_size": act.group_size}

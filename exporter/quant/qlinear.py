@@ -40,29 +40,40 @@ class TimestepContext:
 
 
 class StaticActivationQuant(nn.Module):
-    """Per-tensor scale (and zero-point) per timestep bucket: tables [n_buckets]."""
+    """Scale and zero-point per timestep bucket, for the whole token (tables [n_buckets]) or per
+    group of channels (tables [n_buckets, groups], groups dividing the channels evenly)."""
 
     def __init__(self, fmt: QuantFormat, scale: torch.Tensor, zero: torch.Tensor, bucket_of_t: torch.Tensor,
                  context: TimestepContext) -> None:
         super().__init__()
+        if scale.shape != zero.shape or scale.dim() not in (1, 2):
+            raise ValueError(f"static activation tables must be [buckets] or [buckets, groups], got "
+                             f"{tuple(scale.shape)} and {tuple(zero.shape)}")
         self.fmt, self.context = fmt, context
         self.register_buffer("scale", scale.float())
         self.register_buffer("zero", zero.float())
         self.register_buffer("bucket_of_t", bucket_of_t.long())
         self.learned_log_scale: nn.Parameter | None = None  # set while the scales are trained (dilatequant.py)
 
+    @property
+    def groups(self) -> int:
+        """Channel groups per token with their own scale (1: the whole token)."""
+        return 1 if self.scale.dim() == 1 else self.scale.shape[1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bucket = self.bucket_of_t[self.context.current(x.shape[0])]
-        shape = (-1,) + (1,) * (x.dim() - 1)
+        grouped = x.reshape(*x.shape[:-1], self.groups, -1)  # [B, ..., G, K / G]
+        shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (self.groups, 1)
         z = self.zero[bucket].reshape(shape)
         if self.learned_log_scale is not None:
             # Straight-through rounding, gradients to the scale as in LSQ (clamped values: the bound).
             s = self.learned_log_scale.exp()[bucket].reshape(shape)
-            y = x / s + z
+            y = grouped / s + z
             q = torch.clamp(y + (torch.round(y) - y).detach(), self.fmt.qmin, self.fmt.qmax)
-            return ((q - z) * s).to(x.dtype)
-        s = self.scale[bucket].reshape(shape)
-        return ((self.fmt.round(x / s + z) - z) * s).to(x.dtype)
+        else:
+            s = self.scale[bucket].reshape(shape)
+            q = self.fmt.round(grouped / s + z)
+        return ((q - z) * s).reshape(x.shape).to(x.dtype)
 
 
 class DynamicActivationQuant(nn.Module):

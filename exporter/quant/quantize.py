@@ -23,9 +23,17 @@ from exporter.quant.dilation import channel_maxima, dilate_block
 from exporter.quant.gptq import HessianAccumulator, gptq_quantize
 from exporter.quant.hadamard import block_size_for, rotate, rotate_linear_weight
 from exporter.quant.policy import linear_roles
-from exporter.quant.primitives import choose_qparams, qparams_from_range, quantize, search_clip_ratio
+from exporter.quant.primitives import (
+    PER_CHANNEL,
+    PER_TENSOR,
+    choose_qparams,
+    qparams_from_range,
+    quantize,
+    search_clip_ratio,
+)
 from exporter.quant.qlinear import DynamicActivationQuant, QuantLinear, StaticActivationQuant, TimestepContext
 from exporter.quant.recipes import Recipe
+from exporter.quant.static_clipping import ClipSearch
 from exporter.quant.vq_linear import VqLinear
 
 BATCH = 256
@@ -58,18 +66,38 @@ class TimestepBuckets:
 
 @dataclass
 class LayerStats:
-    """Per-bucket input range of one Linear, and its Hessian when GPTQ needs it."""
+    """Per-bucket and per-channel input range of one Linear ([buckets, K] each), and its Hessian
+    when GPTQ needs it."""
 
     lo: torch.Tensor
     hi: torch.Tensor
     hessian: HessianAccumulator | None = None
 
+    @classmethod
+    def empty(cls, buckets: int, channels: int, hessian: bool) -> "LayerStats":
+        return cls(torch.full((buckets, channels), float("inf")), torch.full((buckets, channels), -float("inf")),
+                   HessianAccumulator(channels) if hessian else None)
+
     def add(self, x: torch.Tensor, buckets: torch.Tensor) -> None:
-        flat = x.detach().float().reshape(x.shape[0], -1)
-        self.lo.scatter_reduce_(0, buckets, flat.amin(1), "amin")
-        self.hi.scatter_reduce_(0, buckets, flat.amax(1), "amax")
+        flat = x.detach().float().reshape(x.shape[0], -1, x.shape[-1])
+        index = buckets[:, None].expand(-1, x.shape[-1])
+        self.lo.scatter_reduce_(0, index, flat.amin(1), "amin")
+        self.hi.scatter_reduce_(0, index, flat.amax(1), "amax")
         if self.hessian is not None:
             self.hessian.add(x)
+
+    def ranges(self, group_size: int, per_timestep: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Range of each bucket ([buckets]: whole tokens, group_size PER_CHANNEL) or of each
+        bucket's groups of ``group_size`` channels ([buckets, K / group_size]); the same for every
+        bucket unless ``per_timestep``."""
+        buckets, k = self.lo.shape
+        g = k if group_size in (PER_CHANNEL, PER_TENSOR) or group_size >= k else group_size
+        if k % g:
+            raise UserError(f"static activation groups of {g} do not divide {k} channels")
+        lo, hi = self.lo.reshape(buckets, k // g, g).amin(2), self.hi.reshape(buckets, k // g, g).amax(2)
+        if not per_timestep:
+            lo, hi = lo.amin(0, keepdim=True).expand(buckets, -1), hi.amax(0, keepdim=True).expand(buckets, -1)
+        return (lo[:, 0], hi[:, 0]) if g == k else (lo, hi)
 
 
 @dataclass
@@ -92,7 +120,10 @@ def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def quantize_linear(linear: nn.Linear, recipe: Recipe, stats: LayerStats, quantize_input: bool,
-                    buckets: TimestepBuckets, context: TimestepContext, name: str = "") -> QuantLinear:
+                    buckets: TimestepBuckets, context: TimestepContext, name: str = "",
+                    act_range: tuple[torch.Tensor, torch.Tensor] | None = None) -> QuantLinear:
+    """``act_range``: for static activations, the range of each timestep bucket (and channel
+    group) when it is not the calibrated min/max (clip search)."""
     spec = recipe.weight
     group, act_group = recipe.groups_of(name)
     block = rotation_block(recipe, linear.in_features)
@@ -105,13 +136,12 @@ def quantize_linear(linear: nn.Linear, recipe: Recipe, stats: LayerStats, quanti
         scale, zero = choose_qparams(w, fmt, group, clip_ratio=ratio)
         codes = quantize(w, scale, zero, fmt, group)
     act = None
-    if quantize_input and recipe.activation is not None:
-        a = recipe.activation
+    a = recipe.activation
+    if quantize_input and a is not None:
         if a.mode == "dynamic":
             act = DynamicActivationQuant(a.format, act_group)
         else:
-            lo, hi = (stats.lo, stats.hi) if a.per_timestep else (stats.lo.min().expand(buckets.count),
-                                                                   stats.hi.max().expand(buckets.count))
+            lo, hi = act_range if act_range is not None else stats.ranges(act_group, a.per_timestep)
             a_scale, a_zero = qparams_from_range(lo, hi, a.format)
             act = StaticActivationQuant(a.format, a_scale, a_zero, buckets.bucket_of_t, context)
     return QuantLinear(codes, scale, zero, fmt, group, linear.bias, act, rotation_block=block)
@@ -138,23 +168,41 @@ def rotation_block(recipe: Recipe, in_features: int) -> int:
     return block if block > 1 else 0
 
 
-def _collect(targets: dict[str, nn.Linear], recipe: Recipe, n_buckets: int, run, current_buckets) -> dict[str, LayerStats]:
-    stats = {name: LayerStats(torch.full((n_buckets,), float("inf")), torch.full((n_buckets,), -float("inf")),
-                              HessianAccumulator(m.in_features) if recipe.weight.method == "gptq" else None)
-             for name, m in targets.items()}
-    # Statistics of the inputs as the quantized layer will see them: rotated when it rotates.
+def _observe(targets: dict[str, nn.Linear], observers: dict, recipe: Recipe, run, current_buckets) -> None:
+    """Runs ``run()`` with each target's input, as the quantized layer will see it (rotated when
+    it rotates), fed to ``observers[name].add(x, buckets)``."""
     blocks = {name: rotation_block(recipe, m.in_features) for name, m in targets.items()}
-    handles = [m.register_forward_hook(
-        lambda _m, inp, _out, s=stats[name], b=blocks[name]: s.add(rotate(inp[0], b) if b else inp[0],
-                                                                    current_buckets()))
-        for name, m in targets.items()]
+    handles = [targets[name].register_forward_hook(
+        lambda _m, inp, _out, o=observer, b=blocks[name]: o.add(rotate(inp[0], b) if b else inp[0],
+                                                                current_buckets()))
+        for name, observer in observers.items()]
     try:
         run()
     finally:
         for h in handles:
             h.remove()
+
+
+def _collect(targets: dict[str, nn.Linear], recipe: Recipe, n_buckets: int, run,
+             current_buckets) -> dict[str, LayerStats]:
+    stats = {name: LayerStats.empty(n_buckets, m.in_features, recipe.weight.method == "gptq")
+             for name, m in targets.items()}
+    try:
+        _observe(targets, stats, recipe, run, current_buckets)
+    finally:
         HessianAccumulator.forget()
     return stats
+
+
+def _clipped_ranges(prefix: str, targets: dict[str, nn.Linear], stats: dict[str, LayerStats], recipe: Recipe,
+                    run, current_buckets) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Static activation ranges clipped where that lowers the calibration data's quantization
+    error (static_clipping.py): a second pass over the data."""
+    a = recipe.activation
+    searches = {name: ClipSearch(*stats[name].ranges(recipe.groups_of(prefix + name)[1], a.per_timestep), a.format)
+                for name in targets}
+    _observe(targets, searches, recipe, run, current_buckets)
+    return {name: search.clipped() for name, search in searches.items()}
 
 
 @torch.no_grad()
@@ -179,13 +227,18 @@ def quantize_model(fp_transformer: nn.Module, recipe: Recipe, calib: Calibration
 
     def quantize_targets(prefix: str, targets: dict[str, nn.Module], run) -> None:
         stats = _collect(targets, recipe, buckets.count, run, current_buckets)
+        a = recipe.activation
+        clipped = {}
+        if a is not None and a.mode == "static" and a.clip_search:
+            static = {n: m for n, m in targets.items() if roles[prefix + n] in recipe.policy.activations}
+            clipped = _clipped_ranges(prefix, static, {n: stats[n] for n in static}, recipe, run, current_buckets)
         for name, linear in targets.items():
             full = prefix + name
             quantize_input = roles[full] in recipe.policy.activations
             _set_module(model, full, quantize_linear(linear, recipe, stats[name], quantize_input, buckets, context,
-                                                     full))
+                                                     full, clipped.get(name)))
             quantized_roles[full] = roles[full]
-            ranges[full] = (stats[name].lo.tolist(), stats[name].hi.tolist())
+            ranges[full] = tuple(r.tolist() for r in stats[name].ranges(PER_CHANNEL, per_timestep=True))
 
     blocks = model.transformer_blocks
     bar = Progress("calibrating blocks", len(blocks) + 1, enabled=progress)

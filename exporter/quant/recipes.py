@@ -79,10 +79,13 @@ class ActivationSpec:
     bits: int = 8
     symmetric: bool = True
     mode: Literal["static", "dynamic"] = "static"
-    # static: one per-tensor scale per timestep bucket (per_timestep) or for all timesteps;
-    # dynamic: group_size PER_CHANNEL (-1) means one scale per token.
+    # static: scales per timestep bucket (per_timestep) or one set for all timesteps, for the
+    # whole token (group_size PER_CHANNEL, -1) or per group of group_size channels; clip_search:
+    # ranges clipped where that lowers the calibration activations' error (static_clipping.py).
+    # dynamic: scales from each token (per group of group_size channels; -1: the whole token).
     per_timestep: bool = True
     group_size: int = PER_CHANNEL
+    clip_search: bool = False
     kind: Literal["int", "fp8", "fp4"] = "int"  # fp8: FP8 E4M3; fp4: FP4 E2M1 (symmetric)
 
     def __post_init__(self) -> None:
@@ -96,7 +99,9 @@ class ActivationSpec:
         if self.mode not in ("static", "dynamic"):
             raise UserError(f"unknown activation mode '{self.mode}'; valid: static, dynamic")
         if self.group_size < PER_CHANNEL:
-            raise UserError(f"activation group size must be -1 (per token) or positive, not {self.group_size}")
+            raise UserError(f"activation group size must be -1 (whole token) or positive, not {self.group_size}")
+        if self.clip_search and self.mode != "static":
+            raise UserError("activation clip search sets static ranges: it needs static activations")
 
     @property
     def format(self) -> QuantFormat:
@@ -172,10 +177,12 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
            "channels, Hadamard-rotated inputs (HQ-DiT)",
            WeightSpec(bits=4, group_size=32, method="gptq", clip_search=True, kind="fp4"),
            ActivationSpec(bits=4, mode="dynamic", group_size=32, kind="fp4"), hadamard=True),
-    Recipe("w4a4", "W4A4 (DilateQuant): INT4 g32 GPTQ weights with clip search after weight dilation, INT4 "
-           "static activations with one scale per timestep bucket, distilled block by block against the FP model",
+    Recipe("w4a4", "W4A4 (DilateQuant): INT4 g32 GPTQ weights with clip search after weight dilation, "
+           "asymmetric INT4 static activations with clipped scales per timestep bucket and 32 channels, "
+           "distilled block by block against the FP model",
            WeightSpec(bits=4, group_size=32, method="gptq", clip_search=True),
-           ActivationSpec(bits=4, mode="static", per_timestep=True), dilation=True, kd_iterations=100),
+           ActivationSpec(bits=4, symmetric=False, mode="static", per_timestep=True, group_size=32,
+                          clip_search=True), dilation=True, kd_iterations=100),
     Recipe("vq2", "VQ4DiT 2-bit: per-layer codebooks of 256 codewords x 4 weights, calibrated block by block "
            "against the FP model without data; activations FP",
            WeightSpec(bits=2, kind="vq", method="vq4dit", vq_codewords=256, vq_dim=4), None),

@@ -24,7 +24,7 @@ DOMAIN = "dit_export"  # ONNX domain of the plugin nodes and of their reference 
 VERSION = "1"
 
 ACT_MODES = ("none", "static", "dynamic")
-ACT_FORMATS = ("none", "int8", "fp8e4m3", "fp4e2m1", "int4")
+ACT_FORMATS = ("none", "int8", "fp8e4m3", "fp4e2m1", "int4", "uint4")
 FP4_WEIGHT_FORMATS = ("e2m1", "e3m0", "e1m2")
 NONZERO = "nonzero"
 
@@ -98,6 +98,12 @@ class PluginContract:
                 raise ValueError(f"{self.name}: {problem}")
         if (fields["act_mode"] == "none") != (fields["act_format"] == "none"):
             raise ValueError(f"{self.name}: act_mode and act_format must both be 'none' or neither")
+        if fields["act_format"] == "uint4" and fields["act_mode"] != "static":
+            raise ValueError(f"{self.name}: uint4 (asymmetric) activations need static zero points")
+        group = fields["act_group_size"]
+        if group and fields["in_features"] % group:
+            raise ValueError(f"{self.name}: act_group_size {group} does not divide in_features "
+                             f"{fields['in_features']}")
 
 
 _SHAPE_FIELDS = (
@@ -105,12 +111,12 @@ _SHAPE_FIELDS = (
     Field("out_features", "N, output channels", minimum=1),
 )
 _ACTIVATION_FIELDS = (
-    Field("act_mode", "none: x as it is; static: one scale per timestep bucket, from act_scale_table at "
-          "timestep_bucket[b] for every element of sample b; dynamic: scale = max|x| / qmax per token, or "
-          "per act_group_size channels of each token", ACT_MODES),
-    Field("act_format", "number format of the quantized activations (int8 / int4 symmetric, FP8 E4M3, FP4 E2M1)",
-          ACT_FORMATS),
-    Field("act_group_size", "dynamic: channels per scale within a token (0: the whole token)"),
+    Field("act_mode", "none: x as it is; static: the scales of sample b are row timestep_bucket[b] of "
+          "act_scale_table; dynamic: scale = max|x| / qmax per token, or per act_group_size channels of each "
+          "token", ACT_MODES),
+    Field("act_format", "number format of the quantized activations (int8 / int4 symmetric, FP8 E4M3, FP4 E2M1; "
+          "uint4: asymmetric static, code = clamp(round(x / s) + z, 0, 15), value (code - z) s)", ACT_FORMATS),
+    Field("act_group_size", "channels per activation scale within a token (0: the whole token)"),
     Field("rotation_block", "Hadamard block of the input rotation x H before quantization (0: none)"),
     Field("has_bias", "1 when the bias input is present"),
 )
@@ -119,8 +125,11 @@ _X = Port("x", "T", "[..., K]", "activations, float32 or float16")
 _ACTIVATION_INPUTS = (
     Port("hadamard", "FLOAT", "[rotation_block, rotation_block]", "the orthonormal Hadamard block",
          ("rotation_block", NONZERO)),
-    Port("act_scale_table", "FLOAT", "[buckets]", "activation scale of each timestep bucket",
+    Port("act_scale_table", "FLOAT", "[buckets] or [buckets, K / act_group_size]",
+         "activation scales of each timestep bucket (per channel group when act_group_size is set)",
          ("act_mode", ("static",))),
+    Port("act_zero_table", "INT8", "the shape of act_scale_table", "zero points (0 to 15) of each timestep "
+         "bucket and channel group", ("act_format", ("uint4",))),
     Port("timestep_bucket", "INT64", "[B]", "bucket of each sample's timestep (its row in act_scale_table)",
          ("act_mode", ("static",))),
     Port("bias", "FLOAT", "[N]", "bias", ("has_bias", NONZERO)),

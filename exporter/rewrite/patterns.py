@@ -8,6 +8,8 @@ codes of a quantized type (INT4, INT8, UINT4, UINT8, FLOAT4E2M1, FLOAT8). Its pa
                  Transpose([Slice](Reshape(Gather(Cast(FLOAT16 codebook), unpack(UINT8 stream)))))
                                                                                      -> VQ
     activation   Reshape(DQ(Q(Reshape(x), Gather(table, bucket))), Shape(x))        -> static
+                 the same with the Gathers expanded over tokens, blocked Q/DQ        -> static, groups
+                 and a zero point Gather(UINT8 table, bucket) [Cast to UINT4]        -> static uint4
                  DQ(Q(x, scale(x)))                                                  -> dynamic
                  x                                                                   -> none
     rotation     Reshape(MatMul(Reshape(x0, [-1, b]), H [b, b]), Shape(x0)) before the activation
@@ -33,7 +35,7 @@ from exporter.rewrite.contract import FP4_GEMM, INT_GEMM, VQ_GEMM, PluginContrac
 QUANTIZED_TYPES = {TensorProto.INT4, TensorProto.UINT4, TensorProto.INT8, TensorProto.UINT8, TensorProto.FLOAT4E2M1,
                    TensorProto.FLOAT8E4M3FN, TensorProto.FLOAT8E5M2}
 ACT_FORMAT_OF_TYPE = {TensorProto.INT8: "int8", TensorProto.FLOAT8E4M3FN: "fp8e4m3", TensorProto.FLOAT4E2M1: "fp4e2m1",
-                      TensorProto.INT4: "int4"}
+                      TensorProto.INT4: "int4", TensorProto.UINT4: "uint4"}
 
 
 class NotReplaced(Exception):
@@ -201,8 +203,6 @@ def match_weight(weight: gs.Tensor, inits: Initializers) -> tuple[PluginContract
 
 
 def _act_format(q: gs.Node) -> str:
-    if len(q.inputs) > 2 and q.inputs[2] is not None:
-        raise NotReplaced("activations with zero points: the plugins quantize activations symmetrically")
     dtype = q.attrs.get("output_dtype", 0)
     if dtype not in ACT_FORMAT_OF_TYPE:
         raise NotReplaced(f"activations quantized to ONNX type {dtype}, which no plugin takes")
@@ -217,18 +217,55 @@ def match_activation(a: gs.Tensor, k: int) -> tuple[gs.Tensor, dict, list[gs.Ten
     if q is None:
         return a, {"act_mode": "none", "act_format": "none", "act_group_size": 0}, []
     fmt = _act_format(q)
+    zero = q.inputs[2] if len(q.inputs) > 2 else None
     if outer is not None:
-        flat = _op(q.inputs[0], "Reshape")
-        scale = _op(q.inputs[1], "Gather")
-        if flat is None or scale is None or _const(scale.inputs[0]) is None or q.attrs.get("axis") != 0:
-            raise NotReplaced("per-sample activation scales that are not a constant table row per timestep bucket")
-        return flat.inputs[0], {"act_mode": "static", "act_format": fmt, "act_group_size": 0}, list(scale.inputs)
+        return _static_activation(q, fmt, zero, k)
+    if zero is not None:
+        raise NotReplaced("dynamic activations with zero points: the plugins take them symmetric")
     if isinstance(q.inputs[1], gs.Constant):
         raise NotReplaced("activations with one constant scale: the plugins take per-timestep or dynamic scales")
     group = q.attrs.get("block_size", 0)
     if q.attrs.get("axis", 1) not in (-1,) or not group or k % group:
         raise NotReplaced("dynamic activation scales that are not blocked along the channels")
     return q.inputs[0], {"act_mode": "dynamic", "act_format": fmt, "act_group_size": 0 if group == k else group}, []
+
+
+def _table_row(t: gs.Tensor, grouped: bool) -> gs.Node | None:
+    """The Gather(constant table, bucket) a static scale or zero point is read from."""
+    if (cast := _op(t, "Cast")) is not None:
+        t = cast.inputs[0]
+    if grouped:
+        expand = _op(t, "Expand")
+        unsqueeze = _op(expand.inputs[0], "Unsqueeze") if expand is not None else None
+        if unsqueeze is None:
+            return None
+        t = unsqueeze.inputs[0]
+    gather = _op(t, "Gather")
+    return gather if gather is not None and _const(gather.inputs[0]) is not None else None
+
+
+def _static_activation(q: gs.Node, fmt: str, zero: gs.Tensor | None, k: int) -> tuple[gs.Tensor, dict, list]:
+    """Per-sample scales: whole tokens (axis 0 of x flattened per sample) or channel groups
+    (blocked along the channels); inputs [scale table, (zero table,) bucket]."""
+    flat = _op(q.inputs[0], "Reshape")
+    block = q.attrs.get("block_size", 0)
+    grouped = bool(block) and q.attrs.get("axis") == -1
+    scale = _table_row(q.inputs[1], grouped)
+    if flat is None or scale is None or not (grouped or q.attrs.get("axis") == 0) or (grouped and k % block):
+        raise NotReplaced("per-sample activation scales that are not a constant table row per timestep bucket")
+    group = block if grouped and block != k else 0
+    if group and fmt == "fp4e2m1":
+        raise NotReplaced("static FP4 activations per channel group: the plugins take them per token")
+    inputs = [scale.inputs[0]]
+    if zero is not None:
+        row = _table_row(zero, grouped)
+        if fmt != "uint4" or row is None or row.inputs[1] is not scale.inputs[1]:
+            raise NotReplaced(f"static {fmt} activations with zero points: the plugins take zero points for "
+                              "4-bit activations, from a table row per timestep bucket")
+        table = row.inputs[0]
+        inputs.append(_new_const(table, "int8", _const(table).astype(np.int8)))
+    fields = {"act_mode": "static", "act_format": fmt, "act_group_size": group}
+    return flat.inputs[0], fields, inputs + [scale.inputs[1]]
 
 
 def match_rotation(x: gs.Tensor) -> tuple[gs.Tensor, int, list[gs.Tensor]]:
@@ -262,7 +299,9 @@ def match_gemm(matmul: gs.Node, inits: Initializers) -> GemmMatch:
     except ValueError as e:
         raise NotReplaced(str(e)) from None
     by_port = {"x": x, "hadamard": (rotation_inputs or [None])[0], "bias": (bias or [None])[0],
-               "act_scale_table": (act_inputs or [None, None])[0], "timestep_bucket": (act_inputs or [None, None])[1]}
+               "act_scale_table": act_inputs[0] if act_inputs else None,
+               "act_zero_table": act_inputs[1] if len(act_inputs) == 3 else None,
+               "timestep_bucket": act_inputs[-1] if act_inputs else None}
     ports = [p.name for p in contract.present_inputs(fields)]
     weights = iter(weight_inputs)
     inputs = [by_port[p] if p in by_port else next(weights) for p in ports]

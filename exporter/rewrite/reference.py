@@ -73,7 +73,9 @@ def _activation(b: Builder, x: str, f: dict) -> str:
             scale = b.node("Unsqueeze", [b.node("Gather", ["act_scale_table", "timestep_bucket"]),
                                          b.const(int64_tensor(b.name("per_row"), [1]))])
             return b.node("Reshape", [fake_quantize(b, flat, scale, fmt), b.node("Shape", [x])])
-        return static_activation(b, x, "act_scale_table", None, fmt, "timestep_bucket")
+        k, group = f["in_features"], f["act_group_size"]
+        zero = "act_zero_table" if f["act_format"] == "uint4" else None
+        return static_activation(b, x, "act_scale_table", zero, fmt, "timestep_bucket", k // group if group else 1, k)
     k = f["in_features"]
     group = f["act_group_size"] or k
     scale = dynamic_scale(b, x, fmt, group, k)

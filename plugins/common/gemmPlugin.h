@@ -240,6 +240,9 @@ public:
             if (mInputs.act_scale_table >= 0)
             {
                 io.act_scale_table = static_cast<float const*>(inputs[mInputs.act_scale_table]);
+                io.act_zero_table = mInputs.act_zero_table >= 0
+                    ? static_cast<int8_t const*>(inputs[mInputs.act_zero_table])
+                    : nullptr;
                 io.timestep_bucket = static_cast<int64_t const*>(inputs[mInputs.timestep_bucket]);
                 int64_t const samples = inputDesc[mInputs.timestep_bucket].dims.d[0];
                 io.rows_per_sample = samples > 0 ? io.m / samples : 1;
@@ -409,13 +412,34 @@ std::string checkCommonShapes(Fields const& f, Inputs const& in, nvinfer1::Dims 
     {
         return "hadamard must be [rotation_block, rotation_block] with rotation_block dividing in_features";
     }
-    if (in.act_scale_table >= 0 && (dims[in.act_scale_table].nbDims != 1 || dims[in.timestep_bucket].nbDims != 1))
-    {
-        return "act_scale_table and timestep_bucket must be 1-D";
-    }
     if (f.act_group_size > 0 && f.in_features % f.act_group_size)
     {
         return "act_group_size must divide in_features";
+    }
+    if (in.act_scale_table >= 0)
+    {
+        nvinfer1::Dims const& table = dims[in.act_scale_table];
+        int32_t const groups = f.act_group_size > 0 ? f.in_features / f.act_group_size : 1;
+        bool const perGroup = f.act_group_size > 0 && f.act_group_size < f.in_features;
+        if (dims[in.timestep_bucket].nbDims != 1 || table.nbDims != (perGroup ? 2 : 1)
+            || (perGroup && table.d[1] != groups))
+        {
+            return "act_scale_table must be [buckets" + (perGroup ? ", " + std::to_string(groups) : std::string())
+                + "] and timestep_bucket 1-D";
+        }
+        if (in.act_zero_table >= 0)
+        {
+            nvinfer1::Dims const& zeros = dims[in.act_zero_table];
+            bool same = zeros.nbDims == table.nbDims;
+            for (int32_t i = 0; same && i < table.nbDims; ++i)
+            {
+                same = zeros.d[i] == table.d[i];
+            }
+            if (!same)
+            {
+                return "act_zero_table must have the shape of act_scale_table";
+            }
+        }
     }
     return "";
 }

@@ -1,5 +1,5 @@
-// Hadamard rotation and activation quantization (static per-timestep table or dynamic per row /
-// group), writing the 8-bit codes and float32 scales the GEMMs read.
+// Hadamard rotation and activation quantization (static per-timestep tables or dynamic, per row or
+// group of a row), writing the 8-bit codes and float32 scales the GEMMs read.
 #include "kernelCommon.cuh"
 
 namespace dit_export
@@ -39,8 +39,14 @@ __device__ __forceinline__ float qmaxOf(int32_t format)
     }
 }
 
-__device__ __forceinline__ uint8_t encode(float y, int32_t format)
+// y = x / scale; UINT4 codes carry their zero point z and are stored as code - z, so that every
+// integer format reaches the GEMMs as signed values times the scale.
+__device__ __forceinline__ uint8_t encode(float y, int32_t format, float zero)
 {
+    if (format == DIT_ACT_FORMAT_UINT4)
+    {
+        return static_cast<uint8_t>(static_cast<int8_t>(roundToUint4(y, zero) - zero));
+    }
     if (format == DIT_ACT_FORMAT_INT8)
     {
         return static_cast<uint8_t>(roundToInt8(y));
@@ -61,7 +67,8 @@ constexpr int32_t kQuantThreads = 256;
 // One block per row; groups of the row one after another.
 template <typename T>
 __global__ void quantizeKernel(T const* x, int64_t m, int32_t k, int32_t group, int32_t mode, int32_t format,
-    float const* table, int64_t const* bucket, int64_t rowsPerSample, uint8_t* codes, float* scales)
+    float const* table, int8_t const* zeros, int64_t const* bucket, int64_t rowsPerSample, uint8_t* codes,
+    float* scales)
 {
     __shared__ float partial[kQuantThreads / 32];
     int64_t const row = blockIdx.x;
@@ -70,9 +77,12 @@ __global__ void quantizeKernel(T const* x, int64_t m, int32_t k, int32_t group, 
     for (int32_t g = 0; g < groups; ++g)
     {
         float scale;
+        float zero = 0.0f;
         if (mode == DIT_ACT_STATIC)
         {
-            scale = table[bucket[row / rowsPerSample]];
+            int64_t const entry = bucket[row / rowsPerSample] * groups + g;
+            scale = table[entry];
+            zero = zeros != nullptr ? static_cast<float>(zeros[entry]) : 0.0f;
         }
         else
         {
@@ -100,7 +110,7 @@ __global__ void quantizeKernel(T const* x, int64_t m, int32_t k, int32_t group, 
         }
         for (int32_t c = threadIdx.x; c < group; c += blockDim.x)
         {
-            codes[row * k + g * group + c] = encode(toFloat(in[g * group + c]) / scale, format);
+            codes[row * k + g * group + c] = encode(toFloat(in[g * group + c]) / scale, format, zero);
         }
         if (threadIdx.x == 0)
         {
@@ -137,14 +147,14 @@ int32_t launchQuantization(DitGemmIO const& io, ActivationSource source, uint8_t
     if (source.isFloat32)
     {
         quantizeKernel<<<blocks, kQuantThreads, 0, stream>>>(static_cast<float const*>(source.data), io.m, io.k,
-            group, io.act_mode, io.act_format, io.act_scale_table, io.timestep_bucket, io.rows_per_sample, codes,
-            scales);
+            group, io.act_mode, io.act_format, io.act_scale_table, io.act_zero_table, io.timestep_bucket,
+            io.rows_per_sample, codes, scales);
     }
     else
     {
         quantizeKernel<<<blocks, kQuantThreads, 0, stream>>>(static_cast<__half const*>(source.data), io.m, io.k,
-            group, io.act_mode, io.act_format, io.act_scale_table, io.timestep_bucket, io.rows_per_sample, codes,
-            scales);
+            group, io.act_mode, io.act_format, io.act_scale_table, io.act_zero_table, io.timestep_bucket,
+            io.rows_per_sample, codes, scales);
     }
     return cudaGetLastError() == cudaSuccess ? 0 : 1;
 }

@@ -66,7 +66,7 @@ std::string checkIO(DitGemmIO const& io)
         return "unknown act_mode";
     }
     if ((io.act_mode == DIT_ACT_NONE) != (io.act_format == DIT_ACT_FORMAT_NONE)
-        || io.act_format < DIT_ACT_FORMAT_NONE || io.act_format > DIT_ACT_FORMAT_INT4)
+        || io.act_format < DIT_ACT_FORMAT_NONE || io.act_format > DIT_ACT_FORMAT_UINT4)
     {
         return "act_format must be none exactly when act_mode is none";
     }
@@ -75,7 +75,11 @@ std::string checkIO(DitGemmIO const& io)
     {
         return "static activations need the scale table, the timestep buckets and rows_per_sample";
     }
-    if (io.act_mode == DIT_ACT_DYNAMIC && (io.act_group_size < 0 || io.k % activationGroup(io)))
+    if (io.act_format == DIT_ACT_FORMAT_UINT4 && (io.act_mode != DIT_ACT_STATIC || io.act_zero_table == nullptr))
+    {
+        return "UINT4 activations are static and need the zero-point table";
+    }
+    if (io.act_mode != DIT_ACT_NONE && (io.act_group_size < 0 || io.k % activationGroup(io)))
     {
         return "the activation group size must divide K";
     }
@@ -221,7 +225,8 @@ extern "C" int32_t ditScalarGemm(DitGemmIO const* io, DitScalarWeights const* w,
     bool const fp4Weights = w->format >= DIT_WEIGHT_FP4E2M1 || w->format == DIT_WEIGHT_INT4;
     bool const fp8Acts = io->act_format == DIT_ACT_FORMAT_FP8E4M3 || io->act_format == DIT_ACT_FORMAT_FP4E2M1;
     int32_t status = 0;
-    bool const intActs = io->act_format == DIT_ACT_FORMAT_INT8 || io->act_format == DIT_ACT_FORMAT_INT4;
+    bool const intActs = io->act_format == DIT_ACT_FORMAT_INT8 || io->act_format == DIT_ACT_FORMAT_INT4
+        || io->act_format == DIT_ACT_FORMAT_UINT4;
     if (eightBitShapes && intActs)
     {
         status = launchMma8(*io, weights, ws.codes, ws.scales, false, stream);

@@ -6,8 +6,9 @@
 //   rot    x H along K, H block-diagonal with the rotation_block x rotation_block float32 block
 //          `hadamard` (rotation_block 0: none)
 //   act    the activation quantizer of the contract: quantize then dequantize, with one scale per
-//          row (static: scale_table[timestep_bucket[row / rows_per_sample]]; dynamic: max |x| /
-//          qmax per row, or per group_size channels of a row)
+//          row, or per act_group_size channels of a row (static: row timestep_bucket[row /
+//          rows_per_sample] of the scale table, and of the zero-point table for UINT4; dynamic:
+//          max |x| / qmax)
 //   W^T    [K, N] decoded from the weights below.
 // Scalar-code weights (DitIntGemm, DitFp4Gemm):
 //   codes  int8 [K, N / 2] (4-bit: two per byte, element 2i in the low nibble) or [K, N] (INT8)
@@ -50,7 +51,8 @@ typedef enum
     DIT_ACT_FORMAT_INT8 = 1,
     DIT_ACT_FORMAT_FP8E4M3 = 2,
     DIT_ACT_FORMAT_FP4E2M1 = 3,
-    DIT_ACT_FORMAT_INT4 = 4  // codes in [-8, 7], one per byte
+    DIT_ACT_FORMAT_INT4 = 4,  // codes in [-8, 7], one per byte
+    DIT_ACT_FORMAT_UINT4 = 5  // static only: clamp(round(x / s) + z, 0, 15) - z, in [-15, 15], one per byte
 } DitActFormat;
 
 typedef enum
@@ -75,8 +77,9 @@ typedef struct
     int32_t rotation_block;
     int32_t act_mode;    // DitActMode
     int32_t act_format;  // DitActFormat
-    int32_t act_group_size;  // dynamic: channels per scale, 0 for the whole row
-    float const* act_scale_table;  // static: [buckets]
+    int32_t act_group_size;  // channels per scale, 0 for the whole row
+    float const* act_scale_table;  // static: [buckets] or [buckets, K / act_group_size]
+    int8_t const* act_zero_table;  // static UINT4: zero points, the shape of act_scale_table; else NULL
     int64_t const* timestep_bucket;  // static: [M / rows_per_sample]
     int64_t rows_per_sample;
     void* workspace;  // ditGemmWorkspaceSize bytes, 256-byte aligned
@@ -103,8 +106,8 @@ size_t ditGemmWorkspaceSize(DitGemmIO const* io);
 int32_t ditScalarGemm(DitGemmIO const* io, DitScalarWeights const* weights, cudaStream_t stream);
 int32_t ditVqGemm(DitGemmIO const* io, DitVqWeights const* weights, cudaStream_t stream);
 
-// Quantizes (rot(x) of) io's activations as the GEMMs do: 8-bit codes [M, K] (INT8 or INT4 as
-// int8, or FP8 E4M3 bytes; FP4 E2M1 values as their exact E4M3 bytes) and float32 scales [M, groups].
+// Quantizes (rot(x) of) io's activations as the GEMMs do: 8-bit codes [M, K] (INT8, INT4 or
+// UINT4 minus its zero point as int8, or FP8 E4M3 bytes; FP4 E2M1 values as their exact E4M3 bytes) and float32 scales [M, groups].
 int32_t ditQuantizeActivations(DitGemmIO const* io, uint8_t* codes, float* scales, cudaStream_t stream);
 
 // 0 when the current device is supported, else non-zero with ditLastError() saying why.

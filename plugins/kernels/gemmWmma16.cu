@@ -53,7 +53,8 @@ __device__ __forceinline__ float activationAt(ActivationOperand const& a, int64_
         return a.isFloat32 ? static_cast<float const*>(a.values)[i] : __half2float(static_cast<__half const*>(a.values)[i]);
     }
     uint8_t const code = a.codes[i];
-    bool const integer = a.format == DIT_ACT_FORMAT_INT8 || a.format == DIT_ACT_FORMAT_INT4;
+    bool const integer
+        = a.format == DIT_ACT_FORMAT_INT8 || a.format == DIT_ACT_FORMAT_INT4 || a.format == DIT_ACT_FORMAT_UINT4;
     float const v = integer ? static_cast<float>(static_cast<int8_t>(code)) : e4m3Value(code);
     return v * a.scales[row * (k / a.group) + col / a.group];
 }

@@ -49,7 +49,7 @@ inline size_t alignUp(size_t bytes)
 // Channels per activation scale (the whole row when the contract says 0).
 inline int32_t activationGroup(DitGemmIO const& io)
 {
-    return io.act_mode == DIT_ACT_DYNAMIC && io.act_group_size > 0 ? io.act_group_size : io.k;
+    return io.act_mode != DIT_ACT_NONE && io.act_group_size > 0 ? io.act_group_size : io.k;
 }
 
 // Workspace: [rotated x, float32 M x K] [activation codes, M x K bytes] [scales, float32 M x groups]

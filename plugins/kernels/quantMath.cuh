@@ -128,6 +128,14 @@ DIT_HD int8_t roundToInt4(float y)
     return static_cast<int8_t>(r < -8.0f ? -8.0f : (r > 7.0f ? 7.0f : r));
 }
 
+// Asymmetric UINT4 code of y = x / scale with zero point z, as ONNX's QuantizeLinear computes it:
+// round(y) (ties to even) + z, saturating at 0, 15.
+DIT_HD float roundToUint4(float y, float zero)
+{
+    float const q = rintf(y) + zero;
+    return q < 0.0f ? 0.0f : (q > 15.0f ? 15.0f : q);
+}
+
 DIT_HD uint8_t roundToE4m3(float y)
 {
     return static_cast<uint8_t>(__nv_cvt_float_to_fp8(y, __NV_SATFINITE, __NV_E4M3));

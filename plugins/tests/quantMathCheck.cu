@@ -5,6 +5,7 @@
 //   e2m1 N x...                magnitude index of each |x|
 //   int8 N x...                symmetric INT8 rounding
 //   e4m3 N x...                E4M3 byte of each x, then its value
+//   uint4 Z N x...             asymmetric UINT4 code of each x with zero point Z, minus Z
 //   int4 N byte...             the 2N signed 4-bit codes
 //   stream BITS COUNT N byte... COUNT indices of a BITS-bit little-endian stream
 #include "quantMath.cuh"
@@ -52,6 +53,18 @@ int main()
                     uint8_t const byte = roundToE4m3(x);
                     std::printf("%d:%.9g ", byte, e4m3Value(byte));
                 }
+            }
+        }
+        else if (command == "uint4")
+        {
+            int zero = 0;
+            int n = 0;
+            std::cin >> zero >> n;
+            for (int i = 0; i < n; ++i)
+            {
+                float x = 0.0f;
+                std::cin >> x;
+                std::printf("%g ", roundToUint4(x, static_cast<float>(zero)) - static_cast<float>(zero));
             }
         }
         else if (command == "int4" || command == "stream")

@@ -51,7 +51,7 @@ inline char const* toString(ActMode value)
     return "";
 }
 
-enum class ActFormat : int32_t { kNone = 0, kInt8 = 1, kFp8e4m3 = 2, kFp4e2m1 = 3, kInt4 = 4 };
+enum class ActFormat : int32_t { kNone = 0, kInt8 = 1, kFp8e4m3 = 2, kFp4e2m1 = 3, kInt4 = 4, kUint4 = 5 };
 
 inline bool parseActFormat(std::string_view text, ActFormat& out)
 {
@@ -60,6 +60,7 @@ inline bool parseActFormat(std::string_view text, ActFormat& out)
     if (text == "fp8e4m3") { out = ActFormat::kFp8e4m3; return true; }
     if (text == "fp4e2m1") { out = ActFormat::kFp4e2m1; return true; }
     if (text == "int4") { out = ActFormat::kInt4; return true; }
+    if (text == "uint4") { out = ActFormat::kUint4; return true; }
     return false;
 }
 
@@ -72,6 +73,7 @@ inline char const* toString(ActFormat value)
     case ActFormat::kFp8e4m3: return "fp8e4m3";
     case ActFormat::kFp4e2m1: return "fp4e2m1";
     case ActFormat::kInt4: return "int4";
+    case ActFormat::kUint4: return "uint4";
     }
     return "";
 }
@@ -109,9 +111,9 @@ struct DitIntGemmInfo
     static constexpr int32_t kNbFields = 9;
     static constexpr char const* kFieldNames[kNbFields] = {"in_features", "out_features", "weight_bits", "group_size", "act_mode", "act_format", "act_group_size", "rotation_block", "has_bias"};
     static constexpr FieldType kFieldTypes[kNbFields] = {FieldType::kInt32, FieldType::kInt32, FieldType::kInt32, FieldType::kInt32, FieldType::kChar, FieldType::kChar, FieldType::kInt32, FieldType::kInt32, FieldType::kInt32};
-    static constexpr int32_t kMaxInputs = 7;
-    static constexpr char const* kInputNames[kMaxInputs] = {"x", "weight", "weight_scale", "hadamard", "act_scale_table", "timestep_bucket", "bias"};
-    static constexpr PortType kInputTypes[kMaxInputs] = {PortType::kActivation, PortType::kInt8, PortType::kFloat32, PortType::kFloat32, PortType::kFloat32, PortType::kInt64, PortType::kFloat32};
+    static constexpr int32_t kMaxInputs = 8;
+    static constexpr char const* kInputNames[kMaxInputs] = {"x", "weight", "weight_scale", "hadamard", "act_scale_table", "act_zero_table", "timestep_bucket", "bias"};
+    static constexpr PortType kInputTypes[kMaxInputs] = {PortType::kActivation, PortType::kInt8, PortType::kFloat32, PortType::kFloat32, PortType::kFloat32, PortType::kInt8, PortType::kInt64, PortType::kFloat32};
     static constexpr int32_t kNbOutputs = 1;
 };
 
@@ -125,13 +127,14 @@ struct DitIntGemmFields
     int32_t weight_bits{};
     // input channels per weight scale (K: one scale per output channel)
     int32_t group_size{};
-    // none: x as it is; static: one scale per timestep bucket, from act_scale_table at
-    // timestep_bucket[b] for every element of sample b; dynamic: scale = max|x| / qmax per token,
-    // or per act_group_size channels of each token
+    // none: x as it is; static: the scales of sample b are row timestep_bucket[b] of
+    // act_scale_table; dynamic: scale = max|x| / qmax per token, or per act_group_size channels of
+    // each token
     ActMode act_mode{};
-    // number format of the quantized activations (int8 / int4 symmetric, FP8 E4M3, FP4 E2M1)
+    // number format of the quantized activations (int8 / int4 symmetric, FP8 E4M3, FP4 E2M1;
+    // uint4: asymmetric static, code = clamp(round(x / s) + z, 0, 15), value (code - z) s)
     ActFormat act_format{};
-    // dynamic: channels per scale within a token (0: the whole token)
+    // channels per activation scale within a token (0: the whole token)
     int32_t act_group_size{};
     // Hadamard block of the input rotation x H before quantization (0: none)
     int32_t rotation_block{};
@@ -197,7 +200,7 @@ inline std::string parseDitIntGemmFields(FieldView const* entries, int32_t count
         if (name == "act_format")
         {
             if (e.type != FieldType::kChar || !parseActFormat(e.text(), out.act_format))
-                return "DitIntGemm: field act_format must be one of none, int8, fp8e4m3, fp4e2m1, int4";
+                return "DitIntGemm: field act_format must be one of none, int8, fp8e4m3, fp4e2m1, int4, uint4";
             seen[5] = true;
             continue;
         }
@@ -238,6 +241,10 @@ inline std::string parseDitIntGemmFields(FieldView const* entries, int32_t count
             return std::string("DitIntGemm: missing field ") + DitIntGemmInfo::kFieldNames[i];
     if ((out.act_mode == ActMode::kNone) != (out.act_format == ActFormat::kNone))
         return "DitIntGemm: act_mode and act_format must both be none or neither";
+    if (out.act_format == ActFormat::kUint4 && out.act_mode != ActMode::kStatic)
+        return "DitIntGemm: uint4 (asymmetric) activations need static zero points";
+    if (out.act_group_size != 0 && out.in_features % out.act_group_size != 0)
+        return "DitIntGemm: act_group_size does not divide in_features";
     return "";
 }
 
@@ -254,8 +261,12 @@ struct DitIntGemmInputs
     int32_t weight_scale{-1};
     // FLOAT [rotation_block, rotation_block]: the orthonormal Hadamard block
     int32_t hadamard{-1};
-    // FLOAT [buckets]: activation scale of each timestep bucket
+    // FLOAT [buckets] or [buckets, K / act_group_size]: activation scales of each timestep bucket
+    // (per channel group when act_group_size is set)
     int32_t act_scale_table{-1};
+    // INT8 the shape of act_scale_table: zero points (0 to 15) of each timestep bucket and channel
+    // group
+    int32_t act_zero_table{-1};
     // INT64 [B]: bucket of each sample's timestep (its row in act_scale_table)
     int32_t timestep_bucket{-1};
     // FLOAT [N]: bias
@@ -283,14 +294,19 @@ inline DitIntGemmInputs ditIntGemmInputs(DitIntGemmFields const& f)
         in.port[in.count] = 4;
         in.act_scale_table = in.count++;
     }
-    if (f.act_mode == ActMode::kStatic)
+    if (f.act_format == ActFormat::kUint4)
     {
         in.port[in.count] = 5;
+        in.act_zero_table = in.count++;
+    }
+    if (f.act_mode == ActMode::kStatic)
+    {
+        in.port[in.count] = 6;
         in.timestep_bucket = in.count++;
     }
     if (f.has_bias != 0)
     {
-        in.port[in.count] = 6;
+        in.port[in.count] = 7;
         in.bias = in.count++;
     }
     return in;
@@ -322,9 +338,9 @@ struct DitFp4GemmInfo
     static constexpr int32_t kNbFields = 9;
     static constexpr char const* kFieldNames[kNbFields] = {"in_features", "out_features", "weight_format", "group_size", "act_mode", "act_format", "act_group_size", "rotation_block", "has_bias"};
     static constexpr FieldType kFieldTypes[kNbFields] = {FieldType::kInt32, FieldType::kInt32, FieldType::kChar, FieldType::kInt32, FieldType::kChar, FieldType::kChar, FieldType::kInt32, FieldType::kInt32, FieldType::kInt32};
-    static constexpr int32_t kMaxInputs = 7;
-    static constexpr char const* kInputNames[kMaxInputs] = {"x", "weight", "weight_scale", "hadamard", "act_scale_table", "timestep_bucket", "bias"};
-    static constexpr PortType kInputTypes[kMaxInputs] = {PortType::kActivation, PortType::kInt8, PortType::kFloat32, PortType::kFloat32, PortType::kFloat32, PortType::kInt64, PortType::kFloat32};
+    static constexpr int32_t kMaxInputs = 8;
+    static constexpr char const* kInputNames[kMaxInputs] = {"x", "weight", "weight_scale", "hadamard", "act_scale_table", "act_zero_table", "timestep_bucket", "bias"};
+    static constexpr PortType kInputTypes[kMaxInputs] = {PortType::kActivation, PortType::kInt8, PortType::kFloat32, PortType::kFloat32, PortType::kFloat32, PortType::kInt8, PortType::kInt64, PortType::kFloat32};
     static constexpr int32_t kNbOutputs = 1;
 };
 
@@ -338,13 +354,14 @@ struct DitFp4GemmFields
     WeightFormat weight_format{};
     // input channels per weight scale (K: one scale per output channel)
     int32_t group_size{};
-    // none: x as it is; static: one scale per timestep bucket, from act_scale_table at
-    // timestep_bucket[b] for every element of sample b; dynamic: scale = max|x| / qmax per token,
-    // or per act_group_size channels of each token
+    // none: x as it is; static: the scales of sample b are row timestep_bucket[b] of
+    // act_scale_table; dynamic: scale = max|x| / qmax per token, or per act_group_size channels of
+    // each token
     ActMode act_mode{};
-    // number format of the quantized activations (int8 / int4 symmetric, FP8 E4M3, FP4 E2M1)
+    // number format of the quantized activations (int8 / int4 symmetric, FP8 E4M3, FP4 E2M1;
+    // uint4: asymmetric static, code = clamp(round(x / s) + z, 0, 15), value (code - z) s)
     ActFormat act_format{};
-    // dynamic: channels per scale within a token (0: the whole token)
+    // channels per activation scale within a token (0: the whole token)
     int32_t act_group_size{};
     // Hadamard block of the input rotation x H before quantization (0: none)
     int32_t rotation_block{};
@@ -407,7 +424,7 @@ inline std::string parseDitFp4GemmFields(FieldView const* entries, int32_t count
         if (name == "act_format")
         {
             if (e.type != FieldType::kChar || !parseActFormat(e.text(), out.act_format))
-                return "DitFp4Gemm: field act_format must be one of none, int8, fp8e4m3, fp4e2m1, int4";
+                return "DitFp4Gemm: field act_format must be one of none, int8, fp8e4m3, fp4e2m1, int4, uint4";
             seen[5] = true;
             continue;
         }
@@ -448,6 +465,10 @@ inline std::string parseDitFp4GemmFields(FieldView const* entries, int32_t count
             return std::string("DitFp4Gemm: missing field ") + DitFp4GemmInfo::kFieldNames[i];
     if ((out.act_mode == ActMode::kNone) != (out.act_format == ActFormat::kNone))
         return "DitFp4Gemm: act_mode and act_format must both be none or neither";
+    if (out.act_format == ActFormat::kUint4 && out.act_mode != ActMode::kStatic)
+        return "DitFp4Gemm: uint4 (asymmetric) activations need static zero points";
+    if (out.act_group_size != 0 && out.in_features % out.act_group_size != 0)
+        return "DitFp4Gemm: act_group_size does not divide in_features";
     return "";
 }
 
@@ -465,8 +486,12 @@ struct DitFp4GemmInputs
     int32_t weight_scale{-1};
     // FLOAT [rotation_block, rotation_block]: the orthonormal Hadamard block
     int32_t hadamard{-1};
-    // FLOAT [buckets]: activation scale of each timestep bucket
+    // FLOAT [buckets] or [buckets, K / act_group_size]: activation scales of each timestep bucket
+    // (per channel group when act_group_size is set)
     int32_t act_scale_table{-1};
+    // INT8 the shape of act_scale_table: zero points (0 to 15) of each timestep bucket and channel
+    // group
+    int32_t act_zero_table{-1};
     // INT64 [B]: bucket of each sample's timestep (its row in act_scale_table)
     int32_t timestep_bucket{-1};
     // FLOAT [N]: bias
@@ -494,14 +519,19 @@ inline DitFp4GemmInputs ditFp4GemmInputs(DitFp4GemmFields const& f)
         in.port[in.count] = 4;
         in.act_scale_table = in.count++;
     }
-    if (f.act_mode == ActMode::kStatic)
+    if (f.act_format == ActFormat::kUint4)
     {
         in.port[in.count] = 5;
+        in.act_zero_table = in.count++;
+    }
+    if (f.act_mode == ActMode::kStatic)
+    {
+        in.port[in.count] = 6;
         in.timestep_bucket = in.count++;
     }
     if (f.has_bias != 0)
     {
-        in.port[in.count] = 6;
+        in.port[in.count] = 7;
         in.bias = in.count++;
     }
     return in;
@@ -535,9 +565,9 @@ struct DitVqGemmInfo
     static constexpr int32_t kNbFields = 10;
     static constexpr char const* kFieldNames[kNbFields] = {"in_features", "out_features", "codewords", "codeword_dim", "index_bits", "act_mode", "act_format", "act_group_size", "rotation_block", "has_bias"};
     static constexpr FieldType kFieldTypes[kNbFields] = {FieldType::kInt32, FieldType::kInt32, FieldType::kInt32, FieldType::kInt32, FieldType::kInt32, FieldType::kChar, FieldType::kChar, FieldType::kInt32, FieldType::kInt32, FieldType::kInt32};
-    static constexpr int32_t kMaxInputs = 7;
-    static constexpr char const* kInputNames[kMaxInputs] = {"x", "codebook", "assignments", "hadamard", "act_scale_table", "timestep_bucket", "bias"};
-    static constexpr PortType kInputTypes[kMaxInputs] = {PortType::kActivation, PortType::kFloat16, PortType::kInt8, PortType::kFloat32, PortType::kFloat32, PortType::kInt64, PortType::kFloat32};
+    static constexpr int32_t kMaxInputs = 8;
+    static constexpr char const* kInputNames[kMaxInputs] = {"x", "codebook", "assignments", "hadamard", "act_scale_table", "act_zero_table", "timestep_bucket", "bias"};
+    static constexpr PortType kInputTypes[kMaxInputs] = {PortType::kActivation, PortType::kFloat16, PortType::kInt8, PortType::kFloat32, PortType::kFloat32, PortType::kInt8, PortType::kInt64, PortType::kFloat32};
     static constexpr int32_t kNbOutputs = 1;
 };
 
@@ -553,13 +583,14 @@ struct DitVqGemmFields
     int32_t codeword_dim{};
     // bits per index
     int32_t index_bits{};
-    // none: x as it is; static: one scale per timestep bucket, from act_scale_table at
-    // timestep_bucket[b] for every element of sample b; dynamic: scale = max|x| / qmax per token,
-    // or per act_group_size channels of each token
+    // none: x as it is; static: the scales of sample b are row timestep_bucket[b] of
+    // act_scale_table; dynamic: scale = max|x| / qmax per token, or per act_group_size channels of
+    // each token
     ActMode act_mode{};
-    // number format of the quantized activations (int8 / int4 symmetric, FP8 E4M3, FP4 E2M1)
+    // number format of the quantized activations (int8 / int4 symmetric, FP8 E4M3, FP4 E2M1;
+    // uint4: asymmetric static, code = clamp(round(x / s) + z, 0, 15), value (code - z) s)
     ActFormat act_format{};
-    // dynamic: channels per scale within a token (0: the whole token)
+    // channels per activation scale within a token (0: the whole token)
     int32_t act_group_size{};
     // Hadamard block of the input rotation x H before quantization (0: none)
     int32_t rotation_block{};
@@ -635,7 +666,7 @@ inline std::string parseDitVqGemmFields(FieldView const* entries, int32_t count,
         if (name == "act_format")
         {
             if (e.type != FieldType::kChar || !parseActFormat(e.text(), out.act_format))
-                return "DitVqGemm: field act_format must be one of none, int8, fp8e4m3, fp4e2m1, int4";
+                return "DitVqGemm: field act_format must be one of none, int8, fp8e4m3, fp4e2m1, int4, uint4";
             seen[6] = true;
             continue;
         }
@@ -676,6 +707,10 @@ inline std::string parseDitVqGemmFields(FieldView const* entries, int32_t count,
             return std::string("DitVqGemm: missing field ") + DitVqGemmInfo::kFieldNames[i];
     if ((out.act_mode == ActMode::kNone) != (out.act_format == ActFormat::kNone))
         return "DitVqGemm: act_mode and act_format must both be none or neither";
+    if (out.act_format == ActFormat::kUint4 && out.act_mode != ActMode::kStatic)
+        return "DitVqGemm: uint4 (asymmetric) activations need static zero points";
+    if (out.act_group_size != 0 && out.in_features % out.act_group_size != 0)
+        return "DitVqGemm: act_group_size does not divide in_features";
     return "";
 }
 
@@ -692,8 +727,12 @@ struct DitVqGemmInputs
     int32_t assignments{-1};
     // FLOAT [rotation_block, rotation_block]: the orthonormal Hadamard block
     int32_t hadamard{-1};
-    // FLOAT [buckets]: activation scale of each timestep bucket
+    // FLOAT [buckets] or [buckets, K / act_group_size]: activation scales of each timestep bucket
+    // (per channel group when act_group_size is set)
     int32_t act_scale_table{-1};
+    // INT8 the shape of act_scale_table: zero points (0 to 15) of each timestep bucket and channel
+    // group
+    int32_t act_zero_table{-1};
     // INT64 [B]: bucket of each sample's timestep (its row in act_scale_table)
     int32_t timestep_bucket{-1};
     // FLOAT [N]: bias
@@ -721,14 +760,19 @@ inline DitVqGemmInputs ditVqGemmInputs(DitVqGemmFields const& f)
         in.port[in.count] = 4;
         in.act_scale_table = in.count++;
     }
-    if (f.act_mode == ActMode::kStatic)
+    if (f.act_format == ActFormat::kUint4)
     {
         in.port[in.count] = 5;
+        in.act_zero_table = in.count++;
+    }
+    if (f.act_mode == ActMode::kStatic)
+    {
+        in.port[in.count] = 6;
         in.timestep_bucket = in.count++;
     }
     if (f.has_bias != 0)
     {
-        in.port[in.count] = 6;
+        in.port[in.count] = 7;
         in.bias = in.count++;
     }
     return in;
