@@ -107,7 +107,7 @@ OPT_SEARCH_BUDGET = typer.Option(64.0, help="group-size search: mean group size 
 OPT_SEARCH_EPOCHS = typer.Option(10, help="group-size search: generations (its cost)")
 OPT_SEARCH_POP = typer.Option(20, help="group-size search: candidates per generation (its cost)")
 OPT_ACTS = typer.Option(None, help="activation quantization: static (per-timestep tables) or dynamic")
-OPT_A_GROUP = typer.Option(None, help="dynamic activation group size along channels (-1: one per token)")
+OPT_A_GROUP = typer.Option(None, help="activation group size along channels, static or dynamic (-1: whole token)")
 OPT_A_FORMAT = typer.Option(None, help="activation number format: int, fp8 (FP8 E4M3) or fp4 (FP4 E2M1)")
 OPT_PER_T = typer.Option(None, "--per-timestep/--one-scale", help="static scales per timestep bucket or one")
 OPT_W_LAYERS = typer.Option(None, help="comma-separated layer roles whose weights are quantized")

@@ -44,3 +44,15 @@ def test_whole_token_ranges_and_buckets_without_data_keep_the_full_range():
     search.add(x, torch.tensor([0, 2]))
     assert search.best_ratios().tolist() == [1.0, 1.0, 1.0]
     assert search.clipped()[0].shape == (3,)
+
+
+def test_w4a4_switched_to_dynamic_activations_drops_its_static_only_choices():
+    import pytest
+
+    from exporter.errors import UserError
+    from exporter.quant.recipes import ActivationSpec, get_recipe
+
+    dynamic = get_recipe("w4a4").with_overrides(activation_mode="dynamic", kd_iterations=0).activation
+    assert dynamic.mode == "dynamic" and dynamic.symmetric and not dynamic.clip_search
+    with pytest.raises(UserError, match="clip search sets static ranges"):
+        ActivationSpec(bits=4, mode="dynamic", clip_search=True)

@@ -149,12 +149,15 @@ class Recipe:
 
     def with_overrides(self, **overrides: Any) -> "Recipe":
         """weight_* / activation_* / hadamard / dilation / kd_iterations keyword overrides; None
-        leaves a field as it is."""
+        leaves a field as it is. Switching activations to dynamic also resets the static-only
+        clip search and asymmetric grid unless they are given."""
         weight = {k[len("weight_"):]: v for k, v in overrides.items() if k.startswith("weight_") and v is not None}
         act = {k[len("activation_"):]: v for k, v in overrides.items()
                if k.startswith("activation_") and v is not None}
         if act and self.activation is None:
             raise UserError(f"precision {self.name} quantizes no activations")
+        if act.get("mode") == "dynamic":  # static-only choices of the recipe do not carry over
+            act = {"clip_search": False, "symmetric": True, **act}
         top = {k: v for k, v in overrides.items() if k in ("hadamard", "dilation", "kd_iterations") and v is not None}
         return replace(self, weight=replace(self.weight, **weight),
                        activation=replace(self.activation, **act) if self.activation else None, **top)
