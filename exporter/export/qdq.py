@@ -40,7 +40,7 @@ from exporter.export.onnx_graph import INPUT_NAMES, MARKER_OP, OPSET
 from exporter.export.vq_graph import vq_weight
 from exporter.quant.fp4 import Fp4Format
 from exporter.quant.hadamard import hadamard_matrix
-from exporter.quant.primitives import PER_CHANNEL, PER_TENSOR, QuantFormat
+from exporter.quant.primitives import PER_CHANNEL, PER_TENSOR, QuantFormat, activation_group
 from exporter.quant.qlinear import DynamicActivationQuant, QuantLinear, StaticActivationQuant
 from exporter.quant.vq_linear import VqLinear
 
@@ -111,18 +111,10 @@ def dynamic_scale(b: Builder, x: str, fmt: QuantFormat, group: int, k: int) -> s
     return b.node("Max", [scale, tiny])
 
 
-def dynamic_group(group_size: int, k: int) -> int:
-    """Channels per dynamic activation scale: the whole token unless a smaller group divides k."""
-    g = k if group_size in (PER_CHANNEL, PER_TENSOR) or group_size >= k else group_size
-    if k % g:
-        raise UserError(f"dynamic activation groups of {g} do not divide {k} channels; export needs them to")
-    return g
-
-
 def _dynamic_activation(b: Builder, x: str, act: DynamicActivationQuant, k: int) -> str:
     if not act.fmt.symmetric:
         raise UserError("export supports symmetric dynamic activations only")
-    g = dynamic_group(act.group_size, k)
+    g = activation_group(act.group_size, k)
     scale = dynamic_scale(b, x, act.fmt, g, k)
     q = b.node("QuantizeLinear", [x, scale], output_dtype=onnx_quant_type(act.fmt), axis=-1, block_size=g)
     return b.node("DequantizeLinear", [q, scale], axis=-1, block_size=g)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from exporter.errors import UserError
 from exporter.quant.fp4 import Fp4Format
 
 PER_TENSOR = 0
@@ -109,6 +110,15 @@ def group_view(x: torch.Tensor, group_size: int) -> torch.Tensor:
 def ungroup(grouped: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     """Inverse of group_view for a tensor of the original ``shape``."""
     return grouped.reshape(*shape[:-1], -1)[..., : shape[-1]]
+
+
+def activation_group(group_size: int, k: int) -> int:
+    """Channels per activation scale: the whole token unless a smaller group is given, which must
+    divide k (the exported blocked Q/DQ and the plugins' scale tables need whole groups)."""
+    g = k if group_size in (PER_CHANNEL, PER_TENSOR) or group_size >= k else group_size
+    if k % g:
+        raise UserError(f"activation groups of {g} do not divide {k} channels")
+    return g
 
 
 def num_groups(k: int, group_size: int) -> int:

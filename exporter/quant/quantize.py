@@ -25,7 +25,7 @@ from exporter.quant.hadamard import block_size_for, rotate, rotate_linear_weight
 from exporter.quant.policy import linear_roles
 from exporter.quant.primitives import (
     PER_CHANNEL,
-    PER_TENSOR,
+    activation_group,
     choose_qparams,
     qparams_from_range,
     quantize,
@@ -91,9 +91,7 @@ class LayerStats:
         bucket's groups of ``group_size`` channels ([buckets, K / group_size]); the same for every
         bucket unless ``per_timestep``."""
         buckets, k = self.lo.shape
-        g = k if group_size in (PER_CHANNEL, PER_TENSOR) or group_size >= k else group_size
-        if k % g:
-            raise UserError(f"static activation groups of {g} do not divide {k} channels")
+        g = activation_group(group_size, k)
         lo, hi = self.lo.reshape(buckets, k // g, g).amin(2), self.hi.reshape(buckets, k // g, g).amax(2)
         if not per_timestep:
             lo, hi = lo.amin(0, keepdim=True).expand(buckets, -1), hi.amax(0, keepdim=True).expand(buckets, -1)
@@ -231,7 +229,7 @@ def quantize_model(fp_transformer: nn.Module, recipe: Recipe, calib: Calibration
         clipped = {}
         if a is not None and a.mode == "static" and a.clip_search:
             static = {n: m for n, m in targets.items() if roles[prefix + n] in recipe.policy.activations}
-            clipped = _clipped_ranges(prefix, static, {n: stats[n] for n in static}, recipe, run, current_buckets)
+            clipped = _clipped_ranges(prefix, static, stats, recipe, run, current_buckets)
         for name, linear in targets.items():
             full = prefix + name
             quantize_input = roles[full] in recipe.policy.activations

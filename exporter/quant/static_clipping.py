@@ -21,15 +21,14 @@ class ClipSearch:
 
     def __init__(self, lo: torch.Tensor, hi: torch.Tensor, fmt: QuantFormat,
                  ratios: tuple[float, ...] = RATIOS) -> None:
-        self.grouped = lo.dim() == 2
-        self.lo, self.hi = (lo, hi) if self.grouped else (lo[:, None], hi[:, None])  # [buckets, groups]
+        self.lo, self.hi = lo, hi  # [buckets] (whole tokens) or [buckets, groups]
         self.fmt, self.ratios = fmt, ratios
-        self.errors = torch.zeros(*self.lo.shape, len(ratios), dtype=torch.float64)
+        self.errors = torch.zeros(len(lo), lo[0].numel(), len(ratios), dtype=torch.float64)
 
     def add(self, x: torch.Tensor, buckets: torch.Tensor) -> None:
-        groups = self.lo.shape[1]
+        groups = self.errors.shape[1]
         g = x.detach().float().reshape(x.shape[0], -1, groups, x.shape[-1] // groups)  # [B, tokens, G, K / G]
-        lo, hi = self.lo[buckets], self.hi[buckets]  # [B, G]
+        lo, hi = self.lo.reshape(-1, groups)[buckets], self.hi.reshape(-1, groups)[buckets]  # [B, G]
         for i, r in enumerate(self.ratios):
             scale, zero = qparams_from_range(lo * r, hi * r, self.fmt)
             s, z = scale[:, None, :, None], zero[:, None, :, None]
@@ -37,11 +36,9 @@ class ClipSearch:
             self.errors[:, :, i].index_add_(0, buckets, error.double())
 
     def best_ratios(self) -> torch.Tensor:
-        """[buckets, groups] (or [buckets]) ratio of least error; 1.0 wins ties and unseen buckets."""
-        ratios = torch.tensor(self.ratios)[self.errors.argmin(-1)]
-        return ratios if self.grouped else ratios[:, 0]
+        """The ratio of least error, shaped like the ranges; 1.0 wins ties and unseen buckets."""
+        return torch.tensor(self.ratios)[self.errors.argmin(-1)].reshape(self.lo.shape)
 
     def clipped(self) -> tuple[torch.Tensor, torch.Tensor]:
         r = self.best_ratios()
-        lo, hi = (self.lo, self.hi) if self.grouped else (self.lo[:, 0], self.hi[:, 0])
-        return lo * r, hi * r
+        return self.lo * r, self.hi * r

@@ -209,13 +209,13 @@ def _act_format(q: gs.Node) -> str:
     return ACT_FORMAT_OF_TYPE[dtype]
 
 
-def match_activation(a: gs.Tensor, k: int) -> tuple[gs.Tensor, dict, list[gs.Tensor]]:
+def match_activation(a: gs.Tensor, k: int) -> tuple[gs.Tensor, dict, dict[str, gs.Tensor]]:
     """The unquantized input, the activation fields, and the static inputs (scale table, bucket)."""
     outer = _op(a, "Reshape")
     dq = _op(outer.inputs[0], "DequantizeLinear") if outer is not None else _op(a, "DequantizeLinear")
     q = _op(dq.inputs[0], "QuantizeLinear") if dq is not None else None
     if q is None:
-        return a, {"act_mode": "none", "act_format": "none", "act_group_size": 0}, []
+        return a, {"act_mode": "none", "act_format": "none", "act_group_size": 0}, {}
     fmt = _act_format(q)
     zero = q.inputs[2] if len(q.inputs) > 2 else None
     if outer is not None:
@@ -227,7 +227,7 @@ def match_activation(a: gs.Tensor, k: int) -> tuple[gs.Tensor, dict, list[gs.Ten
     group = q.attrs.get("block_size", 0)
     if q.attrs.get("axis", 1) not in (-1,) or not group or k % group:
         raise NotReplaced("dynamic activation scales that are not blocked along the channels")
-    return q.inputs[0], {"act_mode": "dynamic", "act_format": fmt, "act_group_size": 0 if group == k else group}, []
+    return q.inputs[0], {"act_mode": "dynamic", "act_format": fmt, "act_group_size": 0 if group == k else group}, {}
 
 
 def _table_row(t: gs.Tensor, grouped: bool) -> gs.Node | None:
@@ -244,9 +244,10 @@ def _table_row(t: gs.Tensor, grouped: bool) -> gs.Node | None:
     return gather if gather is not None and _const(gather.inputs[0]) is not None else None
 
 
-def _static_activation(q: gs.Node, fmt: str, zero: gs.Tensor | None, k: int) -> tuple[gs.Tensor, dict, list]:
+def _static_activation(q: gs.Node, fmt: str, zero: gs.Tensor | None,
+                       k: int) -> tuple[gs.Tensor, dict, dict[str, gs.Tensor]]:
     """Per-sample scales: whole tokens (axis 0 of x flattened per sample) or channel groups
-    (blocked along the channels); inputs [scale table, (zero table,) bucket]."""
+    (blocked along the channels); the plugin inputs by contract port."""
     flat = _op(q.inputs[0], "Reshape")
     block = q.attrs.get("block_size", 0)
     grouped = bool(block) and q.attrs.get("axis") == -1
@@ -256,16 +257,18 @@ def _static_activation(q: gs.Node, fmt: str, zero: gs.Tensor | None, k: int) -> 
     group = block if grouped and block != k else 0
     if group and fmt == "fp4e2m1":
         raise NotReplaced("static FP4 activations per channel group: the plugins take them per token")
-    inputs = [scale.inputs[0]]
+    inputs = {"act_scale_table": scale.inputs[0], "timestep_bucket": scale.inputs[1]}
     if zero is not None:
         row = _table_row(zero, grouped)
         if fmt != "uint4" or row is None or row.inputs[1] is not scale.inputs[1]:
             raise NotReplaced(f"static {fmt} activations with zero points: the plugins take zero points for "
                               "4-bit activations, from a table row per timestep bucket")
         table = row.inputs[0]
-        inputs.append(_new_const(table, "int8", _const(table).astype(np.int8)))
-    fields = {"act_mode": "static", "act_format": fmt, "act_group_size": group}
-    return flat.inputs[0], fields, inputs + [scale.inputs[1]]
+        inputs["act_zero_table"] = _new_const(table, "int8", _const(table).astype(np.int8))
+    elif fmt == "uint4":  # ONNX's default zero point
+        table = scale.inputs[0]
+        inputs["act_zero_table"] = _new_const(table, "zero", np.zeros(_const(table).shape, np.int8))
+    return flat.inputs[0], {"act_mode": "static", "act_format": fmt, "act_group_size": group}, inputs
 
 
 def match_rotation(x: gs.Tensor) -> tuple[gs.Tensor, int, list[gs.Tensor]]:
@@ -298,10 +301,7 @@ def match_gemm(matmul: gs.Node, inits: Initializers) -> GemmMatch:
         contract.check(fields)
     except ValueError as e:
         raise NotReplaced(str(e)) from None
-    by_port = {"x": x, "hadamard": (rotation_inputs or [None])[0], "bias": (bias or [None])[0],
-               "act_scale_table": act_inputs[0] if act_inputs else None,
-               "act_zero_table": act_inputs[1] if len(act_inputs) == 3 else None,
-               "timestep_bucket": act_inputs[-1] if act_inputs else None}
+    by_port = {"x": x, "hadamard": (rotation_inputs or [None])[0], "bias": (bias or [None])[0], **act_inputs}
     ports = [p.name for p in contract.present_inputs(fields)]
     weights = iter(weight_inputs)
     inputs = [by_port[p] if p in by_port else next(weights) for p in ports]
