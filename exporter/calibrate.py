@@ -28,6 +28,7 @@ from exporter.quant.granularity import SearchOptions
 from exporter.quant.quantize import QuantizedDiT, quantize_model
 from exporter.quant.recipes import Recipe
 from exporter.quant.report import measure, write_reports
+from exporter.sample_features import Features, sample_features
 from exporter.sampling import SamplerConfig
 
 CHECKPOINT_DIR = "quantized"
@@ -65,11 +66,13 @@ def run_calibrate(loaded: LoadedDiT, recipe: Recipe, sampler: SamplerConfig, opt
     """Quantizes, writes out/quantized/ (checkpoint), the reports and plots; returns the model and a summary."""
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
+    features = search_features(loaded, recipe) if options.group_search is not None else None
     calib = calibration_data(loaded, sampler, options, out_dir, progress)
     collected = time.monotonic()
     search = None
     if options.group_search is not None:
-        recipe, search = searched_recipe(loaded, recipe, sampler, calib, options.group_search, out_dir, progress)
+        recipe, search = searched_recipe(loaded, recipe, sampler, calib, options.group_search, features, out_dir,
+                                         progress)
         collected = time.monotonic()
     qdit = quantize_model(loaded.transformer, recipe, calib,
                           int(loaded.scheduler_config.get("num_train_timesteps", 1000)), options.buckets, progress)
@@ -105,19 +108,29 @@ def run_calibrate(loaded: LoadedDiT, recipe: Recipe, sampler: SamplerConfig, opt
     return qdit, summary
 
 
+def search_features(loaded: LoadedDiT, recipe: Recipe) -> Features:
+    """What the group-size search compares samples in; checked before any calibration work."""
+    from exporter.quant.granularity import SEARCH_PURPOSE, check_searchable
+
+    try:
+        check_searchable(recipe)
+    except ValueError as e:
+        raise UserError(f"group-size search: {e}") from None
+    return sample_features(loaded, SEARCH_PURPOSE)
+
+
 def searched_recipe(loaded: LoadedDiT, recipe: Recipe, sampler: SamplerConfig, calib: CalibrationSet,
-                    options: SearchOptions, out_dir: Path, progress: bool = True) -> tuple[Recipe, dict[str, Any]]:
+                    options: SearchOptions, features: Features, out_dir: Path,
+                    progress: bool = True) -> tuple[Recipe, dict[str, Any]]:
     """The recipe with the group sizes Q-DiT's search picks; writes group_search.json / .png."""
     from dataclasses import replace
 
     from exporter.quant.granularity import GroupSearch, evolve, mean_group
     from exporter.quant.report import plot_group_search
-    from exporter.sampling import epsilon_step_weights
 
     started = time.monotonic()
-    weights = dict(zip(calib.timesteps, epsilon_step_weights(loaded.scheduler_config, sampler, calib.timesteps)))
     try:
-        search = GroupSearch(loaded.transformer, recipe, calib, weights, options, progress)
+        search = GroupSearch(loaded, recipe, calib, sampler, options, features, progress)
         result = evolve(search, progress)
     except ValueError as e:
         raise UserError(f"group-size search: {e}") from None
@@ -126,7 +139,7 @@ def searched_recipe(loaded: LoadedDiT, recipe: Recipe, sampler: SamplerConfig, c
     atomic_write_text(out_dir / "group_search.json", json.dumps(details, indent=2) + "\n")
     plot_group_search(details, out_dir / "group_search.png", recipe.name)
     groups = tuple((name, w, a) for name, (w, a) in result.config.items())
-    summary = {"objective": result.objective, "best_uniform": min(result.uniform.values()),
+    summary = {"objective": result.objective, "uniform_seed": result.seed_objective,
                "mean_group": mean_group(result.config),
                "evaluations": result.evaluations, "seconds": details["seconds"]}
     return replace(recipe, layer_groups=groups), summary

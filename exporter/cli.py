@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from exporter.errors import UserError
+from exporter.quant.granularity import SearchOptions
 from exporter.sampling import SamplerConfig
 from exporter.validate import REWRITE_ATOL
 
@@ -76,16 +77,16 @@ def recipe_from_options(precision: str, weight_group_size: Optional[int], weight
 
 
 def calibration_options(trajectories: int, seed: int, buckets: Optional[int], calibration_data: Optional[Path],
-                        group_search: bool = False, search_budget: float = 64.0, search_epochs: int = 10,
-                        search_population: int = 20):
+                        group_search: bool = False, search_budget: float = SearchOptions.budget,
+                        search_epochs: int = SearchOptions.epochs, search_population: int = SearchOptions.population,
+                        search_samples: int = SearchOptions.samples):
     from exporter.calibrate import CalibrationOptions
-    from exporter.quant.granularity import SearchOptions
 
-    if group_search and (search_epochs < 1 or search_population < 2 or search_budget <= 0):
-        raise UserError("the group-size search needs --search-epochs >= 1, --search-population >= 2 and a "
-                        "positive --search-budget")
+    if group_search and (search_epochs < 1 or search_population < 2 or search_budget <= 0 or search_samples < 2):
+        raise UserError("the group-size search needs --search-epochs >= 1, --search-population >= 2, "
+                        "--search-samples >= 2 and a positive --search-budget")
     search = SearchOptions(budget=search_budget, epochs=search_epochs, population=search_population,
-                           seed=seed) if group_search else None
+                           samples=search_samples, seed=seed) if group_search else None
     return CalibrationOptions(trajectories=trajectories, seed=seed, buckets=buckets, data=calibration_data,
                               group_search=search)
 
@@ -103,9 +104,13 @@ OPT_DILATION = typer.Option(None, "--dilation/--no-dilation", help="DilateQuant'
 OPT_KD_ITERS = typer.Option(None, help="block-wise distillation iterations of static activation scales (w4a4: 100)")
 OPT_SEARCH = typer.Option(False, "--group-search", help="Q-DiT's per-layer group-size search before quantizing "
                           "(integer weights, dynamic activations)")
-OPT_SEARCH_BUDGET = typer.Option(64.0, help="group-size search: mean group size over all layers, at least")
-OPT_SEARCH_EPOCHS = typer.Option(10, help="group-size search: generations (its cost)")
-OPT_SEARCH_POP = typer.Option(20, help="group-size search: candidates per generation (its cost)")
+OPT_SEARCH_BUDGET = typer.Option(SearchOptions.budget, help="group-size search: mean group size over all layers, "
+                                 "at least")
+OPT_SEARCH_EPOCHS = typer.Option(SearchOptions.epochs, help="group-size search: generations (its cost)")
+OPT_SEARCH_POP = typer.Option(SearchOptions.population, help="group-size search: candidates per generation "
+                              "(its cost)")
+OPT_SEARCH_SAMPLES = typer.Option(SearchOptions.samples, help="group-size search: samples a candidate draws to be "
+                                  "compared with FP's from the same seeds (its cost)")
 OPT_ACTS = typer.Option(None, help="activation quantization: static (per-timestep tables) or dynamic")
 OPT_A_GROUP = typer.Option(None, help="activation group size along channels, static or dynamic (-1: whole token)")
 OPT_A_FORMAT = typer.Option(None, help="activation number format: int, fp8 (FP8 E4M3) or fp4 (FP4 E2M1)")
@@ -140,7 +145,7 @@ def calibrate(
     vq_iterations: Optional[int] = OPT_VQ_ITERS, dilation: Optional[bool] = OPT_DILATION,
     kd_iterations: Optional[int] = OPT_KD_ITERS, group_search: bool = OPT_SEARCH,
     search_budget: float = OPT_SEARCH_BUDGET, search_epochs: int = OPT_SEARCH_EPOCHS,
-    search_population: int = OPT_SEARCH_POP,
+    search_population: int = OPT_SEARCH_POP, search_samples: int = OPT_SEARCH_SAMPLES,
 ) -> None:
     """Calibrate and quantize a DiT; write the quantized checkpoint and SQNR / range reports."""
     from exporter.build import default_sampler
@@ -153,7 +158,8 @@ def calibrate(
     loaded = load_dit(model)
     _, summary = run_calibrate(loaded, recipe, default_sampler(loaded),
                                calibration_options(trajectories, calibration_seed, buckets, calibration_data,
-                                                   group_search, search_budget, search_epochs, search_population),
+                                                   group_search, search_budget, search_epochs, search_population,
+                                                   search_samples),
                                out)
     for key, value in summary.items():
         typer.echo(f"{key}: {value}")
@@ -177,7 +183,7 @@ def build(
     vq_iterations: Optional[int] = OPT_VQ_ITERS, dilation: Optional[bool] = OPT_DILATION,
     kd_iterations: Optional[int] = OPT_KD_ITERS, group_search: bool = OPT_SEARCH,
     search_budget: float = OPT_SEARCH_BUDGET, search_epochs: int = OPT_SEARCH_EPOCHS,
-    search_population: int = OPT_SEARCH_POP,
+    search_population: int = OPT_SEARCH_POP, search_samples: int = OPT_SEARCH_SAMPLES,
 ) -> None:
     """Run every stage of the pipeline that exists, writing artifacts and a build report."""
     from exporter.build import run_build
@@ -187,7 +193,7 @@ def build(
                                  vq_iterations, dilation, kd_iterations)
     run_build(model, recipe, out, checkpoint, eval_samples, seed,
               calibration_options(trajectories, calibration_seed, buckets, calibration_data, group_search,
-                                  search_budget, search_epochs, search_population))
+                                  search_budget, search_epochs, search_population, search_samples))
 
 
 @app.command("export")

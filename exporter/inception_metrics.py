@@ -21,12 +21,12 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 SPATIAL_CHANNELS = 7
 
 
-def require_torch_fidelity():
+def require_torch_fidelity(purpose: str = "--metrics inception"):
     try:
         import torch_fidelity
     except ImportError:
         raise UserError(
-            "--metrics inception needs torch-fidelity and Inception weights from the internet: "
+            f"{purpose} needs torch-fidelity and Inception weights from the internet: "
             "pip install 'dit-export[inception]'"
         ) from None
     return torch_fidelity
@@ -60,6 +60,18 @@ def load_reference_images(folder: Path) -> torch.Tensor:
     if len({a.shape for a in arrays}) != 1:
         raise UserError(f"reference images in '{folder}' differ in size; resize them to one size first")
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+def pool_features(images: torch.Tensor, purpose: str) -> np.ndarray:
+    """Inception-v3's 2048 pool features (FID's) of uint8 RGB images [N, 3, H, W]."""
+    torch_fidelity = require_torch_fidelity(purpose)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        extractor = torch_fidelity.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"]).to(device).eval()
+    except OSError as e:
+        raise UserError(f"cannot get Inception weights for {purpose}: {e}") from None
+    with torch.no_grad():
+        return torch.cat([extractor(b.to(device))[0].cpu() for b in images.split(64)]).double().numpy()
 
 
 def _spatial_features(images: torch.Tensor, cuda: bool) -> np.ndarray:

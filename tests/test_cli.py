@@ -74,6 +74,8 @@ def test_build_runs_the_existing_stages_and_says_what_is_missing(tmp_path):
     (["export", "--checkpoint", "/no/such/ckpt"], "not a quantized checkpoint"),
     (["validate", "--checkpoint", "/no/such/ckpt"], "not a quantized checkpoint"),
     (["validate", "--exporter-stat", "p99"], "unknown error statistic"),
+    (["calibrate", "--group-search", "--search-samples", "1"], "--search-samples >= 2"),
+    (["calibrate", "--group-search", "--precision", "w4a4"], "takes integer weights with dynamic activations"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(args, fragment, tmp_path):
     assert_one_line_error(run_cli(*args, "--out", str(tmp_path / "o")), fragment)

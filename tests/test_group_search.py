@@ -1,6 +1,8 @@
 """Q-DiT's group-size search: candidates respect the budget, the result is reproducible with a seed
-and no worse than the uniform seed, and the searched groups reach the checkpoint and the graphs."""
+and no worse than the uniform seed, the objective is the paired sample distance on seeds no
+evaluation uses, and the searched groups reach the checkpoint and the graphs."""
 
+import importlib.util
 import json
 
 import onnx
@@ -8,23 +10,39 @@ import pytest
 
 from exporter.calibrate import CalibrationOptions, run_calibrate
 from exporter.errors import UserError
+from exporter.evaluate import sample_seeds
 from exporter.export.onnx_export import run_export
+from exporter.fidelity import DigitsJudge, FeatureStats, frechet_distance
+from exporter.model_loading import load_dit
+from exporter.quant.calibration import collect_calibration_set
 from exporter.quant.checkpoint import load_checkpoint
-from exporter.quant.granularity import GroupSearch, SearchOptions, evolve, mean_group
+from exporter.quant.granularity import SEED_RUN, GroupSearch, SearchOptions, evolve, mean_group
 from exporter.quant.recipes import get_recipe
 from exporter.rewrite.rewrite import rewrite_graph
-from exporter.sampling import epsilon_step_weights
-from tests.conftest import SAMPLER
+from exporter.sampling import balanced_labels, sample
+from tests.conftest import SAMPLER, save_tiny_pipeline
 
 
-def _search(tiny, calib, **options):
-    weights = dict(zip(calib.timesteps, epsilon_step_weights(tiny.scheduler_config, SAMPLER, calib.timesteps)))
-    return GroupSearch(tiny.transformer, get_recipe("w4a8"), calib, weights,
-                       SearchOptions(inputs=48, epochs=3, population=6, **options), progress=False)
+@pytest.fixture(scope="module")
+def digits_dit(tmp_path_factory):
+    """A two-block DiT that makes 1x16x16 samples, which the digits classifier's features judge."""
+    return load_dit(str(save_tiny_pipeline(tmp_path_factory.mktemp("m") / "pipe", num_layers=2, sample_size=16,
+                                           attention_head_dim=32)))
 
 
-def test_search_respects_the_budget_is_reproducible_and_beats_its_uniform_seed(tiny, calib):
-    search = _search(tiny, calib, budget=40.0, seed=3)
+@pytest.fixture(scope="module")
+def digits_calib(digits_dit):
+    return collect_calibration_set(digits_dit, SAMPLER, trajectories=4, seed=0, progress=False)
+
+
+def _search(loaded, calib, **options):
+    defaults = dict(inputs=48, epochs=2, population=4, parents=2, samples=12, finalists=2)
+    return GroupSearch(loaded, get_recipe("w4a8"), calib, SAMPLER, SearchOptions(**{**defaults, **options}),
+                       progress=False)
+
+
+def test_search_respects_the_budget_is_reproducible_and_no_worse_than_its_uniform_seed(digits_dit, digits_calib):
+    search = _search(digits_dit, digits_calib, budget=40.0, seed=3)
     seen = []
     original = search.objective
 
@@ -35,31 +53,56 @@ def test_search_respects_the_budget_is_reproducible_and_beats_its_uniform_seed(t
     search.objective = recording
     result = evolve(search, progress=False)
     assert seen and all(mean_group(c) >= 40.0 for c in seen)
-    assert result.objective <= min(result.uniform.values())
+    assert mean_group(result.config) >= 40.0
+    assert result.objective <= result.seed_objective
     assert result.history == sorted(result.history, reverse=True)  # elitist: never worse
-    again = evolve(_search(tiny, calib, budget=40.0, seed=3), progress=False)
+    again = evolve(_search(digits_dit, digits_calib, budget=40.0, seed=3), progress=False)
     assert again.config == result.config and again.objective == pytest.approx(result.objective)
 
 
-def test_objective_ranks_coarser_quantization_as_worse(tiny, calib):
-    search = _search(tiny, calib, budget=0.0)
-    fine, coarse = search.uniform(32), search.uniform(288)
-    assert search.objective(fine) < search.objective(coarse)
+def test_the_objective_is_the_feature_distance_to_fp_samples_from_the_same_unseen_seeds(digits_dit, digits_calib):
+    search = _search(digits_dit, digits_calib, budget=0.0)
+    config = search.uniform(32)
+    value = search.objective(config)
+    assert search.objective(config) == value and search.evaluations == 1  # scored once, then cached
+
+    seeds = sample_seeds(SEED_RUN, 2 * 12)[:12]
+    assert not set(seeds) & set(sample_seeds(0, 100_000)) and not set(seeds) & set(sample_seeds(1, 100_000))
+    labels = balanced_labels(12, 10)
+    judge = DigitsJudge()
+
+    def features(model):
+        return FeatureStats.of(judge.features(sample(model, digits_dit.scheduler_config, labels, seeds, SAMPLER,
+                                                     progress=False).clamp(-1, 1)))
+
+    quantized = features(search.model)  # the search left its layers at ``config``
+    assert value == pytest.approx(frechet_distance(quantized, features(digits_dit.transformer)), rel=1e-6)
+    assert value > 0
 
 
-def test_an_impossible_budget_is_a_clear_error(tiny, calib, tmp_path):
-    options = CalibrationOptions(trajectories=2, group_search=SearchOptions(budget=10_000, epochs=1, population=2))
-    with pytest.raises(UserError, match="no uniform group size meets the budget"):
+@pytest.mark.skipif(importlib.util.find_spec("torch_fidelity") is not None,
+                    reason="torch-fidelity is installed: Inception's features are available")
+def test_a_model_without_a_feature_space_is_a_clear_error(tiny, tmp_path):
+    options = CalibrationOptions(trajectories=2, group_search=SearchOptions(budget=40.0, epochs=1, population=2))
+    with pytest.raises(UserError, match="group-size search on this model needs torch-fidelity"):
         run_calibrate(tiny, get_recipe("w4a8"), SAMPLER, options, tmp_path, progress=False)
+    assert not any(tmp_path.iterdir())
 
 
-def test_searched_groups_reach_the_checkpoint_and_the_exported_layers(tiny, tmp_path):
-    options = CalibrationOptions(trajectories=2, group_search=SearchOptions(budget=40.0, epochs=2, population=4,
-                                                                            inputs=32))
-    qdit, summary = run_calibrate(tiny, get_recipe("w4a8"), SAMPLER, options, tmp_path, progress=False)
+def test_an_impossible_budget_is_a_clear_error(digits_dit, tmp_path):
+    options = CalibrationOptions(trajectories=2, group_search=SearchOptions(budget=10_000, epochs=1, population=2,
+                                                                           samples=4))
+    with pytest.raises(UserError, match="no uniform group size meets the budget"):
+        run_calibrate(digits_dit, get_recipe("w4a8"), SAMPLER, options, tmp_path, progress=False)
+
+
+def test_searched_groups_reach_the_checkpoint_and_the_exported_layers(digits_dit, tmp_path):
+    options = CalibrationOptions(trajectories=2, group_search=SearchOptions(budget=48.0, epochs=2, population=4,
+                                                                            inputs=32, samples=8))
+    qdit, summary = run_calibrate(digits_dit, get_recipe("w4a8"), SAMPLER, options, tmp_path, progress=False)
     details = json.loads((tmp_path / "group_search.json").read_text())
     assert (tmp_path / "group_search.png").read_bytes()[:4] == b"\x89PNG"
-    assert summary["group_search"]["mean_group"] >= 40.0
+    assert summary["group_search"]["mean_group"] >= 48.0
     loaded, manifest = load_checkpoint(tmp_path / "quantized")
     layers = loaded.quant_linears()
     for name, (weight_group, act_group) in details["config"].items():
@@ -67,7 +110,7 @@ def test_searched_groups_reach_the_checkpoint_and_the_exported_layers(tiny, tmp_
         assert layers[name].act.group_size == act_group
     assert [tuple(g) for g in manifest["recipe"]["layer_groups"]] == [
         (n, w, a) for n, (w, a) in details["config"].items()]
-    exported = run_export(loaded, tiny.transformer, tmp_path, [900, 10])
+    exported = run_export(loaded, digits_dit.transformer, tmp_path, [900, 10])
     plugins = rewrite_graph(onnx.load(exported["qdq_onnx"])).tensorrt
     fields = {n.name.split(".MatMul")[0]: {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
               for n in plugins.graph.node if n.op_type == "DitIntGemm"}

@@ -74,7 +74,7 @@ ROWS = [
      PER_TENSOR_SYMMETRIC),
     ("W4A4 symmetric static INT4 A4, one scale per timestep, without DilateQuant", "w4a4",
      {**PER_TENSOR_SYMMETRIC, "dilation": False, "kd_iterations": 0}),
-    ("W4A8 with searched per-layer group sizes (budget: mean group >= 64; 10 epochs x 20)", "w4a8",
+    ("W4A8 with searched per-layer group sizes (budget: mean group >= 64; 6 epochs x 12)", "w4a8",
      {SEARCH: SearchOptions(budget=64.0)}),
     ("W4A8 with the best uniform group size within the same budget (the search's seed: 0 epochs)", "w4a8",
      {SEARCH: SearchOptions(budget=64.0, epochs=0)}),

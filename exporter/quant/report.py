@@ -143,7 +143,7 @@ def plot_group_search(details: dict, path: Path, title: str) -> Path:
         left.annotate(f"uniform {group}", (1, value), fontsize=7, color="gray")
     left.set_yscale("log")
     left.set_xlabel("epoch")
-    left.set_ylabel("weighted epsilon MSE")
+    left.set_ylabel("Fréchet distance to FP samples, same seeds")
     left.set_title(f"{title}: group-size search (budget: mean group >= {details['budget']:g})")
     names = list(details["config"])
     right.bar(range(len(names)), [details["config"][n][0] for n in names], width=0.4, label="weight group")
