@@ -144,6 +144,9 @@ def plot_group_search(details: dict, path: Path, title: str) -> Path:
     left.set_yscale("log")
     left.set_xlabel("epoch")
     left.set_ylabel("Fréchet distance to FP samples, same seeds")
+    left.text(0.02, 0.02, f"on fresh seeds too: chosen {details['objective']:.3g}, "
+              f"uniform seed {details['seed_objective']:.3g}", transform=left.transAxes, ha="left", va="bottom",
+              fontsize=8)
     left.set_title(f"{title}: group-size search (budget: mean group >= {details['budget']:g})")
     names = list(details["config"])
     right.bar(range(len(names)), [details["config"][n][0] for n in names], width=0.4, label="weight group")
