@@ -7,6 +7,7 @@ are compared with their FP model on the same seeds, as ratios of these distances
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,8 +47,11 @@ class DigitsJudge:
 
     def __init__(self, classifier: DigitsClassifier | None = None) -> None:
         self.classifier = classifier or load_classifier(CLASSIFIER_FILE)
+
+    @functools.cached_property
+    def real_stats(self) -> FeatureStats:
         real, _ = load_digit_images()
-        self.real_stats = FeatureStats.of(self.features(real))
+        return FeatureStats.of(self.features(real))
 
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> np.ndarray:

@@ -62,23 +62,26 @@ def load_reference_images(folder: Path) -> torch.Tensor:
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
-def pool_features(images: torch.Tensor, purpose: str) -> np.ndarray:
-    """Inception-v3's 2048 pool features (FID's) of uint8 RGB images [N, 3, H, W]."""
+def _inception(purpose: str, device: str):
+    """torch-fidelity's Inception-v3 (FID's weights) on ``device``, in eval mode."""
     torch_fidelity = require_torch_fidelity(purpose)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        extractor = torch_fidelity.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"]).to(device).eval()
+        return torch_fidelity.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"]).to(device).eval()
     except OSError as e:
         raise UserError(f"cannot get Inception weights for {purpose}: {e}") from None
+
+
+def pool_features(images: torch.Tensor, purpose: str) -> np.ndarray:
+    """Inception-v3's 2048 pool features (FID's) of uint8 RGB images [N, 3, H, W]."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    extractor = _inception(purpose, device)
     with torch.no_grad():
         return torch.cat([extractor(b.to(device))[0].cpu() for b in images.split(64)]).double().numpy()
 
 
 def _spatial_features(images: torch.Tensor, cuda: bool) -> np.ndarray:
-    torch_fidelity = require_torch_fidelity()
-    extractor = torch_fidelity.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
     device = "cuda" if cuda else "cpu"
-    extractor = extractor.to(device).eval()
+    extractor = _inception("--metrics inception", device)
     captured: list[torch.Tensor] = []
     hook = extractor.Mixed_6d.branch1x1.register_forward_hook(
         lambda _m, _i, out: captured.append(out[:, :SPATIAL_CHANNELS].flatten(1).cpu())

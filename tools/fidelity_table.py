@@ -123,7 +123,8 @@ def main() -> None:
                      f"{100 * (q['accuracy'] - fp['accuracy']):+.1f} | {q['frechet_distance_to_reference']:.3f} | "
                      f"{q['psnr_to_reference_db']:.1f} | {seconds:.0f} |")
         results["rows"].append({"label": label, "precision": recipe.name,
-                                "overrides": {k: str(v) for k, v in overrides.items()}, "calibration_seconds": round(seconds, 1), "ratio": ratio, **q})
+                                "overrides": {k: str(v) for k, v in overrides.items()},
+                                "calibration_seconds": round(seconds, 1), "ratio": ratio, **q})
         print(lines[-1], flush=True)
         if not args.no_write:
             write_table(lines)  # after every row: a long run keeps what it measured

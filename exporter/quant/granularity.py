@@ -24,7 +24,6 @@ Hessians from the FP model's own inputs) and cached; a candidate then costs one 
 from __future__ import annotations
 
 import copy
-import json
 import random
 from dataclasses import dataclass, field
 
@@ -140,7 +139,7 @@ class GroupSearch:
             setattr(self.model.get_submodule(parent) if parent else self.model, child, self.layers[name])
             bar.advance()
         self.reference = [self._sample_features(loaded.transformer, seeds) for seeds in self.seed_sets]
-        self._seen: dict[str, list[np.ndarray | None]] = {}
+        self._seen: dict[tuple, list[np.ndarray | None]] = {}
         self.evaluations = 0
 
     def _hessians(self, names: list[str]) -> dict[str, torch.Tensor]:
@@ -176,7 +175,7 @@ class GroupSearch:
         return self.features(sample(model, self.scheduler_config, self.labels, seeds, self.sampler, progress=False))
 
     def _candidate_features(self, config: Config, seed_set: int) -> np.ndarray:
-        seen = self._seen.setdefault(json.dumps(sorted(config.items())), [None, None])
+        seen = self._seen.setdefault(tuple(sorted(config.items())), [None, None])
         if seen[seed_set] is None:
             for name, (wg, ag) in config.items():
                 self.layers[name].weight_group, self.layers[name].act_group = wg, ag
@@ -257,4 +256,5 @@ def evolve(search: GroupSearch, progress: bool = True) -> SearchResult:
         finalists.append(seed_config)
     final = [(search.final_objective(c), c) for c in finalists]
     best, config = min(final, key=lambda s: s[0])
-    return SearchResult(config, best, search.final_objective(seed_config), uniform, history, search.evaluations)
+    seed_final = next(value for value, c in final if c == seed_config)
+    return SearchResult(config, best, seed_final, uniform, history, search.evaluations)
