@@ -1,10 +1,17 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
+
+# Without a GPU the Triton kernels run through Triton's interpreter. The mode is fixed when a kernel
+# is defined, so it is chosen here, before any test module imports one; code that compiles kernels
+# for a GPU target runs in a subprocess without it (tests/test_kernel_aot.py).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from exporter.model_loading import load_dit
 from exporter.quant.calibration import collect_calibration_set

@@ -1,0 +1,125 @@
+"""Activation quantizer: each token (row) of x [M, K] to the 8-bit operands and the one float
+scale per row that the GEMM families take.
+
+    x        float32 / float16 / bfloat16 [M, K], row-major
+    INT8     codes int8 [M, K] = clamp(round(x / s), -128, 127), ties to even
+    FP8      codes float8_e4m3fn [M, K] = e4m3(clamp(x / s, -448, 448)), nearest, ties to even
+             (rounded in float32 first, so the conversion itself is exact)
+    FP4      float8_e4m3fn [M, K]: E2M1 with power-of-two groups of GROUP channels as exact E4M3
+             operands (exporter/quant/fp4_groups.py)
+    scale    float32 [M]: dynamic, max|x| / qmax of the row (at least TINY); static, the row of
+             the per-timestep table `table[bucket[row // rows_per_sample]]` (INT8, FP8)
+
+The same arithmetic as the simulated quantizers (exporter/quant/qlinear.py, fp4_groups.py),
+division rounded to nearest as there, so the codes agree exactly. One program per row walks the
+row in steps of BLOCK channels, reading it twice for dynamic scales (the second time from cache).
+Bound: memory (x read once from DRAM, one byte written per element).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from exporter.kernels.fp8_gemm import fp4_e4m3_operand
+from exporter.quant.fp4_groups import EXPONENTS, TINY, e4m3_byte_table
+
+INT8: tl.constexpr = tl.constexpr(0)
+FP8: tl.constexpr = tl.constexpr(1)
+FP4: tl.constexpr = tl.constexpr(2)
+FORMATS = {"int8": 0, "fp8": 1, "fp4": 2}
+BLOCK = 1024  # channels per step along a row
+QMAX = {"int8": 127.0, "fp8": 448.0, "fp4": 6.0 * 2.0 ** EXPONENTS["e2m1"][1]}
+ROUNDING = 12582912.0  # 1.5 * 2**23: adding and subtracting it rounds |y| < 2**22 to an integer, ties to even
+
+
+@triton.jit
+def e2m1_index(magnitude):
+    """Nearest E2M1 magnitude index, ties to the even index (exporter/quant/fp4.py's thresholds)."""
+    return ((magnitude > 0.25).to(tl.int32) + (magnitude >= 0.75).to(tl.int32) + (magnitude > 1.25).to(tl.int32)
+            + (magnitude >= 1.75).to(tl.int32) + (magnitude > 2.5).to(tl.int32) + (magnitude >= 3.5).to(tl.int32)
+            + (magnitude > 5.0).to(tl.int32))
+
+
+@triton.jit
+def power_of_two(t):
+    return ((t + 127) << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def ceil_log2(ratio):
+    bits = ratio.to(tl.int32, bitcast=True)
+    return ((bits >> 23) & 0xFF) - 127 + ((bits & 0x7FFFFF) != 0).to(tl.int32)
+
+
+@triton.jit
+def round_to_e4m3(y, ROUNDING: tl.constexpr):
+    """y (|y| <= 448) rounded to the nearest E4M3 number, ties to even, still as float32: adding and
+    subtracting 1.5 * 2**(e + 20) keeps 3 bits below the leading one (e >= -6: the subnormal step)."""
+    exponent = tl.maximum(((y.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127, -6)
+    magic = power_of_two(exponent - 3) * ROUNDING
+    return (y + magic) - magic
+
+
+@triton.jit
+def quantize_rows_kernel(x_ptr, codes_ptr, scale_ptr, table_ptr, bucket_ptr, K, rows_per_sample, table_row,
+                         FORMAT: tl.constexpr, STATIC: tl.constexpr, QMAX: tl.constexpr, BLOCK: tl.constexpr,
+                         GROUP: tl.constexpr, T_MIN: tl.constexpr, T_MAX: tl.constexpr, TABLE: tl.constexpr,
+                         TINY: tl.constexpr, ROUNDING: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    x_row = x_ptr + row * K
+    if STATIC:
+        scale = tl.load(table_ptr + tl.load(bucket_ptr + row // rows_per_sample) * table_row)
+        row_max = scale
+    else:
+        row_max = tl.zeros((), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK):
+            x = tl.load(x_row + k0 + offs, mask=offs < K - k0, other=0.0).to(tl.float32)
+            row_max = tl.maximum(row_max, tl.max(tl.abs(x), axis=0))
+        scale = tl.maximum(tl.math.div_rn(row_max, QMAX), TINY)
+    for k0 in range(0, K, BLOCK):
+        inside = offs < K - k0
+        x = tl.load(x_row + k0 + offs, mask=inside, other=0.0).to(tl.float32)
+        if FORMAT == FP4:
+            grouped = tl.reshape(x, (BLOCK // GROUP, GROUP))
+            ratio = tl.math.div_rn(tl.max(tl.abs(grouped), axis=1), tl.maximum(row_max, TINY))
+            t = tl.where(ratio > 0, tl.minimum(tl.maximum(T_MAX + ceil_log2(ratio), T_MIN), T_MAX), T_MIN)
+            y = tl.math.div_rn(grouped, (scale * power_of_two(t))[:, None])
+            index = e2m1_index(tl.abs(y))
+            codes = tl.reshape(fp4_e4m3_operand(index, (y < 0) & (index > 0), t[:, None], TABLE), (BLOCK,))
+        else:
+            y = tl.minimum(tl.maximum(tl.math.div_rn(x, scale), -QMAX - (FORMAT == INT8)), QMAX)
+            if FORMAT == INT8:
+                codes = ((y + ROUNDING) - ROUNDING).to(tl.int8)
+            else:
+                codes = round_to_e4m3(y, ROUNDING).to(tl.float8e4nv)
+        tl.store(codes_ptr + row * K + k0 + offs, codes, mask=inside)
+    tl.store(scale_ptr + row, scale)
+
+
+def quantize_rows(x: torch.Tensor, fmt: str, table: torch.Tensor | None = None, bucket: torch.Tensor | None = None,
+                  group_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes [M, K], scale float32 [M]) of x [M, K]; ``table`` [buckets] and ``bucket`` [samples]
+    (each sample's table row, M a multiple of the samples) make the scales static."""
+    m, k = x.shape
+    static = table is not None
+    if fmt not in FORMATS or (static and (fmt == "fp4" or bucket is None or m % max(len(bucket), 1))):
+        raise ValueError(f"format {fmt}: int8, fp8 or fp4 (dynamic only); static scales need each sample's bucket")
+    if fmt == "fp4" and (k % group_size or BLOCK % group_size):
+        raise ValueError(f"FP4 groups of {group_size} do not divide {k} channels")
+    codes = torch.empty(m, k, dtype=torch.int8 if fmt == "int8" else torch.float8_e4m3fn, device=x.device)
+    scale = torch.empty(m, dtype=torch.float32, device=x.device)
+    if m == 0:
+        return codes, scale
+    t_min, t_max = EXPONENTS["e2m1"]
+    quantize_rows_kernel[(m,)](
+        x.contiguous(), codes, scale, table if static else scale, bucket if static else scale, k,
+        m // len(bucket) if static else 1, 1,
+        FORMAT=FORMATS[fmt], STATIC=static, QMAX=QMAX[fmt], BLOCK=BLOCK, GROUP=group_size, T_MIN=t_min,
+        T_MAX=t_max, TABLE=e4m3_byte_table("e2m1"), TINY=TINY, ROUNDING=ROUNDING)
+    return codes, scale
+
+
+__all__ = ["quantize_rows", "quantize_rows_kernel"]

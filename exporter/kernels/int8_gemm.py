@@ -1,0 +1,177 @@
+"""INT8 GEMM family: y = (a_codes @ w_int8^T) * a_scale[m] * w_scale[n] + bias, a K loop of pure
+INT8 x INT8 -> INT32 MMA and one float rescale in the epilogue.
+
+    a_codes   int8 [M, K]       activation codes (activation_quant.py), row-major
+    a_scale   float32 [M]       one scale per token (dynamic, or the static table row of its timestep)
+    weights, 8-bit:  codes int8 [N, K]
+    weights, 4-bit:  codes uint8 [N, K / 2], two's complement INT4 in the kernel's layout: K in
+                     chunks of 2 SPAN channels, byte j of chunk c holding channel 2 SPAN c + j in
+                     its low nibble and 2 SPAN c + SPAN + j in its high one (`pack_int4_chunks`);
+                     factor uint8 [N, K / group] in 1..16 (two-level scales,
+                     exporter/quant/two_level.py). The INT8 operand code * factor is built in
+                     registers: a shift pair or one shift, and one multiply, per element.
+    w_scale   float32 [N]       the per-output-channel scale
+    bias      float32 [N] or none; y float16 / bfloat16 / float32 [M, N]
+
+The chunk layout lets each nibble half feed its own 8-bit MMA over SPAN channels with one factor
+per column, so nothing is interleaved or reshaped in registers. For 4-bit weights K is a multiple
+of 2 SPAN, the group a multiple of SPAN, and the K step BK divides K (no masks in the loop).
+
+Bound: the INT8 tensor cores (4,096 multiply-adds per clock per SM on an H100) when the weight
+tile is reused over enough rows (BM); the 4-bit variant adds its few integer operations per
+weight element per tile, spread over BM rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from exporter.kernels.tiles import dense_dot_loop, grid_size, program_tile, store_rescaled
+
+SPAN: tl.constexpr = tl.constexpr(32)
+
+
+@triton.jit
+def int8_gemm_kernel(a_ptr, a_scale_ptr, w_ptr, factor_ptr, w_scale_ptr, bias_ptr, y_ptr, M, N, K, GROUP,
+                     W4: tl.constexpr, HAS_BIAS: tl.constexpr,
+                     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
+    offs_m, offs_n, rows, cols = program_tile(M, N, BM, BN, GROUP_M)
+    acc = tl.zeros((BM, BN), dtype=tl.int32)
+    if W4:
+        span = tl.arange(0, SPAN)
+        a_ptrs = a_ptr + rows[:, None] * K + span[None, :]
+        w_ptrs = w_ptr + cols[:, None] * (K // 2) + span[None, :]
+        f_ptrs = factor_ptr + cols * (K // GROUP)
+        for k0 in range(0, K, BK):
+            for c in tl.static_range(BK // (2 * SPAN)):
+                k = k0 + 2 * SPAN * c
+                packed = tl.load(w_ptrs + k // 2).to(tl.int8, bitcast=True)
+                low = tl.load(f_ptrs + k // GROUP).to(tl.int8)
+                high = tl.load(f_ptrs + (k + SPAN) // GROUP).to(tl.int8)
+                a = tl.load(a_ptrs + k)
+                acc = tl.dot(a, tl.trans(((packed << 4) >> 4) * low[:, None]), acc)
+                a = tl.load(a_ptrs + k + SPAN)
+                acc = tl.dot(a, tl.trans((packed >> 4) * high[:, None]), acc)
+    else:
+        acc = dense_dot_loop(a_ptr, w_ptr, rows, cols, K, acc, BK)
+    store_rescaled(acc.to(tl.float32), a_scale_ptr, w_scale_ptr, bias_ptr, y_ptr, offs_m, offs_n, M, N, HAS_BIAS)
+
+
+def pack_int4_chunks(q: torch.Tensor) -> torch.Tensor:
+    """int8 codes [N, K] in [-8, 7] -> uint8 [N, K / 2] in the kernel's chunk layout."""
+    n, k = q.shape
+    chunks = (q.to(torch.int16) & 0xF).reshape(n, k // (2 * SPAN), 2, SPAN)
+    return (chunks[:, :, 0] | (chunks[:, :, 1] << 4)).reshape(n, k // 2).to(torch.uint8)
+
+
+def unpack_int4_chunks(packed: torch.Tensor) -> torch.Tensor:
+    """Inverse of pack_int4_chunks: uint8 [N, K / 2] -> int8 [N, K]."""
+    n = packed.shape[0]
+    p = packed.to(torch.int16).reshape(n, -1, 1, SPAN)
+    nibbles = torch.cat([p & 0xF, p >> 4], dim=2).reshape(n, -1)
+    return torch.where(nibbles >= 8, nibbles - 16, nibbles).to(torch.int8)
+
+
+@dataclass(frozen=True)
+class PackedWeights:
+    """Codes [N, K] (8-bit) or [N, K / 2] (4-bit, chunk layout) and the per-row scale [N]."""
+
+    codes: torch.Tensor
+    w_scale: torch.Tensor
+
+    @property
+    def four_bit(self) -> bool:
+        raise NotImplementedError
+
+    @property
+    def n(self) -> int:
+        return self.codes.shape[0]
+
+    @property
+    def k(self) -> int:
+        return self.codes.shape[1] * (2 if self.four_bit else 1)
+
+
+@dataclass(frozen=True)
+class Int8Weights(PackedWeights):
+    """A Linear's weights for this family (layouts in the module docstring)."""
+
+    factor: torch.Tensor | None = None  # 4-bit only
+    group_size: int = 0  # 4-bit only
+
+    @classmethod
+    def four_bit_from_codes(cls, q: torch.Tensor, factor: torch.Tensor, w_scale: torch.Tensor,
+                            group_size: int) -> Int8Weights:
+        """From INT4 codes int8 [N, K], factors [N, K / group_size] and row scales [N]."""
+        return cls(pack_int4_chunks(q), w_scale.float().contiguous(), factor.to(torch.uint8).contiguous(), group_size)
+
+    @property
+    def four_bit(self) -> bool:
+        return self.factor is not None
+
+    def operand(self) -> torch.Tensor:
+        """The INT8 operand [N, K] the kernel multiplies (exact)."""
+        if not self.four_bit:
+            return self.codes.to(torch.int32)
+        factor = self.factor.to(torch.int32).repeat_interleave(self.group_size, dim=1)
+        return unpack_int4_chunks(self.codes).to(torch.int32) * factor
+
+
+@dataclass(frozen=True)
+class Tiles:
+    bm: int
+    bn: int
+    bk: int
+    group_m: int = 8
+    num_warps: int = 4
+    num_stages: int = 3
+
+
+def default_tiles(m: int, k: int) -> Tiles:
+    """Tiles by the number of rows: the more rows, the more MMA work each weight tile's loads and
+    unpacking are spread over."""
+    bk = 128 if k % 128 == 0 else 2 * SPAN.value
+    if m > 128:
+        return Tiles(128, 128, bk, num_warps=8, num_stages=4)
+    return Tiles(64, 64, bk, num_stages=4)
+
+
+def check_operands(a_codes: torch.Tensor, a_scale: torch.Tensor, weights: Int8Weights, tiles: Tiles) -> None:
+    m, k = a_codes.shape
+    if a_codes.dtype != torch.int8 or a_scale.shape != (m,) or a_scale.dtype != torch.float32:
+        raise ValueError("activations are int8 codes [M, K] with float32 scales [M]")
+    if weights.k != k:
+        raise ValueError(f"weights take K = {weights.k}, activations have {k}")
+    if tiles.bk % (2 * SPAN.value) or (weights.four_bit and k % tiles.bk):
+        raise ValueError(f"the K step {tiles.bk} must be a multiple of {2 * SPAN.value} (and divide K for 4-bit weights)")
+    if weights.four_bit:
+        g, span = weights.group_size, SPAN.value
+        if k % (2 * span) or g <= 0 or g % span or k % g or weights.factor.shape != (weights.n, k // g):
+            raise ValueError(f"4-bit weights need K a multiple of {2 * span}, a group that is a multiple of "
+                             f"{span} dividing K, and factors [N, K / group]; got K {k}, group {g}, "
+                             f"factors {tuple(weights.factor.shape)}")
+
+
+def int8_gemm(a_codes: torch.Tensor, a_scale: torch.Tensor, weights: Int8Weights, bias: torch.Tensor | None = None,
+              out_dtype: torch.dtype = torch.float16, tiles: Tiles | None = None) -> torch.Tensor:
+    m, k = a_codes.shape
+    t = tiles or default_tiles(m, k)
+    check_operands(a_codes, a_scale, weights, t)
+    n = weights.n
+    y = torch.empty(m, n, dtype=out_dtype, device=a_codes.device)
+    if m == 0:
+        return y
+    factor = weights.factor if weights.four_bit else weights.w_scale
+    int8_gemm_kernel[grid_size(m, n, t.bm, t.bn)](
+        a_codes.contiguous(), a_scale, weights.codes.contiguous(), factor, weights.w_scale,
+        bias if bias is not None else weights.w_scale, y, m, n, k, max(weights.group_size, SPAN.value),
+        W4=weights.four_bit, HAS_BIAS=bias is not None,
+        BM=t.bm, BN=t.bn, BK=t.bk, GROUP_M=t.group_m, num_warps=t.num_warps, num_stages=t.num_stages)
+    return y
+
+
+__all__ = ["SPAN", "Int8Weights", "PackedWeights", "Tiles", "default_tiles", "int8_gemm", "int8_gemm_kernel", "pack_int4_chunks"]

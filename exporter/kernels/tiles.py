@@ -1,0 +1,62 @@
+"""Pieces every GEMM kernel shares: the order in which programs visit output tiles, and the
+epilogue that applies the one float rescale of a deployable GEMM."""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def tile_of_program(M, N, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr):
+    """(tile row, tile column) of this program: GROUP_M tile rows are swept column by column, so
+    that programs running together share weight tiles in L2."""
+    pid = tl.program_id(0)
+    tiles_n = tl.cdiv(N, BN)
+    per_group = GROUP_M * tiles_n
+    first_m = (pid // per_group) * GROUP_M
+    rows = tl.minimum(tl.cdiv(M, BM) - first_m, GROUP_M)
+    return first_m + (pid % per_group) % rows, (pid % per_group) // rows
+
+
+@triton.jit
+def program_tile(M, N, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr):
+    """This program's output rows and columns, and the same clamped into range for loads (rows and
+    columns past the edge load row or column 0 and are never stored)."""
+    pid_m, pid_n = tile_of_program(M, N, BM, BN, GROUP_M)
+    offs_m = pid_m * BM + tl.arange(0, BM)
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    return offs_m, offs_n, tl.where(offs_m < M, offs_m, 0), tl.where(offs_n < N, offs_n, 0)
+
+
+@triton.jit
+def dense_dot_loop(a_ptr, w_ptr, rows, cols, K, acc, BK: tl.constexpr):
+    """acc + a[rows] @ w[cols]^T over K, both operands row-major [*, K] and of one MMA type."""
+    offs_k = tl.arange(0, BK)
+    a_ptrs = a_ptr + rows[:, None] * K + offs_k[None, :]
+    w_ptrs = w_ptr + cols[:, None] * K + offs_k[None, :]
+    for k0 in range(0, K, BK):
+        in_k = offs_k[None, :] < K - k0
+        acc = tl.dot(tl.load(a_ptrs, mask=in_k, other=0.0), tl.trans(tl.load(w_ptrs, mask=in_k, other=0.0)), acc)
+        a_ptrs += BK
+        w_ptrs += BK
+    return acc
+
+
+@triton.jit
+def store_rescaled(acc, a_scale_ptr, w_scale_ptr, bias_ptr, y_ptr, offs_m, offs_n, M, N,
+                   HAS_BIAS: tl.constexpr):
+    """y[m, n] = acc[m, n] * a_scale[m] * w_scale[n] (+ bias[n]), in y's type."""
+    in_m = offs_m < M
+    in_n = offs_n < N
+    a_scale = tl.load(a_scale_ptr + offs_m, mask=in_m, other=0.0)
+    w_scale = tl.load(w_scale_ptr + offs_n, mask=in_n, other=0.0)
+    out = acc * a_scale[:, None] * w_scale[None, :]
+    if HAS_BIAS:
+        out += tl.load(bias_ptr + offs_n, mask=in_n, other=0.0)[None, :]
+    tl.store(y_ptr + offs_m[:, None].to(tl.int64) * N + offs_n[None, :], out.to(y_ptr.dtype.element_ty),
+             mask=in_m[:, None] & in_n[None, :])
+
+
+def grid_size(m: int, n: int, bm: int, bn: int) -> tuple[int]:
+    return (triton.cdiv(m, bm) * triton.cdiv(n, bn),)

@@ -1,0 +1,111 @@
+"""Every kernel variant built ahead of time: its kernel, argument types, compile-time constants,
+launch shape and GPU targets. The plugin build (aot.py), the static report
+(tools/kernel_report.py) and the tests all take the variants from here.
+
+Pointers and the N and K arguments are compiled as multiples of 16 (16-byte aligned rows, as
+DiT widths are), which lets loads and copies use 16-byte vectors; a launcher checks this before
+it picks a variant.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from exporter.kernels.activation_quant import BLOCK, FORMATS, QMAX, ROUNDING, quantize_rows_kernel
+from exporter.kernels.fp8_gemm import fp8_gemm_kernel
+from exporter.kernels.int8_gemm import int8_gemm_kernel
+from exporter.kernels.vq_gemm import vq_gemm_kernel
+from exporter.quant.fp4_groups import EXPONENTS, TINY, e4m3_byte_table
+
+ALL_ARCHS = (80, 89, 90)
+FP8_ARCHS = (89, 90)  # FP8 tensor cores: Ada and Hopper
+ALIGNED = ("N", "K")  # integer arguments compiled as multiples of 16
+
+GEMM_POINTERS = {"a_ptr": "*i8", "a_scale_ptr": "*fp32", "w_ptr": "*u8", "factor_ptr": "*u8", "w_scale_ptr": "*fp32",
+                 "bias_ptr": "*fp32", "y_ptr": "*fp16"}
+GEMM_SIZES = {"M": "i32", "N": "i32", "K": "i32", "GROUP": "i32"}
+
+
+@dataclass(frozen=True)
+class KernelVariant:
+    name: str
+    family: str  # "int8" | "fp8" | "fp16" | "quantize"
+    kernel: Any
+    signature: dict[str, str]  # runtime arguments in order, Triton type strings
+    constants: dict[str, Any]
+    num_warps: int = 4
+    num_stages: int = 3
+    archs: tuple[int, ...] = ALL_ARCHS
+    aligned: tuple[str, ...] = field(default=ALIGNED)
+
+    def source(self) -> ASTSource:
+        signature = dict(self.signature) | {k: "constexpr" for k in self.constants}
+        attrs = {(i,): [["tt.divisibility", 16]] for i, (name, kind) in enumerate(self.signature.items())
+                 if kind.startswith("*") or name in self.aligned}
+        return ASTSource(fn=self.kernel, signature=signature, constexprs=self.constants, attrs=attrs)
+
+    def compile(self, arch: int):
+        """Triton's compiled kernel for sm_<arch> (sm_90a for 90): .asm["cubin"], ["ptx"], .metadata."""
+        if arch not in self.archs:
+            raise ValueError(f"{self.name} is not built for sm_{arch}; its targets: {self.archs}")
+        os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+        return triton.compile(self.source(), target=GPUTarget("cuda", arch, 32),
+                              options={"num_warps": self.num_warps, "num_stages": self.num_stages})
+
+
+def _gemm(name: str, family: str, kernel, pointers: dict[str, str], constants: dict[str, Any], tiles: tuple,
+          archs: tuple[int, ...]) -> KernelVariant:
+    bm, bn, bk, warps, stages = tiles
+    return KernelVariant(name, family, kernel, pointers | GEMM_SIZES,
+                         constants | {"HAS_BIAS": True, "BM": bm, "BN": bn, "BK": bk, "GROUP_M": 8},
+                         num_warps=warps, num_stages=stages, archs=archs)
+
+
+# (BM, BN, BK, warps, stages): many rows (M > 128) and few.
+LARGE = (128, 128, 128, 8, 4)
+SMALL = (64, 64, 128, 4, 4)
+TILES = {"large": LARGE, "small": SMALL}
+
+
+def _variants() -> list[KernelVariant]:
+    out = []
+    fp8_pointers = {"a_ptr": "*fp8e4nv", "a_scale_ptr": "*fp32", "w_ptr": "*u8", "exponent_ptr": "*i8",
+                    "w_scale_ptr": "*fp32", "bias_ptr": "*fp32", "y_ptr": "*fp16"}
+    vq_pointers = {"a_ptr": "*fp16", "a_scale_ptr": "*fp32", "index_ptr": "*u8", "codebook_ptr": "*fp16",
+                   "bias_ptr": "*fp32", "y_ptr": "*fp16"}
+    for size, tiles in TILES.items():
+        for bits in (8, 4):
+            out.append(_gemm(f"int8_gemm.w{bits}.{size}", "int8", int8_gemm_kernel,
+                             GEMM_POINTERS | ({"w_ptr": "*i8"} if bits == 8 else {}), {"W4": bits == 4}, tiles,
+                             ALL_ARCHS))
+            weights = {"w_ptr": "*fp8e4nv"} if bits == 8 else {}
+            out.append(_gemm(f"fp8_gemm.{'w8' if bits == 8 else 'fp4'}.{size}", "fp8", fp8_gemm_kernel,
+                             fp8_pointers | weights, {"W4": bits == 4, "TABLE": e4m3_byte_table("e2m1")}, tiles,
+                             FP8_ARCHS))
+        for d in (4, 2):
+            bm, bn, _, warps, stages = tiles
+            out.append(KernelVariant(f"vq_gemm.d{d}.{size}", "fp16", vq_gemm_kernel,
+                                     vq_pointers | {"M": "i32", "N": "i32", "K": "i32"},
+                                     {"D": d, "INT8_A": False, "HAS_BIAS": True, "BM": bm, "BN": bn, "BK": 64,
+                                      "GROUP_M": 8}, num_warps=warps, num_stages=stages))
+    t_min, t_max = EXPONENTS["e2m1"]
+    for fmt in FORMATS:
+        for static in (False, True) if fmt != "fp4" else (False,):
+            out.append(KernelVariant(
+                f"quantize.{fmt}.{'static' if static else 'dynamic'}", "quantize", quantize_rows_kernel,
+                {"x_ptr": "*fp16", "codes_ptr": "*i8" if fmt == "int8" else "*fp8e4nv", "scale_ptr": "*fp32",
+                 "table_ptr": "*fp32", "bucket_ptr": "*i64", "K": "i32", "rows_per_sample": "i32",
+                 "table_row": "i32"},
+                {"FORMAT": FORMATS[fmt], "STATIC": static, "QMAX": QMAX[fmt], "BLOCK": BLOCK, "GROUP": 32,
+                 "T_MIN": t_min, "T_MAX": t_max, "TABLE": e4m3_byte_table("e2m1"), "TINY": TINY, "ROUNDING": ROUNDING},
+                archs=FP8_ARCHS if fmt != "int8" else ALL_ARCHS, aligned=("K",)))
+    return out
+
+
+VARIANTS: list[KernelVariant] = _variants()
