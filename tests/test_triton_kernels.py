@@ -68,6 +68,22 @@ def test_int8_gemm_eight_bit_rescales_once(m, n, k, bias):
     _assert_close(y, reference.rescaled_product(a, a_scale, w, w_scale, b))
 
 
+@pytest.mark.parametrize("bits", [8, 4])
+def test_int8_gemm_with_float16_activations(bits):
+    """Weight-only layers: FP16 activations times the exact INT8 operand, on FP16 MMA."""
+    m, n, k = 5, 48, 128
+    a = _rand(m, k).half()
+    if bits == 4:
+        weights = Int8Weights.four_bit_from_codes(_codes(-8, 8, n, k, seed=1), _codes(1, 17, n, k // 32, seed=2),
+                                                  torch.rand(n) + 0.5, 32)
+    else:
+        weights = Int8Weights(_codes(-128, 128, n, k, seed=1), torch.rand(n) + 0.5)
+    b = _rand(n, seed=3)
+    y = int8_gemm(a.to(DEVICE), None, _on(weights), _to(b), torch.float32, tiles=SMALL)
+    _assert_close(y, reference.rescaled_product(a.float(), torch.ones(m), weights.operand(), weights.w_scale, b),
+                  rel=1e-5)
+
+
 def test_int8_gemm_float16_output():
     a, w = _codes(-128, 128, 77, 128), _codes(-128, 128, 64, 128, seed=1)
     scale = torch.full((77,), 1e-3)

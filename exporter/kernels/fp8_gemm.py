@@ -65,8 +65,8 @@ def fp8_gemm_kernel(a_ptr, a_scale_ptr, w_ptr, exponent_ptr, w_scale_ptr, bias_p
                 w = fp4_e4m3_operand((packed >> 4) & 7, (packed & 128) != 0, high, TABLE)
                 acc = tl.dot(tl.load(a_ptrs + k + SPAN), tl.trans(w), acc)
     else:
-        acc = dense_dot_loop(a_ptr, w_ptr, rows, cols, K, acc, BK)
-    store_rescaled(acc, a_scale_ptr, w_scale_ptr, bias_ptr, y_ptr, offs_m, offs_n, M, N, HAS_BIAS)
+        acc = dense_dot_loop(a_ptr, w_ptr, rows, cols, K, acc, BK, False)
+    store_rescaled(acc, a_scale_ptr, w_scale_ptr, bias_ptr, y_ptr, offs_m, offs_n, M, N, True, HAS_BIAS)
 
 
 @dataclass(frozen=True)

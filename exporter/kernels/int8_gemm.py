@@ -3,6 +3,8 @@ INT8 x INT8 -> INT32 MMA and one float rescale in the epilogue.
 
     a_codes   int8 [M, K]       activation codes (activation_quant.py), row-major
     a_scale   float32 [M]       one scale per token (dynamic, or the static table row of its timestep)
+              or, for layers whose activations stay FP (adaLN's modulation), float16 [M, K] with no
+              a_scale: the INT8 weight operand is converted to FP16 (exactly) for FP16 MMA
     weights, 8-bit:  codes int8 [N, K]
     weights, 4-bit:  codes uint8 [N, K / 2], two's complement INT4 in the kernel's layout: K in
                      chunks of 2 SPAN channels, byte j of chunk c holding channel 2 SPAN c + j in
@@ -37,10 +39,10 @@ SPAN: tl.constexpr = tl.constexpr(32)
 
 @triton.jit
 def int8_gemm_kernel(a_ptr, a_scale_ptr, w_ptr, factor_ptr, w_scale_ptr, bias_ptr, y_ptr, M, N, K, GROUP,
-                     W4: tl.constexpr, HAS_BIAS: tl.constexpr,
+                     W4: tl.constexpr, A_FP16: tl.constexpr, HAS_BIAS: tl.constexpr,
                      BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
     offs_m, offs_n, rows, cols = program_tile(M, N, BM, BN, GROUP_M)
-    acc = tl.zeros((BM, BN), dtype=tl.int32)
+    acc = tl.zeros((BM, BN), dtype=tl.float32 if A_FP16 else tl.int32)
     if W4:
         span = tl.arange(0, SPAN)
         a_ptrs = a_ptr + rows[:, None] * K + span[None, :]
@@ -52,13 +54,14 @@ def int8_gemm_kernel(a_ptr, a_scale_ptr, w_ptr, factor_ptr, w_scale_ptr, bias_pt
                 packed = tl.load(w_ptrs + k // 2).to(tl.int8, bitcast=True)
                 low = tl.load(f_ptrs + k // GROUP).to(tl.int8)
                 high = tl.load(f_ptrs + (k + SPAN) // GROUP).to(tl.int8)
-                a = tl.load(a_ptrs + k)
-                acc = tl.dot(a, tl.trans(((packed << 4) >> 4) * low[:, None]), acc)
-                a = tl.load(a_ptrs + k + SPAN)
-                acc = tl.dot(a, tl.trans((packed >> 4) * high[:, None]), acc)
+                w = ((packed << 4) >> 4) * low[:, None]
+                acc = tl.dot(tl.load(a_ptrs + k), tl.trans(w.to(tl.float16) if A_FP16 else w), acc)
+                w = (packed >> 4) * high[:, None]
+                acc = tl.dot(tl.load(a_ptrs + k + SPAN), tl.trans(w.to(tl.float16) if A_FP16 else w), acc)
     else:
-        acc = dense_dot_loop(a_ptr, w_ptr, rows, cols, K, acc, BK)
-    store_rescaled(acc.to(tl.float32), a_scale_ptr, w_scale_ptr, bias_ptr, y_ptr, offs_m, offs_n, M, N, HAS_BIAS)
+        acc = dense_dot_loop(a_ptr, w_ptr, rows, cols, K, acc, BK, A_FP16)
+    store_rescaled(acc.to(tl.float32), a_scale_ptr, w_scale_ptr, bias_ptr, y_ptr, offs_m, offs_n, M, N,
+                   not A_FP16, HAS_BIAS)
 
 
 def pack_int4_chunks(q: torch.Tensor) -> torch.Tensor:
@@ -140,10 +143,11 @@ def default_tiles(m: int, k: int) -> Tiles:
     return Tiles(64, 64, bk, num_stages=4)
 
 
-def check_operands(a_codes: torch.Tensor, a_scale: torch.Tensor, weights: Int8Weights, tiles: Tiles) -> None:
+def check_operands(a_codes: torch.Tensor, a_scale: torch.Tensor | None, weights: Int8Weights, tiles: Tiles) -> None:
     m, k = a_codes.shape
-    if a_codes.dtype != torch.int8 or a_scale.shape != (m,) or a_scale.dtype != torch.float32:
-        raise ValueError("activations are int8 codes [M, K] with float32 scales [M]")
+    codes = a_codes.dtype == torch.int8 and a_scale is not None and a_scale.shape == (m,) and a_scale.dtype == torch.float32
+    if not codes and not (a_codes.dtype == torch.float16 and a_scale is None):
+        raise ValueError("activations are int8 codes [M, K] with float32 scales [M], or float16 [M, K] alone")
     if weights.k != k:
         raise ValueError(f"weights take K = {weights.k}, activations have {k}")
     if tiles.bk % (2 * SPAN.value) or (weights.four_bit and k % tiles.bk):
@@ -156,7 +160,7 @@ def check_operands(a_codes: torch.Tensor, a_scale: torch.Tensor, weights: Int8We
                              f"factors {tuple(weights.factor.shape)}")
 
 
-def int8_gemm(a_codes: torch.Tensor, a_scale: torch.Tensor, weights: Int8Weights, bias: torch.Tensor | None = None,
+def int8_gemm(a_codes: torch.Tensor, a_scale: torch.Tensor | None, weights: Int8Weights, bias: torch.Tensor | None = None,
               out_dtype: torch.dtype = torch.float16, tiles: Tiles | None = None) -> torch.Tensor:
     m, k = a_codes.shape
     t = tiles or default_tiles(m, k)
@@ -167,9 +171,10 @@ def int8_gemm(a_codes: torch.Tensor, a_scale: torch.Tensor, weights: Int8Weights
         return y
     factor = weights.factor if weights.four_bit else weights.w_scale
     int8_gemm_kernel[grid_size(m, n, t.bm, t.bn)](
-        a_codes.contiguous(), a_scale, weights.codes.contiguous(), factor, weights.w_scale,
+        a_codes.contiguous(), weights.w_scale if a_scale is None else a_scale, weights.codes.contiguous(), factor,
+        weights.w_scale,
         bias if bias is not None else weights.w_scale, y, m, n, k, max(weights.group_size, SPAN.value),
-        W4=weights.four_bit, HAS_BIAS=bias is not None,
+        W4=weights.four_bit, A_FP16=a_scale is None, HAS_BIAS=bias is not None,
         BM=t.bm, BN=t.bn, BK=t.bk, GROUP_M=t.group_m, num_warps=t.num_warps, num_stages=t.num_stages)
     return y
 

@@ -30,14 +30,16 @@ def program_tile(M, N, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr
 
 
 @triton.jit
-def dense_dot_loop(a_ptr, w_ptr, rows, cols, K, acc, BK: tl.constexpr):
-    """acc + a[rows] @ w[cols]^T over K, both operands row-major [*, K] and of one MMA type."""
+def dense_dot_loop(a_ptr, w_ptr, rows, cols, K, acc, BK: tl.constexpr, W_TO_FP16: tl.constexpr):
+    """acc + a[rows] @ w[cols]^T over K, both operands row-major [*, K] and of one MMA type (w
+    converted to FP16 first where W_TO_FP16)."""
     offs_k = tl.arange(0, BK)
     a_ptrs = a_ptr + rows[:, None] * K + offs_k[None, :]
     w_ptrs = w_ptr + cols[:, None] * K + offs_k[None, :]
     for k0 in range(0, K, BK):
         in_k = offs_k[None, :] < K - k0
-        acc = tl.dot(tl.load(a_ptrs, mask=in_k, other=0.0), tl.trans(tl.load(w_ptrs, mask=in_k, other=0.0)), acc)
+        w = tl.load(w_ptrs, mask=in_k, other=0.0)
+        acc = tl.dot(tl.load(a_ptrs, mask=in_k, other=0.0), tl.trans(w.to(tl.float16) if W_TO_FP16 else w), acc)
         a_ptrs += BK
         w_ptrs += BK
     return acc
@@ -45,13 +47,15 @@ def dense_dot_loop(a_ptr, w_ptr, rows, cols, K, acc, BK: tl.constexpr):
 
 @triton.jit
 def store_rescaled(acc, a_scale_ptr, w_scale_ptr, bias_ptr, y_ptr, offs_m, offs_n, M, N,
-                   HAS_BIAS: tl.constexpr):
+                   HAS_A_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr):
     """y[m, n] = acc[m, n] * a_scale[m] * w_scale[n] (+ bias[n]), in y's type."""
     in_m = offs_m < M
     in_n = offs_n < N
-    a_scale = tl.load(a_scale_ptr + offs_m, mask=in_m, other=0.0)
     w_scale = tl.load(w_scale_ptr + offs_n, mask=in_n, other=0.0)
-    out = acc * a_scale[:, None] * w_scale[None, :]
+    if HAS_A_SCALE:
+        out = acc * tl.load(a_scale_ptr + offs_m, mask=in_m, other=0.0)[:, None] * w_scale[None, :]
+    else:
+        out = acc * w_scale[None, :]
     if HAS_BIAS:
         out += tl.load(bias_ptr + offs_n, mask=in_n, other=0.0)[None, :]
     tl.store(y_ptr + offs_m[:, None].to(tl.int64) * N + offs_n[None, :], out.to(y_ptr.dtype.element_ty),

@@ -81,9 +81,12 @@ def _variants() -> list[KernelVariant]:
                    "bias_ptr": "*fp32", "y_ptr": "*fp16"}
     for size, tiles in TILES.items():
         for bits in (8, 4):
-            out.append(_gemm(f"int8_gemm.w{bits}.{size}", "int8", int8_gemm_kernel,
-                             GEMM_POINTERS | ({"w_ptr": "*i8"} if bits == 8 else {}), {"W4": bits == 4}, tiles,
-                             ALL_ARCHS))
+            weights = GEMM_POINTERS | ({"w_ptr": "*i8"} if bits == 8 else {})
+            out.append(_gemm(f"int8_gemm.w{bits}.{size}", "int8", int8_gemm_kernel, weights,
+                             {"W4": bits == 4, "A_FP16": False}, tiles, ALL_ARCHS))
+            if size == "small":  # FP activations (adaLN's modulation): M is the batch
+                out.append(_gemm(f"int8_gemm.w{bits}.a16.{size}", "fp16", int8_gemm_kernel,
+                                 weights | {"a_ptr": "*fp16"}, {"W4": bits == 4, "A_FP16": True}, tiles, ALL_ARCHS))
             weights = {"w_ptr": "*fp8e4nv"} if bits == 8 else {}
             out.append(_gemm(f"fp8_gemm.{'w8' if bits == 8 else 'fp4'}.{size}", "fp8", fp8_gemm_kernel,
                              fp8_pointers | weights, {"W4": bits == 4, "TABLE": e4m3_byte_table("e2m1")}, tiles,
