@@ -88,7 +88,7 @@ def quantize_rows_kernel(x_ptr, codes_ptr, scale_ptr, table_ptr, bucket_ptr, K, 
             t = tl.where(ratio > 0, tl.minimum(tl.maximum(T_MAX + ceil_log2(ratio), T_MIN), T_MAX), T_MIN)
             y = tl.math.div_rn(grouped, (scale * power_of_two(t))[:, None])
             index = e2m1_index(tl.abs(y))
-            codes = tl.reshape(fp4_e4m3_operand(index, (y < 0) & (index > 0), t[:, None], TABLE), (BLOCK,))
+            codes = tl.reshape(fp4_e4m3_operand(index, (y < 0) & (index > 0), t[:, None] - T_MIN, TABLE), (BLOCK,))
         else:
             y = tl.minimum(tl.maximum(tl.math.div_rn(x, scale), -QMAX - (FORMAT == INT8)), QMAX)
             if FORMAT == INT8:

@@ -5,13 +5,15 @@ E4M3 x E4M3 -> FP32 MMA (FP8 tensor cores: sm_89, sm_90) and one rescale in the 
     a_scale   float32 [M]            one scale per token
     weights, FP8:  codes float8_e4m3fn [N, K]
     weights, FP4:  codes uint8 [N, K / 2], FP4 codes (exporter/quant/fp4.py) in int8_gemm's chunk
-                   layout, and exponent int8 [N, K / group]: the E4M3 operand v * 2**t is built in
-                   registers with integer operations (exporter/quant/fp4_groups.py)
+                   layout, and offset uint8 [N, K / SPAN], each group's exponent t - t_min per
+                   SPAN channels (as int8_gemm's factors): the
+                   E4M3 operands v * 2**t are built in registers with integer operations, four at
+                   a time (swar.py, exporter/quant/fp4_groups.py)
     w_scale   float32 [N];  bias float32 [N] or none;  y float16 / bfloat16 / float32 [M, N]
 
-An FP4 code c becomes its operand byte as table(c & 7) + 8 t (t in the exponent field), zero for
-magnitude index 0, with the sign bit c & 8 moved to bit 7: a table lookup in a 64-bit constant
-and a few integer operations per element. Bound: as int8_gemm, on the FP8 tensor cores.
+An FP4 code c becomes its operand byte as table(c & 7) + 8 (t - t_min), zero for magnitude
+index 0, with the sign bit c & 8 moved to bit 7: a byte-permute table lookup and a few integer
+operations per four elements. Bound: as int8_gemm, on the FP8 tensor cores.
 """
 
 from __future__ import annotations
@@ -23,29 +25,46 @@ import triton
 import triton.language as tl
 
 from exporter.kernels.int8_gemm import (
+    INTERPRETED,
     SPAN,
     PackedWeights,
     Tiles,
+    check_spans,
     default_tiles,
     pack_int4_chunks,
+    per_span,
     unpack_int4_chunks,
 )
 from exporter.kernels.tiles import dense_dot_loop, grid_size, program_tile, store_rescaled
-from exporter.quant.fp4_groups import e4m3_byte_table, e4m3_operand
+from exporter.kernels.swar import fp4_to_e4m3, ptx
+from exporter.quant.fp4_groups import EXPONENTS, e4m3_byte_table, e4m3_operand, e4m3_table_words
 
 
 @triton.jit
-def fp4_e4m3_operand(index, negative, exponent, TABLE: tl.constexpr):
-    """The E4M3 operand of FP4 magnitude indices (int32) with their signs and group exponents t:
-    table byte + 8 t, zero for index 0 (TABLE: fp4_groups.e4m3_byte_table of the format)."""
-    magnitude = ((TABLE >> (index.to(tl.int64) * 8)) & 0xFF).to(tl.int32) + exponent * 8
+def fp4_e4m3_operand(index, negative, offset, TABLE: tl.constexpr):
+    """The E4M3 operand of FP4 magnitude indices (int32) with their signs and group exponent
+    offsets t - t_min: table byte + 8 offset, zero for index 0 (TABLE: fp4_groups.e4m3_byte_table)."""
+    magnitude = ((TABLE >> (index.to(tl.int64) * 8)) & 0xFF).to(tl.int32) + offset * 8
     byte = tl.where(index == 0, 0, magnitude) | tl.where(negative, 128, 0)
     return byte.to(tl.uint8).to(tl.float8e4nv, bitcast=True)
 
 
 @triton.jit
-def fp8_gemm_kernel(a_ptr, a_scale_ptr, w_ptr, exponent_ptr, w_scale_ptr, bias_ptr, y_ptr, M, N, K, GROUP,
-                    W4: tl.constexpr, TABLE: tl.constexpr, HAS_BIAS: tl.constexpr,
+def fp4_operands(packed, low, high, TABLE: tl.constexpr, FP4_PTX: tl.constexpr):
+    """The E4M3 operands of the low and high nibbles of FP4 codes [BN, SPAN] (uint8), with each
+    row's exponent offsets low / high [BN, 1] (uint8)."""
+    if INTERPRETED:
+        codes = packed.to(tl.int32)
+        low_operand = fp4_e4m3_operand(codes & 7, (codes & 8) != 0, low.to(tl.int32), TABLE)
+        return low_operand, fp4_e4m3_operand((codes >> 4) & 7, (codes & 128) != 0, high.to(tl.int32), TABLE)
+    low_bytes, high_bytes = tl.inline_asm_elementwise(FP4_PTX, "=r,=r,r,r,r", [packed, low, high],
+                                                      dtype=(tl.uint8, tl.uint8), is_pure=True, pack=4)
+    return low_bytes.to(tl.float8e4nv, bitcast=True), high_bytes.to(tl.float8e4nv, bitcast=True)
+
+
+@triton.jit
+def fp8_gemm_kernel(a_ptr, a_scale_ptr, w_ptr, offset_ptr, w_scale_ptr, bias_ptr, y_ptr, M, N, K,
+                    W4: tl.constexpr, TABLE: tl.constexpr, FP4_PTX: tl.constexpr, HAS_BIAS: tl.constexpr,
                     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
     offs_m, offs_n, rows, cols = program_tile(M, N, BM, BN, GROUP_M)
     acc = tl.zeros((BM, BN), dtype=tl.float32)
@@ -53,17 +72,16 @@ def fp8_gemm_kernel(a_ptr, a_scale_ptr, w_ptr, exponent_ptr, w_scale_ptr, bias_p
         span = tl.arange(0, SPAN)
         a_ptrs = a_ptr + rows[:, None] * K + span[None, :]
         w_ptrs = w_ptr + cols[:, None] * (K // 2) + span[None, :]
-        t_ptrs = exponent_ptr + cols * (K // GROUP)
+        t_ptrs = offset_ptr + cols * (K // SPAN)
         for k0 in range(0, K, BK):
             for c in tl.static_range(BK // (2 * SPAN)):
                 k = k0 + 2 * SPAN * c
-                packed = tl.load(w_ptrs + k // 2).to(tl.int32)
-                low = tl.load(t_ptrs + k // GROUP).to(tl.int32)[:, None]
-                high = tl.load(t_ptrs + (k + SPAN) // GROUP).to(tl.int32)[:, None]
-                w = fp4_e4m3_operand(packed & 7, (packed & 8) != 0, low, TABLE)
-                acc = tl.dot(tl.load(a_ptrs + k), tl.trans(w), acc)
-                w = fp4_e4m3_operand((packed >> 4) & 7, (packed & 128) != 0, high, TABLE)
-                acc = tl.dot(tl.load(a_ptrs + k + SPAN), tl.trans(w), acc)
+                packed = tl.load(w_ptrs + k // 2)
+                low = tl.load(t_ptrs + k // SPAN)[:, None]
+                high = tl.load(t_ptrs + k // SPAN + 1)[:, None]
+                w_low, w_high = fp4_operands(packed, low, high, TABLE, FP4_PTX)
+                acc = tl.dot(tl.load(a_ptrs + k), tl.trans(w_low), acc)
+                acc = tl.dot(tl.load(a_ptrs + k + SPAN), tl.trans(w_high), acc)
     else:
         acc = dense_dot_loop(a_ptr, w_ptr, rows, cols, K, acc, BK, False)
     store_rescaled(acc, a_scale_ptr, w_scale_ptr, bias_ptr, y_ptr, offs_m, offs_n, M, N, True, HAS_BIAS)
@@ -73,27 +91,33 @@ def fp8_gemm_kernel(a_ptr, a_scale_ptr, w_ptr, exponent_ptr, w_scale_ptr, bias_p
 class Fp8Weights(PackedWeights):
     """A Linear's weights for this family (layouts in the module docstring)."""
 
-    exponent: torch.Tensor | None = None  # FP4 only
+    offset: torch.Tensor | None = None  # FP4 only: t - t_min per group
     group_size: int = 0  # FP4 only
     fp4_kind: str = "e2m1"  # FP4 only
 
     @classmethod
     def fp4_from_codes(cls, codes: torch.Tensor, exponent: torch.Tensor, w_scale: torch.Tensor, group_size: int,
                        kind: str = "e2m1") -> Fp8Weights:
-        """From FP4 codes uint8 [N, K] (one per byte), exponents [N, K / group_size], row scales [N]."""
+        """From FP4 codes uint8 [N, K] (one per byte), exponents t [N, K / group_size], row scales [N]."""
         packed = pack_int4_chunks(codes.to(torch.int8))
-        return cls(packed, w_scale.float().contiguous(), exponent.to(torch.int8).contiguous(), group_size, kind)
+        offset = per_span(exponent.to(torch.int32) - EXPONENTS[kind][0], group_size)
+        return cls(packed, w_scale.float().contiguous(), offset, group_size, kind)
 
     @property
     def four_bit(self) -> bool:
-        return self.exponent is not None
+        return self.offset is not None
 
     def operand(self) -> torch.Tensor:
         """The E4M3 operand [N, K] the kernel multiplies, as float32 (exact)."""
         if not self.four_bit:
             return self.codes.float()
         codes = unpack_int4_chunks(self.codes).to(torch.uint8) & 0xF
-        return e4m3_operand(codes, self.exponent, self.fp4_kind).view(torch.float8_e4m3fn).float()
+        exponent = self.offset.to(torch.int32) + EXPONENTS[self.fp4_kind][0]
+        return e4m3_operand(codes, exponent, self.fp4_kind).view(torch.float8_e4m3fn).float()
+
+
+def fp4_ptx(kind: str) -> str:
+    return ptx(fp4_to_e4m3(e4m3_table_words(kind)))
 
 
 def fp8_gemm(a: torch.Tensor, a_scale: torch.Tensor, weights: Fp8Weights, bias: torch.Tensor | None = None,
@@ -103,18 +127,17 @@ def fp8_gemm(a: torch.Tensor, a_scale: torch.Tensor, weights: Fp8Weights, bias: 
     if a.dtype != torch.float8_e4m3fn or a_scale.shape != (m,) or weights.k != k:
         raise ValueError("activations are float8_e4m3fn [M, K] with float32 scales [M], K as the weights'")
     if weights.four_bit:
-        g = weights.group_size
-        if k % (2 * SPAN.value) or k % t.bk or g % SPAN.value or k % g:
-            raise ValueError(f"FP4 weights need K a multiple of {2 * SPAN.value} and of the K step, and a group "
-                             f"that is a multiple of {SPAN.value} dividing K")
+        check_spans(k, weights.group_size, weights.n, weights.offset)
+        if k % t.bk:
+            raise ValueError(f"FP4 weights need the K step {t.bk} to divide K = {k}")
     y = torch.empty(m, weights.n, dtype=out_dtype, device=a.device)
     if m == 0:
         return y
-    exponent = weights.exponent if weights.four_bit else weights.w_scale
+    offset = weights.offset if weights.four_bit else weights.w_scale
     fp8_gemm_kernel[grid_size(m, weights.n, t.bm, t.bn)](
-        a.contiguous(), a_scale, weights.codes.contiguous(), exponent, weights.w_scale,
-        bias if bias is not None else weights.w_scale, y, m, weights.n, k, max(weights.group_size, SPAN.value),
-        W4=weights.four_bit, TABLE=e4m3_byte_table(weights.fp4_kind),
+        a.contiguous(), a_scale, weights.codes.contiguous(), offset, weights.w_scale,
+        bias if bias is not None else weights.w_scale, y, m, weights.n, k,
+        W4=weights.four_bit, TABLE=e4m3_byte_table(weights.fp4_kind), FP4_PTX=fp4_ptx(weights.fp4_kind),
         HAS_BIAS=bias is not None, BM=t.bm, BN=t.bn, BK=t.bk, GROUP_M=t.group_m, num_warps=t.num_warps,
         num_stages=t.num_stages)
     return y

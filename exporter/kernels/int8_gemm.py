@@ -9,15 +9,17 @@ INT8 x INT8 -> INT32 MMA and one float rescale in the epilogue.
     weights, 4-bit:  codes uint8 [N, K / 2], two's complement INT4 in the kernel's layout: K in
                      chunks of 2 SPAN channels, byte j of chunk c holding channel 2 SPAN c + j in
                      its low nibble and 2 SPAN c + SPAN + j in its high one (`pack_int4_chunks`);
-                     factor uint8 [N, K / group] in 1..16 (two-level scales,
-                     exporter/quant/two_level.py). The INT8 operand code * factor is built in
-                     registers: a shift pair or one shift, and one multiply, per element.
+                     factor uint8 [N, K / SPAN] in 1..16, each group's factor repeated for each of
+                     its SPAN-channel spans (two-level scales,
+                     exporter/quant/two_level.py). The INT8 operands code * factor are built in
+                     registers four at a time (swar.py): about one integer instruction each.
     w_scale   float32 [N]       the per-output-channel scale
     bias      float32 [N] or none; y float16 / bfloat16 / float32 [M, N]
 
 The chunk layout lets each nibble half feed its own 8-bit MMA over SPAN channels with one factor
 per column, so nothing is interleaved or reshaped in registers. For 4-bit weights K is a multiple
 of 2 SPAN, the group a multiple of SPAN, and the K step BK divides K (no masks in the loop).
+Factors stored per span (one byte per SPAN weights) are found with a shift, not a division.
 
 Bound: the INT8 tensor cores (4,096 multiply-adds per clock per SM on an H100) when the weight
 tile is reused over enough rows (BM); the 4-bit variant adds its few integer operations per
@@ -32,13 +34,27 @@ import torch
 import triton
 import triton.language as tl
 
+from exporter.kernels.swar import INT4_TIMES_FACTOR, ptx
 from exporter.kernels.tiles import dense_dot_loop, grid_size, program_tile, store_rescaled
 
 SPAN: tl.constexpr = tl.constexpr(32)
+# Triton's interpreter runs no inline PTX: there the operands are built with Triton's own operations.
+INTERPRETED: tl.constexpr = tl.constexpr(bool(triton.knobs.runtime.interpret))
+INT4_PTX: tl.constexpr = tl.constexpr(ptx(INT4_TIMES_FACTOR))
 
 
 @triton.jit
-def int8_gemm_kernel(a_ptr, a_scale_ptr, w_ptr, factor_ptr, w_scale_ptr, bias_ptr, y_ptr, M, N, K, GROUP,
+def int4_operands(packed, low, high):
+    """The INT8 operands code * factor of the low and high nibbles of int8 codes [BN, SPAN], with
+    each row's factors low / high [BN, 1] (int8)."""
+    if INTERPRETED:
+        return ((packed << 4) >> 4) * low, (packed >> 4) * high
+    return tl.inline_asm_elementwise(INT4_PTX, "=r,=r,r,r,r", [packed, low, high], dtype=(tl.int8, tl.int8),
+                                     is_pure=True, pack=4)
+
+
+@triton.jit
+def int8_gemm_kernel(a_ptr, a_scale_ptr, w_ptr, factor_ptr, w_scale_ptr, bias_ptr, y_ptr, M, N, K,
                      W4: tl.constexpr, A_FP16: tl.constexpr, HAS_BIAS: tl.constexpr,
                      BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
     offs_m, offs_n, rows, cols = program_tile(M, N, BM, BN, GROUP_M)
@@ -47,17 +63,16 @@ def int8_gemm_kernel(a_ptr, a_scale_ptr, w_ptr, factor_ptr, w_scale_ptr, bias_pt
         span = tl.arange(0, SPAN)
         a_ptrs = a_ptr + rows[:, None] * K + span[None, :]
         w_ptrs = w_ptr + cols[:, None] * (K // 2) + span[None, :]
-        f_ptrs = factor_ptr + cols * (K // GROUP)
+        f_ptrs = factor_ptr + cols * (K // SPAN)
         for k0 in range(0, K, BK):
             for c in tl.static_range(BK // (2 * SPAN)):
                 k = k0 + 2 * SPAN * c
                 packed = tl.load(w_ptrs + k // 2).to(tl.int8, bitcast=True)
-                low = tl.load(f_ptrs + k // GROUP).to(tl.int8)
-                high = tl.load(f_ptrs + (k + SPAN) // GROUP).to(tl.int8)
-                w = ((packed << 4) >> 4) * low[:, None]
-                acc = tl.dot(tl.load(a_ptrs + k), tl.trans(w.to(tl.float16) if A_FP16 else w), acc)
-                w = (packed >> 4) * high[:, None]
-                acc = tl.dot(tl.load(a_ptrs + k + SPAN), tl.trans(w.to(tl.float16) if A_FP16 else w), acc)
+                low = tl.load(f_ptrs + k // SPAN).to(tl.int8)[:, None]
+                high = tl.load(f_ptrs + k // SPAN + 1).to(tl.int8)[:, None]
+                w_low, w_high = int4_operands(packed, low, high)
+                acc = tl.dot(tl.load(a_ptrs + k), tl.trans(w_low.to(tl.float16) if A_FP16 else w_low), acc)
+                acc = tl.dot(tl.load(a_ptrs + k + SPAN), tl.trans(w_high.to(tl.float16) if A_FP16 else w_high), acc)
     else:
         acc = dense_dot_loop(a_ptr, w_ptr, rows, cols, K, acc, BK, A_FP16)
     store_rescaled(acc.to(tl.float32), a_scale_ptr, w_scale_ptr, bias_ptr, y_ptr, offs_m, offs_n, M, N,
@@ -77,6 +92,21 @@ def unpack_int4_chunks(packed: torch.Tensor) -> torch.Tensor:
     p = packed.to(torch.int16).reshape(n, -1, 1, SPAN)
     nibbles = torch.cat([p & 0xF, p >> 4], dim=2).reshape(n, -1)
     return torch.where(nibbles >= 8, nibbles - 16, nibbles).to(torch.int8)
+
+
+def per_span(group_values: torch.Tensor, group_size: int) -> torch.Tensor:
+    """uint8 [N, K / group_size] -> [N, K / SPAN]: each group's value for each of its spans."""
+    if group_size % SPAN.value:
+        raise ValueError(f"4-bit weight groups must be a multiple of {SPAN.value} channels, not {group_size}")
+    return group_values.to(torch.uint8).repeat_interleave(group_size // SPAN.value, dim=1).contiguous()
+
+
+def check_spans(k: int, group_size: int, n: int, per_span_values: torch.Tensor) -> None:
+    span = SPAN.value
+    if k % (2 * span) or group_size <= 0 or group_size % span or k % group_size or per_span_values.shape != (n, k // span):
+        raise ValueError(f"4-bit weights need K a multiple of {2 * span}, a group that is a multiple of {span} "
+                         f"dividing K, and one group value per {span} channels [N, K / {span}]; got K {k}, group "
+                         f"{group_size}, values {tuple(per_span_values.shape)}")
 
 
 @dataclass(frozen=True)
@@ -110,7 +140,7 @@ class Int8Weights(PackedWeights):
     def four_bit_from_codes(cls, q: torch.Tensor, factor: torch.Tensor, w_scale: torch.Tensor,
                             group_size: int) -> Int8Weights:
         """From INT4 codes int8 [N, K], factors [N, K / group_size] and row scales [N]."""
-        return cls(pack_int4_chunks(q), w_scale.float().contiguous(), factor.to(torch.uint8).contiguous(), group_size)
+        return cls(pack_int4_chunks(q), w_scale.float().contiguous(), per_span(factor, group_size), group_size)
 
     @property
     def four_bit(self) -> bool:
@@ -120,7 +150,7 @@ class Int8Weights(PackedWeights):
         """The INT8 operand [N, K] the kernel multiplies (exact)."""
         if not self.four_bit:
             return self.codes.to(torch.int32)
-        factor = self.factor.to(torch.int32).repeat_interleave(self.group_size, dim=1)
+        factor = self.factor.to(torch.int32).repeat_interleave(SPAN.value, dim=1)
         return unpack_int4_chunks(self.codes).to(torch.int32) * factor
 
 
@@ -153,11 +183,7 @@ def check_operands(a_codes: torch.Tensor, a_scale: torch.Tensor | None, weights:
     if tiles.bk % (2 * SPAN.value) or (weights.four_bit and k % tiles.bk):
         raise ValueError(f"the K step {tiles.bk} must be a multiple of {2 * SPAN.value} (and divide K for 4-bit weights)")
     if weights.four_bit:
-        g, span = weights.group_size, SPAN.value
-        if k % (2 * span) or g <= 0 or g % span or k % g or weights.factor.shape != (weights.n, k // g):
-            raise ValueError(f"4-bit weights need K a multiple of {2 * span}, a group that is a multiple of "
-                             f"{span} dividing K, and factors [N, K / group]; got K {k}, group {g}, "
-                             f"factors {tuple(weights.factor.shape)}")
+        check_spans(k, weights.group_size, weights.n, weights.factor)
 
 
 def int8_gemm(a_codes: torch.Tensor, a_scale: torch.Tensor | None, weights: Int8Weights, bias: torch.Tensor | None = None,
@@ -173,7 +199,7 @@ def int8_gemm(a_codes: torch.Tensor, a_scale: torch.Tensor | None, weights: Int8
     int8_gemm_kernel[grid_size(m, n, t.bm, t.bn)](
         a_codes.contiguous(), weights.w_scale if a_scale is None else a_scale, weights.codes.contiguous(), factor,
         weights.w_scale,
-        bias if bias is not None else weights.w_scale, y, m, n, k, max(weights.group_size, SPAN.value),
+        bias if bias is not None else weights.w_scale, y, m, n, k,
         W4=weights.four_bit, A_FP16=a_scale is None, HAS_BIAS=bias is not None,
         BM=t.bm, BN=t.bn, BK=t.bk, GROUP_M=t.group_m, num_warps=t.num_warps, num_stages=t.num_stages)
     return y

@@ -18,7 +18,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from exporter.kernels.activation_quant import BLOCK, FORMATS, QMAX, ROUNDING, quantize_rows_kernel
-from exporter.kernels.fp8_gemm import fp8_gemm_kernel
+from exporter.kernels.fp8_gemm import fp4_ptx, fp8_gemm_kernel
 from exporter.kernels.int8_gemm import int8_gemm_kernel
 from exporter.kernels.vq_gemm import vq_gemm_kernel
 from exporter.quant.fp4_groups import EXPONENTS, TINY, e4m3_byte_table
@@ -29,7 +29,7 @@ ALIGNED = ("N", "K")  # integer arguments compiled as multiples of 16
 
 GEMM_POINTERS = {"a_ptr": "*i8", "a_scale_ptr": "*fp32", "w_ptr": "*u8", "factor_ptr": "*u8", "w_scale_ptr": "*fp32",
                  "bias_ptr": "*fp32", "y_ptr": "*fp16"}
-GEMM_SIZES = {"M": "i32", "N": "i32", "K": "i32", "GROUP": "i32"}
+GEMM_SIZES = {"M": "i32", "N": "i32", "K": "i32"}
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ TILES = {"large": LARGE, "small": SMALL}
 
 def _variants() -> list[KernelVariant]:
     out = []
-    fp8_pointers = {"a_ptr": "*fp8e4nv", "a_scale_ptr": "*fp32", "w_ptr": "*u8", "exponent_ptr": "*i8",
+    fp8_pointers = {"a_ptr": "*fp8e4nv", "a_scale_ptr": "*fp32", "w_ptr": "*u8", "offset_ptr": "*u8",
                     "w_scale_ptr": "*fp32", "bias_ptr": "*fp32", "y_ptr": "*fp16"}
     vq_pointers = {"a_ptr": "*fp16", "a_scale_ptr": "*fp32", "index_ptr": "*u8", "codebook_ptr": "*fp16",
                    "bias_ptr": "*fp32", "y_ptr": "*fp16"}
@@ -89,7 +89,7 @@ def _variants() -> list[KernelVariant]:
                                  weights | {"a_ptr": "*fp16"}, {"W4": bits == 4, "A_FP16": True}, tiles, ALL_ARCHS))
             weights = {"w_ptr": "*fp8e4nv"} if bits == 8 else {}
             out.append(_gemm(f"fp8_gemm.{'w8' if bits == 8 else 'fp4'}.{size}", "fp8", fp8_gemm_kernel,
-                             fp8_pointers | weights, {"W4": bits == 4, "TABLE": e4m3_byte_table("e2m1")}, tiles,
+                             fp8_pointers | weights, {"W4": bits == 4, "TABLE": e4m3_byte_table("e2m1"), "FP4_PTX": fp4_ptx("e2m1")}, tiles,
                              FP8_ARCHS))
         for d in (4, 2):
             bm, bn, _, warps, stages = tiles

@@ -14,7 +14,8 @@ t = t_max + ceil(log2(amax(g) / amax(row))), clamped to the range (a group more 
 2**(t_max - t_min) times smaller than its row's largest is quantized on the smallest scale).
 
 An operand byte is built from the FP4 code with integer operations only: the E4M3 byte of v at
-t = 0 (E4M3_BYTES), plus t in the exponent field, plus the sign bit (`e4m3_operand`).
+t_min (`e4m3_bytes`), plus 8 (t - t_min) (t - t_min steps of its exponent field; zero stays
+zero), plus the sign bit (`e4m3_operand`). Kernels store t as that offset, t - t_min, in a byte.
 """
 
 from __future__ import annotations
@@ -30,13 +31,20 @@ TINY = torch.finfo(torch.float32).tiny * 2**24  # smallest row scale, as for int
 
 
 def e4m3_bytes(kind: str) -> tuple[int, ...]:
-    """The E4M3 byte of each magnitude index of an FP4 format at t = 0."""
-    return tuple(torch.tensor(MAGNITUDES[kind]).to(torch.float8_e4m3fn).view(torch.uint8).tolist())
+    """The E4M3 byte of each magnitude index of an FP4 format at t = t_min."""
+    scaled = torch.tensor(MAGNITUDES[kind]) * 2.0 ** EXPONENTS[kind][0]
+    return tuple(scaled.to(torch.float8_e4m3fn).view(torch.uint8).tolist())
 
 
 def e4m3_byte_table(kind: str) -> int:
     """e4m3_bytes packed little-endian into one integer: byte i at bits [8 i, 8 i + 8)."""
     return sum(b << (8 * i) for i, b in enumerate(e4m3_bytes(kind)))
+
+
+def e4m3_table_words(kind: str) -> tuple[int, int]:
+    """e4m3_byte_table as two 32-bit words: indices 0-3, indices 4-7."""
+    table = e4m3_byte_table(kind)
+    return table & 0xFFFFFFFF, table >> 32
 
 
 def _ceil_log2(ratio: torch.Tensor) -> torch.Tensor:
@@ -86,6 +94,6 @@ def e4m3_operand(codes: torch.Tensor, t: torch.Tensor, kind: str = "e2m1") -> to
     c = codes.to(torch.int32)
     index = c & 7
     table = torch.tensor(e4m3_bytes(kind), dtype=torch.int32)
-    shift = (t.to(torch.int32) * 8).repeat_interleave(k // t.shape[1], dim=1)
+    shift = ((t.to(torch.int32) - EXPONENTS[kind][0]) * 8).repeat_interleave(k // t.shape[1], dim=1)
     magnitude = torch.where(index == 0, 0, table[index] + shift)
     return (magnitude | ((c & 8) << 4)).to(torch.uint8)
