@@ -10,6 +10,7 @@ import typer
 
 from exporter.errors import UserError
 from exporter.quant.granularity import SearchOptions
+from exporter.quant.recipes import RECIPES
 from exporter.sampling import SamplerConfig
 from exporter.validate import REWRITE_ATOL
 
@@ -44,7 +45,7 @@ def sampler_from_options(loaded, sampler: Optional[str], steps: Optional[int], g
     return replace(base, **overrides)
 
 
-PRECISION_HELP = "w8a8, w4a8, w4a8-naive, w4a8-fp4, fp4, vq2, vq3 (dit-export precisions lists them)"
+PRECISION_HELP = f"{', '.join(RECIPES)} (dit-export precisions describes them)"
 WEIGHT_METHODS = ("rtn", "gptq", "vq4dit", "kmeans")
 
 
@@ -121,12 +122,15 @@ OPT_A_LAYERS = typer.Option(None, help="comma-separated layer roles whose input 
 
 @app.command()
 def precisions() -> None:
-    """List the precisions and the layer roles a policy can name."""
+    """List the precisions, whether each deploys at full speed, and the layer roles a policy can name."""
     from exporter.quant.policy import ROLES
-    from exporter.quant.recipes import RECIPES
 
     for recipe in RECIPES.values():
-        typer.echo(f"{recipe.name:12s} {recipe.description}")
+        typer.echo(f"{recipe.name:12s} {'deployable' if recipe.deployable else 'reference':10s}  {recipe.description}")
+    typer.echo("deployable: its GEMM runs at full speed (integer weights: a pure INT8 MMA, one rescale in the "
+               "epilogue; codebook weights: an FP16 GEMM); reference: an accuracy reference, no such kernel "
+               "(float rescales of each group's partial sums, FP4 or 4-bit operands, or codebooks with INT8 "
+               "activations)")
     typer.echo(f"layer roles: {', '.join(ROLES)}")
 
 

@@ -66,7 +66,7 @@ def test_build_runs_the_existing_stages_and_says_what_is_missing(tmp_path):
     (["eval", "-n", "4", "--sampler", "euler"], "unknown sampler 'euler'"),
     (["eval", "-n", "4", "--metrics", "clip"], "unknown metrics 'clip'"),
     (["eval", "-n", "4", "--metrics", "inception"], "--reference-images"),
-    (["calibrate", "--precision", "w3a5"], "unknown precision 'w3a5'; valid: w8a8, w4a8, w4a8-naive"),
+    (["calibrate", "--precision", "w3a5"], "unknown precision 'w3a5'; valid: w8a8, w4a8, w4a8-g32, w4a8-naive"),
     (["build", "--precision", "int2"], "unknown precision 'int2'"),
     (["calibrate", "--weight-method", "adaround"], "unknown weight method"),
     (["calibrate", "--weight-layers", "attn_qkv,conv"], "unknown layer roles"),

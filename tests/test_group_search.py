@@ -17,7 +17,9 @@ from exporter.model_loading import load_dit
 from exporter.quant.calibration import collect_calibration_set
 from exporter.quant.checkpoint import load_checkpoint
 from exporter.quant.granularity import SEED_RUN, GroupSearch, SearchOptions, evolve, mean_group
+from exporter.quant.primitives import PER_CHANNEL
 from exporter.quant.recipes import get_recipe
+from exporter.quant.two_level import split_two_level
 from exporter.rewrite.rewrite import rewrite_graph
 from exporter.sampling import balanced_labels, sample
 from tests.conftest import SAMPLER, save_tiny_pipeline
@@ -35,9 +37,9 @@ def digits_calib(digits_dit):
     return collect_calibration_set(digits_dit, SAMPLER, trajectories=4, seed=0, progress=False)
 
 
-def _search(loaded, calib, **options):
+def _search(loaded, calib, precision="w4a8-g32", **options):
     defaults = dict(inputs=48, epochs=2, population=4, parents=2, samples=12, finalists=2)
-    return GroupSearch(loaded, get_recipe("w4a8"), calib, SAMPLER, SearchOptions(**{**defaults, **options}),
+    return GroupSearch(loaded, get_recipe(precision), calib, SAMPLER, SearchOptions(**{**defaults, **options}),
                        progress=False)
 
 
@@ -58,6 +60,23 @@ def test_search_respects_the_budget_is_reproducible_and_no_worse_than_its_unifor
     assert result.history == sorted(result.history, reverse=True)  # elitist: never worse
     again = evolve(_search(digits_dit, digits_calib, budget=40.0, seed=3), progress=False)
     assert again.config == result.config and again.objective == pytest.approx(result.objective)
+
+
+def test_with_two_level_scales_only_weight_groups_are_searched(digits_dit, digits_calib):
+    search = _search(digits_dit, digits_calib, "w4a8", budget=48.0, seed=3)
+    seen = []
+    original = search.objective
+
+    def recording(config):
+        seen.append(config)
+        return original(config)
+
+    search.objective = recording
+    result = evolve(search, progress=False)
+    assert len(seen) > 2 and all(a == PER_CHANNEL for c in seen for _, a in c.values())
+    assert len({tuple(w for w, _ in c.values()) for c in seen}) > 2  # the weight groups do vary
+    assert all(mean_group(c) >= 48.0 for c in seen) and mean_group(result.config) >= 48.0
+    assert mean_group(result.config) == sum(w for w, _ in result.config.values()) / len(result.config)
 
 
 def test_the_objective_is_the_feature_distance_to_fp_samples_from_the_same_unseen_seeds(digits_dit, digits_calib):
@@ -96,10 +115,11 @@ def test_an_impossible_budget_is_a_clear_error(digits_dit, tmp_path):
         run_calibrate(digits_dit, get_recipe("w4a8"), SAMPLER, options, tmp_path, progress=False)
 
 
-def test_searched_groups_reach_the_checkpoint_and_the_exported_layers(digits_dit, tmp_path):
+@pytest.mark.parametrize("precision", ["w4a8", "w4a8-g32"])
+def test_searched_groups_reach_the_checkpoint_and_the_exported_layers(digits_dit, tmp_path, precision):
     options = CalibrationOptions(trajectories=2, group_search=SearchOptions(budget=48.0, epochs=2, population=4,
                                                                             inputs=32, samples=8))
-    qdit, summary = run_calibrate(digits_dit, get_recipe("w4a8"), SAMPLER, options, tmp_path, progress=False)
+    qdit, summary = run_calibrate(digits_dit, get_recipe(precision), SAMPLER, options, tmp_path, progress=False)
     details = json.loads((tmp_path / "group_search.json").read_text())
     assert (tmp_path / "group_search.png").read_bytes()[:4] == b"\x89PNG"
     assert summary["group_search"]["mean_group"] >= 48.0
@@ -117,4 +137,8 @@ def test_searched_groups_reach_the_checkpoint_and_the_exported_layers(digits_dit
     for name, (weight_group, act_group) in details["config"].items():
         width = layers[name].in_features
         assert fields[name]["group_size"] == weight_group
-        assert fields[name]["act_group_size"] == (0 if act_group >= width else act_group)
+        assert fields[name]["act_group_size"] == (0 if act_group in (PER_CHANNEL, width) else act_group)
+    assert loaded.recipe.deployable == (precision == "w4a8")  # two-level: activations stay per token
+    if precision == "w4a8":
+        for name in details["config"]:
+            split_two_level(layers[name].w_scale)

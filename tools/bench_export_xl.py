@@ -65,8 +65,8 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)
     calib = CalibrationSet(torch.randn(8, 4, 32, 32, generator=gen), torch.tensor([999] * 4 + [500] * 4),
                            torch.tensor([1, 2, 3, 1000] * 2), SamplerConfig(steps=2))
-    recipe = get_recipe("w4a8").with_overrides(weight_method="rtn", weight_clip_search=False,
-                                               weight_group_size=args.group_size)
+    recipe = get_recipe("w4a8-g32").with_overrides(weight_method="rtn", weight_clip_search=False,
+                                                   weight_group_size=args.group_size)
     qdit = quantize_model(model, recipe, calib, 1000)
     rows.append(("quantize (RTN, 8 inputs)", time.monotonic() - started))
 

@@ -6,6 +6,7 @@
     python tools/fidelity_table.py --rows 10-16          # the VQ rows
     python tools/fidelity_table.py --rows 17-22          # W4A4 with and without DilateQuant
     python tools/fidelity_table.py --rows 23-24          # W4A8: searched group sizes vs uniform
+    python tools/fidelity_table.py --rows 2,25           # W4A8: FP32 group scales vs deployable two-level
 
 
 Each row is calibrated from scratch (its time is reported), then evaluated with
@@ -45,17 +46,20 @@ def _weight_only_rtn(bits: int) -> Recipe:
 PER_TENSOR_SYMMETRIC = {"activation_symmetric": True, "activation_group_size": -1, "activation_clip_search": False}
 SEARCH = "group_search"  # an override that is no recipe field: runs the search with these options
 
-# (row label, precision or recipe, recipe overrides)
+W4A8_G32 = "W4A8-g32 reference (g32 GPTQ + clip search W4, FP32 group scales, dynamic per-token A8)"
+
+# (row label, precision or recipe, recipe overrides); rows 2, 3, 9, 23 and 24 were measured with
+# `w4a8` before it took two-level scales: today's `w4a8-g32`.
 ROWS = [
     ("W8A8 (per-channel W8 RTN, static per-timestep A8)", "w8a8", {}),
-    ("W4A8 (g32 GPTQ + clip search W4, dynamic per-token A8)", "w4a8", {}),
-    ("W4A8 (g32 GPTQ + clip search W4, static per-timestep A8)", "w4a8", {"activation_mode": "static"}),
+    (W4A8_G32, "w4a8-g32", {}),
+    ("W4A8 (g32 GPTQ + clip search W4, static per-timestep A8)", "w4a8-g32", {"activation_mode": "static"}),
     ("W4A8 naive baseline (per-channel W4 RTN, static per-tensor A8)", "w4a8-naive", {}),
     ("W4A8-FP4 (g32 GPTQ FP4 W, format per layer, dynamic per-token A8)", "w4a8-fp4", {}),
     ("W4A4-FP4 (g32 GPTQ FP4 W, format per layer, dynamic g32 E2M1 A4, Hadamard)", "fp4", {}),
     ("W4A4-FP4 without the Hadamard rotation", "fp4", {"hadamard": False}),
     ("W4A4-FP4 with E2M1 everywhere (no per-layer format choice)", "fp4", {"weight_fp4_format": "e2m1"}),
-    ("W4A4 INT4 RTN baseline (g32 RTN W4, dynamic g32 INT4 A4)", "w4a8",
+    ("W4A4 INT4 RTN baseline (g32 RTN W4, dynamic g32 INT4 A4)", "w4a8-g32",
      {"weight_method": "rtn", "weight_clip_search": False, "activation_bits": 4, "activation_group_size": 32}),
     ("vq3 (VQ4DiT: 64 x 2 codebooks per layer, calibrated block by block; FP activations)", "vq3", {}),
     ("vq2 (VQ4DiT: 256 x 4 codebooks per layer, calibrated block by block; FP activations)", "vq2", {}),
@@ -74,10 +78,12 @@ ROWS = [
      PER_TENSOR_SYMMETRIC),
     ("W4A4 symmetric static INT4 A4, one scale per timestep, without DilateQuant", "w4a4",
      {**PER_TENSOR_SYMMETRIC, "dilation": False, "kd_iterations": 0}),
-    ("W4A8 with searched per-layer group sizes (budget: mean group >= 64; 6 epochs x 12)", "w4a8",
+    ("W4A8 with searched per-layer group sizes (budget: mean group >= 64; 6 epochs x 12)", "w4a8-g32",
      {SEARCH: SearchOptions(budget=64.0)}),
-    ("W4A8 with the best uniform group size within the same budget (the search's seed: 0 epochs)", "w4a8",
+    ("W4A8 with the best uniform group size within the same budget (the search's seed: 0 epochs)", "w4a8-g32",
      {SEARCH: SearchOptions(budget=64.0, epochs=0)}),
+    ("W4A8 deployable (g32 GPTQ + clip search W4, two-level scales: FP32 per row x integer 1..16 per group; "
+     "dynamic per-token A8)", "w4a8", {}),
 ]
 
 

@@ -6,7 +6,9 @@
     tensors.safetensors for each quantized layer `L`:
                           L.codes     4-bit: uint8 [N, ceil(K/2)], ONNX nibble order
                                       (exporter/quant/packing.py); 8-bit: int8 / uint8 [N, K]
-                          L.w_scale   float32 [N, groups]
+                          L.w_scale   float32 [N, groups]; with two-level scales (manifest
+                                      "scales": "two-level") exactly s[n] * f[n, g], which
+                                      exporter/quant/two_level.py's split_two_level recovers
                           L.w_zero    float32 [N, groups] (asymmetric formats only)
                           L.bias      float32 [N] (if the layer has one)
                           L.a_scale, L.a_zero   float32 [buckets] (static activations only)
@@ -41,6 +43,7 @@ from exporter.quant.primitives import IntFormat, format_from_name
 from exporter.quant.qlinear import DynamicActivationQuant, QuantLinear, StaticActivationQuant, TimestepContext
 from exporter.quant.quantize import QuantizedDiT, TimestepBuckets, _set_module
 from exporter.quant.recipes import ActivationSpec, Recipe, WeightSpec
+from exporter.quant.two_level import split_two_level
 from exporter.quant.vq import VqFormat, pack_indices, unpack_indices
 from exporter.quant.vq_linear import VqLinear
 
@@ -80,6 +83,7 @@ def save_checkpoint(qdit: QuantizedDiT, folder: Path, extra: dict[str, Any]) -> 
             "name": name, "role": qdit.roles[name], "in_features": q.in_features, "out_features": q.out_features,
             "weight": {"format": q.fmt.name, "bits": q.fmt.bits, "symmetric": q.fmt.symmetric,
                        "group_size": q.group_size, "method": qdit.recipe.weight.method,
+                       "scales": qdit.recipe.weight.scales,
                        "storage": "4-bit codes x2 per byte, low nibble first" if q.fmt.bits == 4 else str(q.codes.dtype).removeprefix("torch.")},
             "activation": act,
             "rotation_block": q.rotation_block,
@@ -248,6 +252,11 @@ def _quant_linear_from(layer: dict[str, Any], tensors: dict[str, torch.Tensor], 
     elif codes.shape != (n, k):
         raise ValueError(f"{name}.codes has shape {tuple(codes.shape)}, expected {(n, k)}")
     scale = tensors[f"{name}.w_scale"]
+    if w.get("scales", "float") == "two-level":
+        try:
+            split_two_level(scale)
+        except ValueError as e:
+            raise ValueError(f"{name}.w_scale: {e}") from None
     zero = tensors.get(f"{name}.w_zero", torch.zeros_like(scale))
     act = _load_activation(layer, tensors, bucket_of_t, context)
     return QuantLinear(codes, scale, zero, fmt, w["group_size"], tensors.get(f"{name}.bias"), act,

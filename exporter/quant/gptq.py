@@ -3,7 +3,9 @@
 Columns are quantized left to right; each column's rounding error is spread over the columns
 not yet quantized through the inverse Hessian of the layer's inputs (H = 2 X^T X). A group's
 scale is chosen when the group's first column is reached, from the weights as updated so far,
-as in the reference implementation (no activation reordering).
+as in the reference implementation (no activation reordering). With two-level INT4 scales
+(exporter/quant/two_level.py) the row scale s is fixed up front from the weight before any
+update, and what is chosen at a group's first column is its integer factor f.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ import torch
 from exporter.quant.primitives import (
     PER_CHANNEL,
     PER_TENSOR,
+    IntFormat,
     QuantFormat,
     choose_qparams,
     num_groups,
     search_clip_ratio,
 )
+from exporter.quant.two_level import row_scales, search_factors
 
 
 class HessianAccumulator:
@@ -58,11 +62,14 @@ def _group_qparams(w: torch.Tensor, fmt: QuantFormat, clip_search: bool) -> tupl
 
 
 def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, fmt: QuantFormat, group_size: int,
-                  clip_search: bool = False, damp: float = 0.01,
-                  block_size: int = 128) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Integer codes [N, K], scales and zero-points [N, groups] of a Linear weight [N, K]."""
+                  clip_search: bool = False, damp: float = 0.01, block_size: int = 128,
+                  two_level: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Integer codes [N, K], scales and zero-points [N, groups] of a Linear weight [N, K].
+    ``two_level``: symmetric INT4 scales s[n] * f[n, g] (exporter/quant/two_level.py)."""
     if group_size == PER_TENSOR:
         raise ValueError("GPTQ needs per-channel or group-wise weight scales")
+    if two_level and fmt != IntFormat(4, symmetric=True):
+        raise ValueError(f"two-level scales are for symmetric INT4 weights, not {fmt.name}")
     w = weight.detach().double().clone()
     n, k = w.shape
     g = k if group_size == PER_CHANNEL or group_size >= k else group_size
@@ -71,6 +78,7 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, fmt: QuantFormat,
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
     h += damp * torch.diag(h).mean() * torch.eye(k, dtype=h.dtype)
+    row_scale = row_scales(w.float(), g, clip_search) if two_level else None
     hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
 
     groups = num_groups(k, g)
@@ -88,8 +96,11 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, fmt: QuantFormat,
             if col % g == 0:
                 gi = col // g
                 span = w1[:, i:i + g] if g < k else w[:, :].clone()
-                s, z = _group_qparams(span.float(), fmt, clip_search)
-                scales[:, gi], zeros[:, gi] = s[:, 0], z[:, 0]
+                if row_scale is not None:
+                    scales[:, gi] = row_scale * search_factors(span.float(), row_scale, PER_CHANNEL)[:, 0].float()
+                else:
+                    s, z = _group_qparams(span.float(), fmt, clip_search)
+                    scales[:, gi], zeros[:, gi] = s[:, 0], z[:, 0]
             s, z = scales[:, col // g].double(), zeros[:, col // g].double()
             q = fmt.round(w1[:, i] / s + z)
             codes[:, col] = q

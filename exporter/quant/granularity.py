@@ -4,7 +4,9 @@ chosen by an evolutionary search under a budget, seeded with the uniform setting
 A configuration gives every quantized layer that quantizes its input a (weight group, activation
 group) pair from the sizes in ``CANDIDATES`` that divide its input width. The budget is the
 mean group size over all genes (Q-DiT: >= 128, a stand-in for bit operations): larger groups
-store fewer scales and compute fewer rescalings.
+store fewer scales and compute fewer rescalings. With two-level weight scales (w4a8) only the
+weight groups are searched and activations stay per token, which keeps the kernel a pure INT8
+MMA; the budget then counts the weight genes.
 
 Q-DiT scores a candidate by the FID of 800 generated images against real ones (GPU-hours per
 search). Here a candidate samples a few dozen images from fixed seeds and is scored by the
@@ -37,10 +39,11 @@ from exporter.fidelity import FeatureStats, frechet_distance
 from exporter.model_loading import LoadedDiT
 from exporter.progress import Progress
 from exporter.quant.calibration import CalibrationSet
-from exporter.quant.gptq import HessianAccumulator, gptq_quantize
+from exporter.quant.gptq import HessianAccumulator
 from exporter.quant.policy import linear_roles
-from exporter.quant.primitives import choose_qparams, dequantize, quantize, search_clip_ratio
+from exporter.quant.primitives import PER_CHANNEL, dequantize
 from exporter.quant.qlinear import DynamicActivationQuant
+from exporter.quant.quantize import quantize_weight
 from exporter.quant.recipes import Recipe
 from exporter.sample_features import Features, sample_features
 from exporter.sampling import SamplerConfig, balanced_labels, sample
@@ -85,7 +88,8 @@ def choices(width: int) -> list[int]:
 
 
 def mean_group(config: Config) -> float:
-    genes = [g for pair in config.values() for g in pair]
+    """Mean over the searched genes: activation genes held per token (PER_CHANNEL) do not count."""
+    genes = [g for pair in config.values() for g in pair if g != PER_CHANNEL]
     return sum(genes) / len(genes)
 
 
@@ -95,7 +99,7 @@ class _Searchable(nn.Module):
     def __init__(self, linear: nn.Linear, weights: dict[int, torch.Tensor], act_format) -> None:
         super().__init__()
         self.weights, self.bias = weights, linear.bias
-        self.act = {g: DynamicActivationQuant(act_format, g) for g in weights}
+        self.act = {g: DynamicActivationQuant(act_format, g) for g in (*weights, PER_CHANNEL)}
         self.weight_group = self.act_group = next(iter(weights))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -108,11 +112,14 @@ def check_searchable(recipe: Recipe) -> None:
 
 
 class GroupSearch:
-    """The objective over configurations of one model and recipe (dynamic activations)."""
+    """The objective over configurations of one model and recipe (dynamic activations). With
+    two-level weight scales only the weight groups are searched: activations stay per token
+    (PER_CHANNEL genes, outside the budget), so the result keeps the recipe deployable."""
 
     def __init__(self, loaded: LoadedDiT, recipe: Recipe, calib: CalibrationSet, sampler: SamplerConfig,
                  options: SearchOptions, features: Features | None = None, progress: bool = True) -> None:
         check_searchable(recipe)
+        self.weights_only = recipe.weight.scales == "two-level"
         if options.samples < 2:
             raise ValueError(f"the search compares at least 2 samples per seed set, got {options.samples}")
         self.options, self.sampler, self.scheduler_config = options, sampler, loaded.scheduler_config
@@ -158,13 +165,7 @@ class GroupSearch:
 
     @staticmethod
     def _quantized(w: torch.Tensor, recipe: Recipe, group: int, hessian: torch.Tensor | None) -> torch.Tensor:
-        fmt = recipe.weight.format_for(w)
-        if hessian is not None:
-            codes, scale, zero = gptq_quantize(w, hessian, fmt, group, clip_search=recipe.weight.clip_search)
-        else:
-            ratio = search_clip_ratio(w, fmt, group) if recipe.weight.clip_search else 1.0
-            scale, zero = choose_qparams(w, fmt, group, clip_ratio=ratio)
-            codes = quantize(w, scale, zero, fmt, group)
+        codes, scale, zero, fmt = quantize_weight(w, recipe.weight, group, hessian)
         return dequantize(codes, scale, zero, fmt, group)
 
     def _outputs(self) -> torch.Tensor:
@@ -198,7 +199,7 @@ class GroupSearch:
         """Every gene at ``group``, or at the largest size below it that the layer can take."""
         def fit(width: int) -> int:
             return max((g for g in choices(width) if g <= group), default=min(choices(width)))
-        return {name: (fit(w), fit(w)) for name, w in self.widths.items()}
+        return {name: (fit(w), PER_CHANNEL if self.weights_only else fit(w)) for name, w in self.widths.items()}
 
     def feasible(self, config: Config) -> bool:
         return mean_group(config) >= self.options.budget
@@ -208,7 +209,10 @@ def _mutate(config: Config, search: GroupSearch, rng: random.Random, p: float) -
     out = {}
     for name, (wg, ag) in config.items():
         options = choices(search.widths[name])
-        out[name] = (rng.choice(options) if rng.random() < p else wg, rng.choice(options) if rng.random() < p else ag)
+        wg = rng.choice(options) if rng.random() < p else wg
+        if not search.weights_only:  # two-level: activations stay per token
+            ag = rng.choice(options) if rng.random() < p else ag
+        out[name] = (wg, ag)
     return out
 
 

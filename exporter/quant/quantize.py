@@ -25,6 +25,7 @@ from exporter.quant.hadamard import block_size_for, rotate, rotate_linear_weight
 from exporter.quant.policy import linear_roles
 from exporter.quant.primitives import (
     PER_CHANNEL,
+    QuantFormat,
     activation_group,
     choose_qparams,
     qparams_from_range,
@@ -32,8 +33,9 @@ from exporter.quant.primitives import (
     search_clip_ratio,
 )
 from exporter.quant.qlinear import DynamicActivationQuant, QuantLinear, StaticActivationQuant, TimestepContext
-from exporter.quant.recipes import Recipe
+from exporter.quant.recipes import Recipe, WeightSpec
 from exporter.quant.static_clipping import ClipSearch
+from exporter.quant.two_level import two_level_scales
 from exporter.quant.vq_linear import VqLinear
 
 BATCH = 256
@@ -117,6 +119,25 @@ def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(root.get_submodule(parent) if parent else root, child, module)
 
 
+def quantize_weight(w: torch.Tensor, spec: WeightSpec, group: int,
+                    hessian: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, QuantFormat]:
+    """Codes [N, K], scales and zero-points [N, groups] and the format of an integer or FP4 weight
+    [N, K] in groups of ``group``: GPTQ with ``hessian`` when the spec says gptq, else
+    round-to-nearest; float group scales, or two-level ones (exporter/quant/two_level.py)."""
+    fmt = spec.format_for(w)
+    two_level = spec.scales == "two-level"
+    if spec.method == "gptq":
+        codes, scale, zero = gptq_quantize(w, hessian, fmt, group, clip_search=spec.clip_search, two_level=two_level)
+        return codes, scale, zero, fmt
+    if two_level:
+        scale = two_level_scales(w, group, spec.clip_search)
+        zero = torch.zeros_like(scale)
+    else:
+        ratio = search_clip_ratio(w, fmt, group) if spec.clip_search else 1.0
+        scale, zero = choose_qparams(w, fmt, group, clip_ratio=ratio)
+    return quantize(w, scale, zero, fmt, group), scale, zero, fmt
+
+
 def quantize_linear(linear: nn.Linear, recipe: Recipe, stats: LayerStats, quantize_input: bool,
                     buckets: TimestepBuckets, context: TimestepContext, name: str = "",
                     act_range: tuple[torch.Tensor, torch.Tensor] | None = None) -> QuantLinear:
@@ -126,13 +147,7 @@ def quantize_linear(linear: nn.Linear, recipe: Recipe, stats: LayerStats, quanti
     group, act_group = recipe.groups_of(name)
     block = rotation_block(recipe, linear.in_features)
     w = rotate_linear_weight(linear.weight.detach().float(), block) if block else linear.weight.detach().float()
-    fmt = spec.format_for(w)
-    if spec.method == "gptq":
-        codes, scale, zero = gptq_quantize(w, stats.hessian.h, fmt, group, clip_search=spec.clip_search)
-    else:
-        ratio = search_clip_ratio(w, fmt, group) if spec.clip_search else 1.0
-        scale, zero = choose_qparams(w, fmt, group, clip_ratio=ratio)
-        codes = quantize(w, scale, zero, fmt, group)
+    codes, scale, zero, fmt = quantize_weight(w, spec, group, stats.hessian.h if spec.method == "gptq" else None)
     act = None
     a = recipe.activation
     if quantize_input and a is not None:

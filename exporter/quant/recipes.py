@@ -19,6 +19,10 @@ def _check_bits(bits: int) -> None:
         raise UserError(f"integer formats have 2 to 8 bits, not {bits}")
 
 
+def _fits_two_level(kind: str, bits: int, symmetric: bool, group_size: int) -> bool:
+    return kind == "int" and bits == 4 and symmetric and group_size > 0
+
+
 @dataclass(frozen=True)
 class WeightSpec:
     bits: int = 8
@@ -38,9 +42,17 @@ class WeightSpec:
     vq_dim: int = 4
     vq_iterations: int = 300
     vq_candidates: int = 2
+    # float: a float32 scale per group; two-level: symmetric INT4 groups scaled by s[n] * f[n, g],
+    # s a float per output row and f an integer 1..16 per group, so that a kernel's K loop is a
+    # pure INT8 MMA (exporter/quant/two_level.py)
+    scales: Literal["float", "two-level"] = "float"
 
     def __post_init__(self) -> None:
         _check_bits(self.bits)
+        if self.scales not in ("float", "two-level"):
+            raise UserError(f"unknown weight scales '{self.scales}'; valid: float, two-level")
+        if self.scales == "two-level" and not _fits_two_level(self.kind, self.bits, self.symmetric, self.group_size):
+            raise UserError("two-level weight scales need symmetric INT4 weights in groups (group size > 0)")
         if self.kind not in ("int", "fp4", "vq"):
             raise UserError(f"unknown weight format '{self.kind}'; valid: int, fp4, vq")
         vq_methods = ("vq4dit", "kmeans")
@@ -132,6 +144,26 @@ class Recipe:
                 return w, a
         return self.weight.group_size, self.activation.group_size if self.activation else PER_CHANNEL
 
+    @property
+    def deployable(self) -> bool:
+        """Whether a kernel runs this recipe's GEMMs at full speed: for integer weights, a K loop
+        that is a pure INT8 x INT8 -> INT32 MMA with one float rescale in the epilogue. That needs
+        symmetric integer weights with one scale per output row (per channel or per tensor) or
+        two-level INT4 scales, and symmetric INT8 activations with one scale per token (dynamic
+        per token, or static without channel groups). Codebook (VQ) weights with FP activations
+        are deployable too: an FP16 GEMM that decodes the codebook in its prologue. Everything
+        else (float scales per group, channel-grouped or 4-bit activations, FP4) is an accuracy
+        reference: its kernel rescales every group's partial sum in the K loop."""
+        w, a = self.weight, self.activation
+        if w.kind == "vq":
+            return a is None
+        one_scale = (PER_CHANNEL, PER_TENSOR)
+        weights = w.kind == "int" and w.symmetric and (
+            w.scales == "two-level"
+            or (w.group_size in one_scale and all(g in one_scale for _, g, _ in self.layer_groups)))
+        return (weights and a is not None and a.kind == "int" and a.bits == 8 and a.symmetric
+                and a.group_size == PER_CHANNEL and all(g == PER_CHANNEL for _, _, g in self.layer_groups))
+
     def __post_init__(self) -> None:
         if self.kd_iterations < 0:
             raise UserError(f"distillation iterations must be 0 or more, not {self.kd_iterations}")
@@ -150,8 +182,13 @@ class Recipe:
     def with_overrides(self, **overrides: Any) -> "Recipe":
         """weight_* / activation_* / hadamard / dilation / kd_iterations keyword overrides; None
         leaves a field as it is. Switching activations to dynamic also resets the static-only
-        clip search and asymmetric grid unless they are given."""
+        clip search and asymmetric grid unless they are given; weight overrides that two-level
+        scales cannot take (e.g. per-channel groups) switch them to float scales unless given."""
         weight = {k[len("weight_"):]: v for k, v in overrides.items() if k.startswith("weight_") and v is not None}
+        merged = {**asdict(self.weight), **weight}
+        if merged["scales"] == "two-level" and "scales" not in weight and not _fits_two_level(
+                merged["kind"], merged["bits"], merged["symmetric"], merged["group_size"]):
+            weight["scales"] = "float"
         act = {k[len("activation_"):]: v for k, v in overrides.items()
                if k.startswith("activation_") and v is not None}
         if act and self.activation is None:
@@ -167,7 +204,12 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
     Recipe("w8a8", "INT8 per-channel weights, INT8 static activations with per-timestep scales",
            WeightSpec(bits=8, group_size=PER_CHANNEL, method="rtn"),
            ActivationSpec(bits=8, mode="static", per_timestep=True)),
-    Recipe("w4a8", "INT4 group-wise GPTQ weights with clip search, INT8 dynamic per-token activations (Q-DiT)",
+    Recipe("w4a8", "INT4 g32 GPTQ weights with two-level scales (a float per row x an integer 1..16 per group, "
+           "QServe) and clip search, INT8 dynamic per-token activations: a pure INT8 MMA",
+           WeightSpec(bits=4, group_size=32, method="gptq", clip_search=True, scales="two-level"),
+           ActivationSpec(bits=8, mode="dynamic", group_size=PER_CHANNEL)),
+    Recipe("w4a8-g32", "accuracy reference for w4a8: INT4 g32 GPTQ weights with FP32 group scales and clip search, "
+           "INT8 dynamic per-token activations (Q-DiT)",
            WeightSpec(bits=4, group_size=32, method="gptq", clip_search=True),
            ActivationSpec(bits=8, mode="dynamic", group_size=PER_CHANNEL)),
     Recipe("w4a8-naive", "baseline: INT4 per-channel round-to-nearest weights, INT8 static per-tensor activations",
