@@ -38,3 +38,32 @@ def test_every_variant_is_built_for_each_target(built):
         assert archs == expected, name
         assert f".target sm_{min(expected)}" in (built / f"{name}.ptx").read_text()
     assert {"int8", "fp8", "fp16", "quantize"} == set(families.values())
+
+
+def test_kernel_report_finds_pure_8bit_loops_and_no_spills(tmp_path):
+    """The static targets: on sm_90a every INT8 / FP8 variant's K loop issues warpgroup MMA on 8-bit
+    types with no float conversion or float multiply in it, and nothing spills (exit code 0)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    report = tmp_path / "report.md"
+    run = subprocess.run([sys.executable, "tools/kernel_report.py", "--arch", "90", "--out", str(report)], cwd=ROOT,
+                         env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = [line.split("|")[1:-1] for line in report.read_text().splitlines() if line.startswith("| ")][1:]
+    eight_bit = [r for r in rows if r[0].strip().startswith(("int8_gemm.w", "fp8_gemm.")) and ".a16." not in r[0]]
+    assert len(eight_bit) == 8
+    for row in eight_bit:
+        assert row[-1].strip() == "pure 8-bit MMA" and ("IGMMA" in row[5] or "QGMMA" in row[5]), row[0]
+
+
+def test_gpu_check_says_so_without_a_gpu():
+    if torch_cuda_available():
+        pytest.skip("a GPU is present: tools/gpu_check.py runs for real there")
+    run = subprocess.run([sys.executable, "tools/gpu_check.py"], cwd=ROOT, capture_output=True, text=True,
+                         env={k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"})
+    assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1
+
+
+def torch_cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
