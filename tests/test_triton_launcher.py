@@ -75,7 +75,7 @@ def test_embedded_source_is_deterministic_and_holds_every_image(built, tmp_path)
                    cwd=ROOT, env=ENV, check=True, capture_output=True)
     assert again.read_bytes() == generated
     manifest = _manifest(built)
-    assert render(read_images(kernels), manifest["triton"]).encode() == generated
+    assert render(read_images(kernels), manifest["triton"], manifest["large_tiles_above"]).encode() == generated
     text = generated.decode()
     assert "static const unsigned char kImage0[] = {" in text and max(map(len, text.splitlines())) < 400
 

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from exporter.atomic import atomic_directory
+from exporter.kernels.tiles import LARGE_TILES_ABOVE
 
 MANIFEST = "kernels.json"
 
@@ -34,7 +35,8 @@ def build(out: Path, archs: tuple[int, ...]) -> dict:
                                 "num_warps": compiled.metadata.num_warps, "shared_bytes": compiled.metadata.shared,
                                 "arguments": list(variant.signature), "constants": variant.constants})
                 print(f"{stem}: {compiled.metadata.shared} bytes of shared memory", flush=True)
-        manifest = {"triton": __import__("triton").__version__, "kernels": entries}
+        manifest = {"triton": __import__("triton").__version__, "large_tiles_above": LARGE_TILES_ABOVE,
+                    "kernels": entries}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 

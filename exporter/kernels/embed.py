@@ -115,7 +115,7 @@ def _hex_lines(data: bytes) -> str:
                      for i in range(0, len(data), BYTES_PER_LINE))
 
 
-def render(images: list[Image], triton_version: str) -> str:
+def render(images: list[Image], triton_version: str, large_tiles_above: int) -> str:
     """The C++ source of these images."""
     if not _VERSION.match(triton_version):
         raise ValueError(f"Triton version {triton_version!r} is not a plain version string")
@@ -133,7 +133,8 @@ def render(images: list[Image], triton_version: str) -> str:
                    f'sizeof(kImage{i})}},')
     out += ["};", "",
             "dit_export::triton::KernelTable dit_export::triton::embeddedKernels()", "{",
-            f'    return KernelTable{{kImages, sizeof(kImages) / sizeof(kImages[0]), "{triton_version}"}};', "}", ""]
+            f'    return KernelTable{{kImages, sizeof(kImages) / sizeof(kImages[0]), "{triton_version}", '
+            f'{int(large_tiles_above)}}};', "}", ""]
     return "\n".join(out)
 
 
@@ -141,8 +142,8 @@ def embed(kernels: Path, out: Path) -> list[Image]:
     images = read_images(kernels)
     if not images:
         raise ValueError(f"{kernels / MANIFEST} lists no kernels")
-    version = json.loads((kernels / MANIFEST).read_text()).get("triton", "unknown")
-    atomic_write_text(out, render(images, version))
+    manifest = json.loads((kernels / MANIFEST).read_text())
+    atomic_write_text(out, render(images, manifest.get("triton", "unknown"), manifest["large_tiles_above"]))
     return images
 
 

@@ -28,15 +28,14 @@ from exporter.kernels.int8_gemm import (
     INTERPRETED,
     SPAN,
     PackedWeights,
-    Tiles,
     check_spans,
     default_tiles,
     pack_int4_chunks,
     per_span,
     unpack_int4_chunks,
 )
-from exporter.kernels.tiles import dense_dot_loop, grid_size, program_tile, store_rescaled
 from exporter.kernels.swar import fp4_to_e4m3, ptx
+from exporter.kernels.tiles import Tiles, dense_dot_loop, grid_size, program_tile, store_rescaled
 from exporter.quant.fp4_groups import EXPONENTS, e4m3_byte_table, e4m3_operand, e4m3_table_words
 
 

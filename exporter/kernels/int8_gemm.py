@@ -5,7 +5,9 @@ INT8 x INT8 -> INT32 MMA and one float rescale in the epilogue.
     a_scale   float32 [M]       one scale per token (dynamic, or the static table row of its timestep)
               or, for layers whose activations stay FP (adaLN's modulation), float16 [M, K] with no
               a_scale: the INT8 weight operand is converted to FP16 (exactly) for FP16 MMA
-    weights, 8-bit:  codes int8 [N, K]
+    weights, 8-bit:  codes int8 [N, K]; with FP16 activations also float8_e4m3fn [N, K] (the E4M3
+                     operands of FP4 weights on power-of-two groups, exporter/kernels/linear.py),
+                     converted to FP16 exactly like INT8 codes
     weights, 4-bit:  codes uint8 [N, K / 2], two's complement INT4 in the kernel's layout: K in
                      chunks of 2 SPAN channels, byte j of chunk c holding channel 2 SPAN c + j in
                      its low nibble and 2 SPAN c + SPAN + j in its high one (`pack_int4_chunks`);
@@ -35,7 +37,7 @@ import triton
 import triton.language as tl
 
 from exporter.kernels.swar import INT4_TIMES_FACTOR, ptx
-from exporter.kernels.tiles import dense_dot_loop, grid_size, program_tile, store_rescaled
+from exporter.kernels.tiles import Tiles, dense_dot_loop, gemm_tiles, grid_size, program_tile, store_rescaled
 
 SPAN: tl.constexpr = tl.constexpr(32)
 # Triton's interpreter runs no inline PTX: there the operands are built with Triton's own operations.
@@ -154,23 +156,8 @@ class Int8Weights(PackedWeights):
         return unpack_int4_chunks(self.codes).to(torch.int32) * factor
 
 
-@dataclass(frozen=True)
-class Tiles:
-    bm: int
-    bn: int
-    bk: int
-    group_m: int = 8
-    num_warps: int = 4
-    num_stages: int = 3
-
-
 def default_tiles(m: int, k: int) -> Tiles:
-    """Tiles by the number of rows: the more rows, the more MMA work each weight tile's loads and
-    unpacking are spread over."""
-    bk = 128 if k % 128 == 0 else 2 * SPAN.value
-    if m > 128:
-        return Tiles(128, 128, bk, num_warps=8, num_stages=4)
-    return Tiles(64, 64, bk, num_stages=4)
+    return gemm_tiles(m, 128 if k % 128 == 0 else 2 * SPAN.value)
 
 
 def check_operands(a_codes: torch.Tensor, a_scale: torch.Tensor | None, weights: Int8Weights, tiles: Tiles) -> None:

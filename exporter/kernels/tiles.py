@@ -3,8 +3,28 @@ epilogue that applies the one float rescale of a deployable GEMM."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import triton
 import triton.language as tl
+
+LARGE_TILES_ABOVE = 128  # GEMMs with more rows (M) than this take the large tiles
+
+
+@dataclass(frozen=True)
+class Tiles:
+    bm: int
+    bn: int
+    bk: int
+    group_m: int = 8
+    num_warps: int = 4
+    num_stages: int = 4
+
+
+def gemm_tiles(m: int, bk: int) -> Tiles:
+    """Tiles by the number of rows: the more rows, the more MMA work each weight tile's loads (and
+    unpacking) are spread over."""
+    return Tiles(128, 128, bk, num_warps=8) if m > LARGE_TILES_ABOVE else Tiles(64, 64, bk)
 
 
 @triton.jit

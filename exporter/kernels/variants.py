@@ -20,7 +20,8 @@ from triton.compiler import ASTSource
 from exporter.kernels.activation_quant import BLOCK, FORMATS, QMAX, ROUNDING, quantize_rows_kernel
 from exporter.kernels.fp8_gemm import fp4_ptx, fp8_gemm_kernel
 from exporter.kernels.int8_gemm import int8_gemm_kernel
-from exporter.kernels.vq_gemm import vq_gemm_kernel
+from exporter.kernels.tiles import LARGE_TILES_ABOVE, Tiles, gemm_tiles
+from exporter.kernels.vq_gemm import VQ_BLOCK_K, vq_gemm_kernel
 from exporter.quant.fp4_groups import EXPONENTS, TINY, e4m3_byte_table
 
 ALL_ARCHS = (80, 89, 90)
@@ -59,18 +60,17 @@ class KernelVariant:
                               options={"num_warps": self.num_warps, "num_stages": self.num_stages})
 
 
-def _gemm(name: str, family: str, kernel, pointers: dict[str, str], constants: dict[str, Any], tiles: tuple,
+def _gemm(name: str, family: str, kernel, pointers: dict[str, str], constants: dict[str, Any], tiles: Tiles,
           archs: tuple[int, ...]) -> KernelVariant:
-    bm, bn, bk, warps, stages = tiles
     return KernelVariant(name, family, kernel, pointers | GEMM_SIZES,
-                         constants | {"HAS_BIAS": True, "BM": bm, "BN": bn, "BK": bk, "GROUP_M": 8},
-                         num_warps=warps, num_stages=stages, archs=archs)
+                         constants | {"HAS_BIAS": True, "BM": tiles.bm, "BN": tiles.bn, "BK": tiles.bk,
+                                      "GROUP_M": tiles.group_m},
+                         num_warps=tiles.num_warps, num_stages=tiles.num_stages, archs=archs)
 
 
-# (BM, BN, BK, warps, stages): many rows (M > 128) and few.
-LARGE = (128, 128, 128, 8, 4)
-SMALL = (64, 64, 128, 4, 4)
-TILES = {"large": LARGE, "small": SMALL}
+# The variants' tiles: "large" for more rows than LARGE_TILES_ABOVE, "small" for fewer; K step 128
+# (DiT widths are multiples of 128; 4-bit weights need the step to divide K).
+TILES = {"large": gemm_tiles(LARGE_TILES_ABOVE + 1, 128), "small": gemm_tiles(1, 128)}
 
 
 def _variants() -> list[KernelVariant]:
@@ -92,11 +92,9 @@ def _variants() -> list[KernelVariant]:
                              fp8_pointers | weights, {"W4": bits == 4, "TABLE": e4m3_byte_table("e2m1"), "FP4_PTX": fp4_ptx("e2m1")}, tiles,
                              FP8_ARCHS))
         for d in (4, 2):
-            bm, bn, _, warps, stages = tiles
-            out.append(KernelVariant(f"vq_gemm.d{d}.{size}", "fp16", vq_gemm_kernel,
-                                     vq_pointers | {"M": "i32", "N": "i32", "K": "i32"},
-                                     {"D": d, "INT8_A": False, "HAS_BIAS": True, "BM": bm, "BN": bn, "BK": 64,
-                                      "GROUP_M": 8}, num_warps=warps, num_stages=stages))
+            vq_tiles = gemm_tiles(LARGE_TILES_ABOVE + 1 if size == "large" else 1, VQ_BLOCK_K)
+            out.append(_gemm(f"vq_gemm.d{d}.{size}", "fp16", vq_gemm_kernel, vq_pointers,
+                             {"D": d, "INT8_A": False}, vq_tiles, ALL_ARCHS))
     t_min, t_max = EXPONENTS["e2m1"]
     for fmt in FORMATS:
         for static in (False, True) if fmt != "fp4" else (False,):

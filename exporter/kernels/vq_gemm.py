@@ -21,8 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from exporter.kernels.int8_gemm import Tiles
-from exporter.kernels.tiles import grid_size, program_tile
+from exporter.kernels.tiles import Tiles, gemm_tiles, grid_size, program_tile
 from exporter.quant.vq import unpack_indices
 
 
@@ -82,10 +81,7 @@ class VqWeights:
         return self.codebook[self.indices.long()].reshape(self.n, self.k)
 
 
-def default_tiles(m: int, d: int) -> Tiles:
-    if m > 128:
-        return Tiles(128, 128, 64, num_warps=8, num_stages=4)
-    return Tiles(64, 64, 64, num_stages=4)
+VQ_BLOCK_K = 64  # channels per K step: 16 index bytes per row at d = 4
 
 
 def vq_gemm(a: torch.Tensor, weights: VqWeights, a_scale: torch.Tensor | None = None,
@@ -97,7 +93,7 @@ def vq_gemm(a: torch.Tensor, weights: VqWeights, a_scale: torch.Tensor | None = 
     if weights.k != k or (int8_a != (a_scale is not None)) or a.dtype not in (torch.float16, torch.int8):
         raise ValueError("activations are float16 [M, K], or int8 codes [M, K] with float32 scales [M]; "
                          "K as the weights'")
-    t = tiles or default_tiles(m, d)
+    t = tiles or gemm_tiles(m, VQ_BLOCK_K)
     y = torch.empty(m, weights.n, dtype=out_dtype, device=a.device)
     if m == 0:
         return y

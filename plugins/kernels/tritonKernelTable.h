@@ -33,6 +33,7 @@ struct KernelTable
     KernelImage const* images;
     std::size_t count;
     char const* tritonVersion;
+    int largeTilesAbove;  // GEMMs with more rows take the ".large" variants, others ".small"
 };
 
 // Defined by the generated source.

@@ -19,8 +19,6 @@ namespace
 constexpr int64_t kAlignment = 16;
 // The FP4 activation quantizer's group of channels (variants.py: GROUP).
 constexpr int32_t kFp4Group = 32;
-// Rows above which the Python wrappers pick the large tiles (int8_gemm.default_tiles).
-constexpr int32_t kLargeTilesAbove = 128;
 constexpr int64_t kInt32Max = INT32_MAX;
 
 std::string archName(KernelImage const& image)
@@ -91,6 +89,44 @@ void gemmSizes(LaunchPlan& plan, int32_t m, int32_t n, int32_t k)
     plan.int32("M", m);
     plan.int32("N", n);
     plan.int32("K", k);
+}
+
+void setShape(LaunchPlan& plan, int32_t m, int32_t n, int32_t k)
+{
+    plan.rows = m;
+    plan.cols = n;
+    plan.k = k;
+}
+
+// The embedded table's own copy of a variant's name (the plan keeps the pointer), or nullptr.
+char const* embeddedVariant(std::string const& name)
+{
+    KernelTable const table = embeddedKernels();
+    for (std::size_t i = 0; i < table.count; ++i)
+    {
+        if (name == table.images[i].variant)
+        {
+            return table.images[i].variant;
+        }
+    }
+    return nullptr;
+}
+
+// "<prefix>.large" for more rows than the table's largeTilesAbove (variants.py's tiles), else
+// "<prefix>.small".
+char const* tiledVariant(std::string const& prefix, int32_t m)
+{
+    return embeddedVariant(prefix + (m > embeddedKernels().largeTilesAbove ? ".large" : ".small"));
+}
+
+DitTritonStatus checkVariant(char const* function, LaunchPlan const& plan, std::string& why)
+{
+    if (plan.variant == nullptr)
+    {
+        why = std::string(function) + ": the embedded kernels lack the variant this call needs";
+        return DIT_TRITON_INTERNAL_ERROR;
+    }
+    return DIT_TRITON_SUCCESS;
 }
 
 } // namespace
@@ -182,18 +218,13 @@ DitTritonStatus planInt8Gemm(void const* a, float const* aScale, void const* w, 
         return status;
     }
     bool const fp16 = activation == DIT_TRITON_ACT_FP16;
-    bool const large = m > kLargeTilesAbove;
-    if (weightBits == 8)
+    std::string const weights = weightBits == 8 ? "int8_gemm.w8" : "int8_gemm.w4";
+    plan.variant = fp16 ? embeddedVariant(weights + ".a16.small") : tiledVariant(weights, m);
+    setShape(plan, m, n, k);
+    if (DitTritonStatus const status = checkVariant(kFunction, plan, why))
     {
-        plan.variant = fp16 ? "int8_gemm.w8.a16.small" : large ? "int8_gemm.w8.large" : "int8_gemm.w8.small";
+        return status;
     }
-    else
-    {
-        plan.variant = fp16 ? "int8_gemm.w4.a16.small" : large ? "int8_gemm.w4.large" : "int8_gemm.w4.small";
-    }
-    plan.rows = m;
-    plan.cols = n;
-    plan.k = k;
     plan.kStepDividesK = weightBits == 4;
     if (plan.empty())
     {
@@ -241,18 +272,12 @@ DitTritonStatus planFp8Gemm(void const* a, float const* aScale, void const* w, u
     {
         return status;
     }
-    bool const large = m > kLargeTilesAbove;
-    if (weightBits == 8)
+    plan.variant = tiledVariant(weightBits == 8 ? "fp8_gemm.w8" : "fp8_gemm.fp4", m);
+    setShape(plan, m, n, k);
+    if (DitTritonStatus const status = checkVariant(kFunction, plan, why))
     {
-        plan.variant = large ? "fp8_gemm.w8.large" : "fp8_gemm.w8.small";
+        return status;
     }
-    else
-    {
-        plan.variant = large ? "fp8_gemm.fp4.large" : "fp8_gemm.fp4.small";
-    }
-    plan.rows = m;
-    plan.cols = n;
-    plan.k = k;
     plan.kStepDividesK = weightBits == 4;
     if (plan.empty())
     {
@@ -293,18 +318,12 @@ DitTritonStatus planVqGemm(void const* a, uint8_t const* indices, void const* co
     {
         return status;
     }
-    bool const large = m > kLargeTilesAbove;
-    if (dim == 4)
+    plan.variant = tiledVariant(dim == 4 ? "vq_gemm.d4" : "vq_gemm.d2", m);
+    setShape(plan, m, n, k);
+    if (DitTritonStatus const status = checkVariant(kFunction, plan, why))
     {
-        plan.variant = large ? "vq_gemm.d4.large" : "vq_gemm.d4.small";
+        return status;
     }
-    else
-    {
-        plan.variant = large ? "vq_gemm.d2.large" : "vq_gemm.d2.small";
-    }
-    plan.rows = m;
-    plan.cols = n;
-    plan.k = k;
     if (plan.empty())
     {
         return DIT_TRITON_SUCCESS;

@@ -55,7 +55,7 @@ KernelImage const kImages[] = {
     {"f", "fp8", 89, false, true, "k", 4, 1024, 64, 64, 128, "a_ptr,K", kBytes, 1},
     {"h", "fp8", 90, true, false, "k", 4, 1024, 64, 64, 128, "a_ptr,K", kBytes, 1},
 };
-KernelTable const kTable{kImages, sizeof(kImages) / sizeof(kImages[0]), "test"};
+KernelTable const kTable{kImages, sizeof(kImages) / sizeof(kImages[0]), "test", 128};
 
 std::string selected(char const* variant, int major, int minor)
 {
