@@ -94,7 +94,8 @@ def read_images(kernels: Path) -> list[Image]:
             raise ValueError(f"{ptx_file.name} has no .target line")
         arch = int(target.group(1))
         if arch not in entries:
-            raise ValueError(f"{ptx_file.name} targets sm_{arch}, which has no manifest entry to take its launch shape from")
+            raise ValueError(f"{ptx_file.name} targets sm_{arch}, which has no manifest entry to take its launch "
+                             "shape from")
         images.append(_image(entries[arch], arch, bool(target.group(2)), True, ptx_file.name,
                              text.encode("ascii") + b"\0"))
     return images

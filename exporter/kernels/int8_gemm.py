@@ -105,7 +105,8 @@ def per_span(group_values: torch.Tensor, group_size: int) -> torch.Tensor:
 
 def check_spans(k: int, group_size: int, n: int, per_span_values: torch.Tensor) -> None:
     span = SPAN.value
-    if k % (2 * span) or group_size <= 0 or group_size % span or k % group_size or per_span_values.shape != (n, k // span):
+    shapes = per_span_values.shape == (n, k // span)
+    if k % (2 * span) or group_size <= 0 or group_size % span or k % group_size or not shapes:
         raise ValueError(f"4-bit weights need K a multiple of {2 * span}, a group that is a multiple of {span} "
                          f"dividing K, and one group value per {span} channels [N, K / {span}]; got K {k}, group "
                          f"{group_size}, values {tuple(per_span_values.shape)}")
@@ -162,18 +163,21 @@ def default_tiles(m: int, k: int) -> Tiles:
 
 def check_operands(a_codes: torch.Tensor, a_scale: torch.Tensor | None, weights: Int8Weights, tiles: Tiles) -> None:
     m, k = a_codes.shape
-    codes = a_codes.dtype == torch.int8 and a_scale is not None and a_scale.shape == (m,) and a_scale.dtype == torch.float32
+    codes = (a_codes.dtype == torch.int8 and a_scale is not None and a_scale.shape == (m,)
+             and a_scale.dtype == torch.float32)
     if not codes and not (a_codes.dtype == torch.float16 and a_scale is None):
         raise ValueError("activations are int8 codes [M, K] with float32 scales [M], or float16 [M, K] alone")
     if weights.k != k:
         raise ValueError(f"weights take K = {weights.k}, activations have {k}")
     if tiles.bk % (2 * SPAN.value) or (weights.four_bit and k % tiles.bk):
-        raise ValueError(f"the K step {tiles.bk} must be a multiple of {2 * SPAN.value} (and divide K for 4-bit weights)")
+        raise ValueError(f"the K step {tiles.bk} must be a multiple of {2 * SPAN.value} (and divide K for 4-bit "
+                         "weights)")
     if weights.four_bit:
         check_spans(k, weights.group_size, weights.n, weights.factor)
 
 
-def int8_gemm(a_codes: torch.Tensor, a_scale: torch.Tensor | None, weights: Int8Weights, bias: torch.Tensor | None = None,
+def int8_gemm(a_codes: torch.Tensor, a_scale: torch.Tensor | None, weights: Int8Weights,
+              bias: torch.Tensor | None = None,
               out_dtype: torch.dtype = torch.float16, tiles: Tiles | None = None) -> torch.Tensor:
     m, k = a_codes.shape
     t = tiles or default_tiles(m, k)
@@ -192,4 +196,5 @@ def int8_gemm(a_codes: torch.Tensor, a_scale: torch.Tensor | None, weights: Int8
     return y
 
 
-__all__ = ["SPAN", "Int8Weights", "PackedWeights", "Tiles", "default_tiles", "int8_gemm", "int8_gemm_kernel", "pack_int4_chunks"]
+__all__ = ["SPAN", "Int8Weights", "PackedWeights", "Tiles", "check_spans", "default_tiles", "int8_gemm",
+           "int8_gemm_kernel", "pack_int4_chunks", "per_span"]

@@ -89,7 +89,8 @@ def _variants() -> list[KernelVariant]:
                                  weights | {"a_ptr": "*fp16"}, {"W4": bits == 4, "A_FP16": True}, tiles, ALL_ARCHS))
             weights = {"w_ptr": "*fp8e4nv"} if bits == 8 else {}
             out.append(_gemm(f"fp8_gemm.{'w8' if bits == 8 else 'fp4'}.{size}", "fp8", fp8_gemm_kernel,
-                             fp8_pointers | weights, {"W4": bits == 4, "TABLE": e4m3_byte_table("e2m1"), "FP4_PTX": fp4_ptx("e2m1")}, tiles,
+                             fp8_pointers | weights,
+                             {"W4": bits == 4, "TABLE": e4m3_byte_table("e2m1"), "FP4_PTX": fp4_ptx("e2m1")}, tiles,
                              FP8_ARCHS))
         for d in (4, 2):
             vq_tiles = gemm_tiles(LARGE_TILES_ABOVE + 1 if size == "large" else 1, VQ_BLOCK_K)
