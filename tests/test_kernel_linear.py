@@ -27,6 +27,9 @@ def wide(tmp_path_factory):
     return loaded, collect_calibration_set(loaded, SAMPLER, trajectories=2, seed=0, progress=False)
 
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # the kernels' device: the GPU, else the interpreter
+
+
 def _batch(calib):
     return calib.x[:16], calib.t[:16], calib.y[:16]
 
@@ -51,17 +54,19 @@ def test_kernels_compute_the_simulated_layers(wide, precision):
     on_kernels = copy.deepcopy(qdit)
     assert use_kernels(on_kernels) == len(seen) > 0
     assert not any(isinstance(m, KernelLinear) for m in qdit.transformer.modules())
-    on_kernels.context.timestep = t
+    on_kernels.transformer.to(DEVICE)
+    on_kernels.context.timestep = t.to(DEVICE)
     layers = {n: m for n, m in on_kernels.transformer.named_modules() if isinstance(m, KernelLinear)}
     assert layers.keys() == seen.keys()
     for name, layer in layers.items():
         inputs, expected = seen[name]
         with torch.no_grad():
-            out = layer(inputs)
+            out = layer(inputs.to(DEVICE)).cpu()
         tolerance = 1e-5 if layer.quantized_input else 1e-3
         assert (out - expected).abs().max() <= tolerance * expected.abs().max(), name
     with torch.no_grad():
-        whole = on_kernels.transformer(x, timestep=t, class_labels=y).sample
+        whole = on_kernels.transformer(x.to(DEVICE), timestep=t.to(DEVICE), class_labels=y.to(DEVICE)).sample
+    whole = whole.cpu()
     assert (whole - simulated).abs().max() <= 0.02 * simulated.abs().max()
 
 
