@@ -102,9 +102,6 @@ class Fp8Weights(PackedWeights):
         offset = per_span(exponent.to(torch.int32) - EXPONENTS[kind][0], group_size)
         return cls(packed, w_scale.float().contiguous(), offset, group_size, kind)
 
-    @property
-    def four_bit(self) -> bool:
-        return self.offset is not None
 
     def operand(self) -> torch.Tensor:
         """The E4M3 operand [N, K] the kernel multiplies, as float32 (exact)."""

@@ -121,7 +121,8 @@ class PackedWeights:
 
     @property
     def four_bit(self) -> bool:
-        raise NotImplementedError
+        """4-bit codes are packed two per uint8; 8-bit ones are int8 or float8_e4m3fn."""
+        return self.codes.dtype == torch.uint8
 
     @property
     def n(self) -> int:
@@ -144,10 +145,6 @@ class Int8Weights(PackedWeights):
                             group_size: int) -> Int8Weights:
         """From INT4 codes int8 [N, K], factors [N, K / group_size] and row scales [N]."""
         return cls(pack_int4_chunks(q), w_scale.float().contiguous(), per_span(factor, group_size), group_size)
-
-    @property
-    def four_bit(self) -> bool:
-        return self.factor is not None
 
     def operand(self) -> torch.Tensor:
         """The INT8 operand [N, K] the kernel multiplies (exact)."""
