@@ -132,7 +132,7 @@ def test_an_fp4_quantize_that_is_not_dequantized_is_a_clear_error():
 
 
 def test_fp4_export_writes_float4_weights_decode_tables_and_the_reference_file(tiny, calib, tmp_path):
-    recipe = get_recipe("fp4").with_overrides(weight_fp4_format="e3m0")
+    recipe = get_recipe("fp4-g32").with_overrides(weight_fp4_format="e3m0")
     qdit = quantize_model(tiny.transformer, recipe, calib, 1000, progress=False)
     assert all(layer.fmt == Fp4Format("e3m0") for layer in qdit.quant_linears().values())
     result = run_export(qdit, tiny.transformer, tmp_path, calib.timesteps[:3])
@@ -148,7 +148,7 @@ def test_fp4_export_writes_float4_weights_decode_tables_and_the_reference_file(t
     assert all(a.i == TensorProto.FLOAT4E2M1 for n in quantizers for a in n.attribute if a.name == "output_dtype")
     hadamards = [n for n in proto.graph.node if n.op_type == "MatMul" and any("hadamard" in i for i in n.input)]
     assert len(hadamards) == sum(layer.rotation_block > 1 for layer in layers)
-    assert result["reference_onnx"] == str(reference_path(tmp_path / "onnx" / "fp4.qdq.onnx"))
+    assert result["reference_onnx"] == str(reference_path(tmp_path / "onnx" / "fp4-g32.qdq.onnx"))
     assert not needs_reference(onnx.load(result["reference_onnx"]))
     assert result["qdq_vs_simulated"]["mean_abs"] < 0.05 * result["qdq_vs_fp"]["mean_abs"]
 

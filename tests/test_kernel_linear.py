@@ -34,7 +34,7 @@ def _batch(calib):
     return calib.x[:16], calib.t[:16], calib.y[:16]
 
 
-@pytest.mark.parametrize("precision", ["w4a8", "w8a8", "vq2-a8", "vq2"])
+@pytest.mark.parametrize("precision", ["w4a8", "w8a8", "fp4", "vq2-a8", "vq2"])
 def test_kernels_compute_the_simulated_layers(wide, precision):
     """Each layer on the kernels, fed what its simulated twin was fed: the same codes, so the same
     output to float reordering; FP16 rounding where the activations stay FP (adaLN, VQ without A8)."""
@@ -76,3 +76,24 @@ def test_float_group_scales_have_no_kernel(wide):
                           1000, progress=False)
     with pytest.raises(UserError, match="float group scales"):
         use_kernels(qdit)
+
+
+def test_fp4_layers_need_power_of_two_groups_and_fp8_tensor_cores(wide, monkeypatch):
+    loaded, calib = wide
+    for recipe, message in ((get_recipe("fp4").with_overrides(weight_scales="float"), "float FP4 group scales"),
+                            (get_recipe("fp4").with_overrides(activation_scales="float"),
+                             "activations fp4e2m1 have no kernel")):
+        reference = quantize_model(loaded.transformer, recipe.with_overrides(weight_method="rtn"), calib, 1000,
+                                   progress=False)
+        with pytest.raises(UserError, match=message):
+            use_kernels(reference)
+    qdit = quantize_model(loaded.transformer, get_recipe("fp4").with_overrides(weight_method="rtn"), calib, 1000,
+                          progress=False)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *_: (8, 0))
+    with pytest.raises(UserError, match=r"\(FP4\) runs on FP8 tensor cores, which sm_80 lacks") as e:
+        use_kernels(copy.deepcopy(qdit))
+    assert "\n" not in str(e.value)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *_: (8, 9))
+    assert use_kernels(copy.deepcopy(qdit)) == len(qdit.quant_linears())

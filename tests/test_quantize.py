@@ -12,7 +12,7 @@ from exporter.quant.calibration import CalibrationSet
 from exporter.quant.checkpoint import load_checkpoint
 from exporter.quant.policy import LayerPolicy, linear_roles
 from exporter.quant.primitives import sqnr_db
-from exporter.quant.qlinear import DynamicActivationQuant, StaticActivationQuant
+from exporter.quant.qlinear import DynamicActivationQuant, Pow2GroupActivationQuant, StaticActivationQuant
 from exporter.quant.quantize import TimestepBuckets, quantize_model
 from exporter.quant.recipes import RECIPES, get_recipe
 from tests.conftest import SAMPLER, save_tiny_pipeline
@@ -55,6 +55,8 @@ def test_each_precision_quantizes_the_policy_layers_and_stays_close(tiny, calib,
     for layer_name, layer in layers.items():
         want_act = q.roles[layer_name] in recipe.policy.activations
         kind = DynamicActivationQuant if recipe.activation.mode == "dynamic" else StaticActivationQuant
+        if recipe.activation.scales == "pow2-groups":
+            kind = Pow2GroupActivationQuant
         assert isinstance(layer.act, kind) if want_act else layer.act is None
         values = layer.fmt.decode(layer.codes)
         assert values.min() >= layer.fmt.qmin and values.max() <= layer.fmt.qmax
@@ -62,7 +64,7 @@ def test_each_precision_quantizes_the_policy_layers_and_stays_close(tiny, calib,
     x, t, y = calib.x[:16], calib.t[:16], calib.y[:16]
     with torch.no_grad():
         ref, out = tiny.transformer(x, t, y).sample, q.transformer(x, t, y).sample
-    assert sqnr_db(ref, out) > {"w8a8": 30, "fp4": 8}.get(name, 12)
+    assert sqnr_db(ref, out) > {"w8a8": 30, "fp4": 8, "fp4-g32": 8}.get(name, 12)
 
 
 def test_static_scales_follow_the_timestep_per_sample(tiny, calib):
@@ -79,7 +81,7 @@ def test_static_scales_follow_the_timestep_per_sample(tiny, calib):
     assert torch.equal(layer.act(x[1:]), both[1:])
 
 
-@pytest.mark.parametrize("name", ["w8a8", "w4a8", "w8a8-fp8", "w4a8-fp4", "fp4"])
+@pytest.mark.parametrize("name", ["w8a8", "w4a8", "w8a8-fp8", "w4a8-fp4", "fp4", "fp4-g32"])
 def test_checkpoint_round_trip_is_bit_exact(tiny, calib, tmp_path, name):
     recipe = get_recipe(name) if name in RECIPES else get_recipe("w8a8").with_overrides(activation_kind="fp8")
     q, _ = run_calibrate(tiny, recipe, SAMPLER, CalibrationOptions(data=calib.save(tmp_path / "c")),

@@ -22,14 +22,14 @@ from exporter.rewrite.header import HEADER, generate
 from exporter.rewrite.rewrite import rewrite_graph, run_rewrite
 from exporter.validate import run_rewrite_validation
 
-PRECISIONS = ["w8a8", "w4a8", "w4a8-naive", "w4a4", "w4a8-fp4", "fp4", "vq3", "vq2-a8"]
+PRECISIONS = ["w8a8", "w4a8", "w4a8-naive", "w4a4", "w4a8-fp4", "fp4-g32", "vq3", "vq2-a8"]
 
 
 @pytest.fixture(scope="module")
 def qdq_graphs(tiny, calib, tmp_path_factory):
     folder = tmp_path_factory.mktemp("rw")
     graphs = {}
-    for precision in PRECISIONS:
+    for precision in PRECISIONS + ["fp4"]:
         recipe = get_recipe(precision)
         if recipe.weight.kind == "vq":
             recipe = recipe.with_overrides(weight_vq_iterations=5)
@@ -72,8 +72,27 @@ def test_every_quantized_gemm_becomes_a_plugin_that_computes_the_same(qdq_graphs
     np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
 
 
-def test_plugins_carry_the_layers_fields(qdq_graphs):
+def test_fp4_activations_on_power_of_two_groups_stay_with_the_reason(qdq_graphs, tiny):
+    """No plugin computes the power-of-two group scales of `fp4`'s activations: those layers stay as
+    QDQ subgraphs, listed with the reason; its weight-only layers (adaLN) become DitFp4Gemm nodes."""
     path, qdit = qdq_graphs["fp4"]
+    result = rewrite_graph(onnx.load(str(path)))
+    layers = qdit.quant_linears()
+    with_act = [name for name, layer in layers.items() if layer.act is not None]
+    assert with_act and len(result.not_replaced) == len(with_act)
+    assert set(result.not_replaced.values()) == {
+        "dynamic activation scales not computed as max|x| / qmax (e.g. FP4 on power-of-two groups: a float per "
+        "token times 2^t per group), which no plugin takes"}
+    assert result.replaced == {"DitFp4Gemm": len(layers) - len(with_act)}
+    written = run_rewrite(path)
+    feeds = _feeds(tiny.transformer)
+    expected = session(path).run(None, feeds)[0]
+    actual = session(written["rewritten_onnx"]).run(None, feeds)[0]
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+
+
+def test_plugins_carry_the_layers_fields(qdq_graphs):
+    path, qdit = qdq_graphs["fp4-g32"]
     trt = rewrite_graph(onnx.load(str(path))).tensorrt
     fields = {n.name: {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute} for n in trt.graph.node
               if n.domain == DOMAIN}

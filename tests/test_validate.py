@@ -18,10 +18,12 @@ from exporter.validate import INPUTS_FILE, REFERENCE_FILE, Tolerances, run_valid
 from tests.conftest import SAMPLER, save_tiny_pipeline
 
 
-@pytest.fixture(scope="module", params=["w4a8", "fp4", "vq3"])
+@pytest.fixture(scope="module", params=["w4a8", "fp4", "fp4-g32", "vq3"])
 def exported(tmp_path_factory, request):
-    """The FP and QDQ graphs of a tiny model; fp4's QDQ graph holds FLOAT4E2M1, which ONNX
-    Runtime runs in its reference form; vq3's decodes its codebooks with standard ops."""
+    """The FP and QDQ graphs of a tiny model; the FP4 QDQ graphs hold FLOAT4E2M1, which ONNX
+    Runtime runs in its reference form (fp4: scales on power-of-two groups computed by
+    comparisons; fp4-g32: FP32 group scales, Hadamard rotations); vq3's decodes its codebooks
+    with standard ops."""
     folder = tmp_path_factory.mktemp("v")
     tiny = load_dit(str(save_tiny_pipeline(folder / "pipe", num_layers=2)))
     calib = collect_calibration_set(tiny, SAMPLER, trajectories=4, seed=0, progress=False)

@@ -7,6 +7,9 @@
     python tools/fidelity_table.py --rows 17-22          # W4A4 with and without DilateQuant
     python tools/fidelity_table.py --rows 23-24          # W4A8: searched group sizes vs uniform
     python tools/fidelity_table.py --rows 2,25           # W4A8: FP32 group scales vs deployable two-level
+    python tools/fidelity_table.py --rows 6,26           # W4A4-FP4: FP32 group scales vs deployable power-of-two groups
+    python tools/fidelity_table.py --rows 27-29          # deployable W4A4-FP4: activation groups, formats, dilation
+    python tools/fidelity_table.py --rows 7,30,31        # W4A4-FP4 without Hadamard: which grid costs what
 
 
 Each row is calibrated from scratch (its time is reported), then evaluated with
@@ -49,16 +52,17 @@ SEARCH = "group_search"  # an override that is no recipe field: runs the search 
 W4A8_G32 = "W4A8-g32 reference (g32 GPTQ + clip search W4, FP32 group scales, dynamic per-token A8)"
 
 # (row label, precision or recipe, recipe overrides); rows 2, 3, 9, 23 and 24 were measured with
-# `w4a8` before it took two-level scales: today's `w4a8-g32`.
+# `w4a8` before it took two-level scales: today's `w4a8-g32`; rows 6, 7 and 8 with `fp4` before it
+# took power-of-two groups: today's `fp4-g32`.
 ROWS = [
     ("W8A8 (per-channel W8 RTN, static per-timestep A8)", "w8a8", {}),
     (W4A8_G32, "w4a8-g32", {}),
     ("W4A8 (g32 GPTQ + clip search W4, static per-timestep A8)", "w4a8-g32", {"activation_mode": "static"}),
     ("W4A8 naive baseline (per-channel W4 RTN, static per-tensor A8)", "w4a8-naive", {}),
     ("W4A8-FP4 (g32 GPTQ FP4 W, format per layer, dynamic per-token A8)", "w4a8-fp4", {}),
-    ("W4A4-FP4 (g32 GPTQ FP4 W, format per layer, dynamic g32 E2M1 A4, Hadamard)", "fp4", {}),
-    ("W4A4-FP4 without the Hadamard rotation", "fp4", {"hadamard": False}),
-    ("W4A4-FP4 with E2M1 everywhere (no per-layer format choice)", "fp4", {"weight_fp4_format": "e2m1"}),
+    ("W4A4-FP4 (g32 GPTQ FP4 W, format per layer, dynamic g32 E2M1 A4, Hadamard)", "fp4-g32", {}),
+    ("W4A4-FP4 without the Hadamard rotation", "fp4-g32", {"hadamard": False}),
+    ("W4A4-FP4 with E2M1 everywhere (no per-layer format choice)", "fp4-g32", {"weight_fp4_format": "e2m1"}),
     ("W4A4 INT4 RTN baseline (g32 RTN W4, dynamic g32 INT4 A4)", "w4a8-g32",
      {"weight_method": "rtn", "weight_clip_search": False, "activation_bits": 4, "activation_group_size": 32}),
     ("vq3 (VQ4DiT: 64 x 2 codebooks per layer, calibrated block by block; FP activations)", "vq3", {}),
@@ -84,6 +88,16 @@ ROWS = [
      {SEARCH: SearchOptions(budget=64.0, epochs=0)}),
     ("W4A8 deployable (g32 GPTQ + clip search W4, two-level scales: FP32 per row x integer 1..16 per group; "
      "dynamic per-token A8)", "w4a8", {}),
+    ("W4A4-FP4 deployable (g32 GPTQ FP4 W, format per layer, and dynamic E2M1 A4, both on power-of-two groups: "
+     "FP32 per row x 2^t per 32 channels; no Hadamard)", "fp4", {}),
+    ("W4A4-FP4 deployable with power-of-two activation groups of 16 channels", "fp4", {"activation_group_size": 16}),
+    ("W4A4-FP4 deployable with E2M1 weights everywhere (no per-layer format choice)", "fp4",
+     {"weight_fp4_format": "e2m1"}),
+    ("W4A4-FP4 deployable with DilateQuant's weight dilation (folded into adaLN and to_v)", "fp4", {"dilation": True}),
+    ("W4A4-FP4 with power-of-two weight groups only (FP32 activation scales per 32 channels, no Hadamard)", "fp4",
+     {"activation_scales": "float"}),
+    ("W4A4-FP4 with power-of-two activation groups only (FP32 weight group scales, no Hadamard)", "fp4",
+     {"weight_scales": "float"}),
 ]
 
 

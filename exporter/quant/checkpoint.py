@@ -8,7 +8,10 @@
                                       (exporter/quant/packing.py); 8-bit: int8 / uint8 [N, K]
                           L.w_scale   float32 [N, groups]; with two-level scales (manifest
                                       "scales": "two-level") exactly s[n] * f[n, g], which
-                                      exporter/quant/two_level.py's split_two_level recovers
+                                      exporter/quant/two_level.py's split_two_level recovers;
+                                      with FP4 power-of-two groups ("scales": "pow2-groups")
+                                      exactly s[n] * 2**t[n, g], which fp4_groups.split_pow2
+                                      recovers
                           L.w_zero    float32 [N, groups] (asymmetric formats only)
                           L.bias      float32 [N] (if the layer has one)
                           L.a_scale, L.a_zero   float32 [buckets] (static activations only)
@@ -37,10 +40,18 @@ from torch import nn
 
 from exporter.atomic import atomic_directory
 from exporter.errors import UserError
+from exporter.quant.fp4 import Fp4Format
+from exporter.quant.fp4_groups import split_pow2
 from exporter.quant.packing import pack_int4, unpack_int4
 from exporter.quant.policy import LayerPolicy
 from exporter.quant.primitives import IntFormat, format_from_name
-from exporter.quant.qlinear import DynamicActivationQuant, QuantLinear, StaticActivationQuant, TimestepContext
+from exporter.quant.qlinear import (
+    DynamicActivationQuant,
+    Pow2GroupActivationQuant,
+    QuantLinear,
+    StaticActivationQuant,
+    TimestepContext,
+)
 from exporter.quant.quantize import QuantizedDiT, TimestepBuckets, _set_module
 from exporter.quant.recipes import ActivationSpec, Recipe, WeightSpec
 from exporter.quant.two_level import split_two_level
@@ -117,6 +128,9 @@ def _save_activation(name: str, act: nn.Module | None, tensors: dict[str, torch.
     if isinstance(act, DynamicActivationQuant):
         return {"mode": "dynamic", "format": act.fmt.name, "bits": act.fmt.bits,
                 "symmetric": act.fmt.symmetric, "group_size": act.group_size}
+    if isinstance(act, Pow2GroupActivationQuant):
+        return {"mode": "dynamic", "format": act.fmt.name, "bits": act.fmt.bits, "symmetric": True,
+                "group_size": act.group_size, "scales": "pow2-groups"}
     return {"mode": "none"}
 
 
@@ -126,6 +140,10 @@ def _load_activation(layer: dict[str, Any], tensors: dict[str, torch.Tensor], bu
     if a["mode"] == "static":
         return StaticActivationQuant(format_from_name(a["format"]), tensors[f"{name}.a_scale"],
                                      tensors[f"{name}.a_zero"], bucket_of_t, context)
+    if a["mode"] == "dynamic" and a.get("scales", "float") == "pow2-groups":
+        if a["format"] != Fp4Format(Pow2GroupActivationQuant.KIND).name:
+            raise ValueError(f"{name}: power-of-two group activations are FP4 E2M1, not {a['format']}")
+        return Pow2GroupActivationQuant(a["group_size"])
     if a["mode"] == "dynamic":
         return DynamicActivationQuant(format_from_name(a["format"]), a["group_size"])
     return None
@@ -252,9 +270,14 @@ def _quant_linear_from(layer: dict[str, Any], tensors: dict[str, torch.Tensor], 
     elif codes.shape != (n, k):
         raise ValueError(f"{name}.codes has shape {tuple(codes.shape)}, expected {(n, k)}")
     scale = tensors[f"{name}.w_scale"]
-    if w.get("scales", "float") == "two-level":
+    if w.get("scales", "float") in ("two-level", "pow2-groups"):
         try:
-            split_two_level(scale)
+            if w["scales"] == "two-level":
+                split_two_level(scale)
+            elif isinstance(fmt, Fp4Format):
+                split_pow2(scale, fmt.kind)
+            else:
+                raise ValueError(f"power-of-two group scales are for FP4 weights, not {fmt.name}")
         except ValueError as e:
             raise ValueError(f"{name}.w_scale: {e}") from None
     zero = tensors.get(f"{name}.w_zero", torch.zeros_like(scale))

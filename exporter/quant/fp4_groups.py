@@ -16,13 +16,20 @@ t = t_max + ceil(log2(amax(g) / amax(row))), clamped to the range (a group more 
 An operand byte is built from the FP4 code with integer operations only: the E4M3 byte of v at
 t_min (`e4m3_bytes`), plus 8 (t - t_min) (t - t_min steps of its exponent field; zero stays
 zero), plus the sign bit (`e4m3_operand`). Kernels store t as that offset, t - t_min, in a byte.
+
+Weights (calibration, the `fp4` recipe; WeightSpec scales "pow2-groups"): s[n] is the row's
+largest group scale (min/max, or clip-searched) mapped onto t_max, then each group's t is chosen
+by exhaustive search over the EXPONENTS range for the lowest sum |w - s 2**t q(w / (s 2**t))|^p
+(p = 2.4, as two_level.search_factors). QuantLinear's float32 ``w_scale`` [N, G] holds the
+product s[n] * 2**t[n, g], exact in float32; ``split_pow2`` recovers s and t from it.
 """
 
 from __future__ import annotations
 
 import torch
 
-from exporter.quant.fp4 import MAGNITUDES, Fp4Format
+from exporter.quant.fp4 import FP4_FORMATS, MAGNITUDES, Fp4Format
+from exporter.quant.primitives import choose_qparams, fake_quantize, group_view, search_clip_ratio
 
 # (t_min, t_max): every nonzero magnitude times 2**t lies in E4M3's normal range [2**-6, 448].
 EXPONENTS = {"e2m1": (-5, 6), "e3m0": (-4, 4), "e1m2": (-4, 8)}
@@ -97,3 +104,82 @@ def e4m3_operand(codes: torch.Tensor, t: torch.Tensor, kind: str = "e2m1") -> to
     shift = ((t.to(torch.int32) - EXPONENTS[kind][0]) * 8).repeat_interleave(k // t.shape[1], dim=1)
     magnitude = torch.where(index == 0, 0, table[index] + shift)
     return (magnitude | ((c & 8) << 4)).to(torch.uint8)
+
+
+def row_scales(w: torch.Tensor, group_size: int, kind: str, clip_search: bool = False) -> torch.Tensor:
+    """s [N] of a weight [N, K]: the row's largest FP4 group scale (min/max, or clip-searched),
+    divided by 2**t_max so that the largest group takes t_max (as ``row_scale`` maps a row maximum)."""
+    fmt = Fp4Format(kind)
+    ratio = search_clip_ratio(w, fmt, group_size) if clip_search else 1.0
+    scale, _ = choose_qparams(w, fmt, group_size, clip_ratio=ratio)
+    return (scale.amax(-1) / 2.0 ** EXPONENTS[kind][1]).clamp_min(TINY)
+
+
+def group_errors(w: torch.Tensor, row_scale: torch.Tensor, group_size: int, kind: str,
+                 p: float = 2.4) -> torch.Tensor:
+    """[T, N, G]: sum over each group of |w - s 2**t q|^p for every t = t_max, t_max - 1, ..., t_min
+    (descending: index i is t_max - i)."""
+    fmt = Fp4Format(kind)
+    t_min, t_max = EXPONENTS[kind]
+    g = group_view(w.detach().float(), group_size)  # [N, G, g]
+    steps = torch.exp2(torch.arange(t_max, t_min - 1, -1, dtype=torch.float32))
+    chunk = max(1, (1 << 24) // max(1, g.numel()))  # exponents evaluated at once, bounded memory
+    errors = []
+    for part in steps.split(chunk):
+        scale = row_scale.float()[None, :, None, None] * part[:, None, None, None]  # exact: s * 2**t
+        errors.append((fmt.round(g / scale) * scale - g).abs().pow(p).sum(-1))
+    return torch.cat(errors)
+
+
+def search_exponents(w: torch.Tensor, row_scale: torch.Tensor, group_size: int, kind: str,
+                     p: float = 2.4) -> torch.Tensor:
+    """t [N, G] int32 in the EXPONENTS range minimising each group's Lp error; among equals, the largest."""
+    best = group_errors(w, row_scale, group_size, kind, p).argmin(0)  # first minimum: the largest t
+    return (EXPONENTS[kind][1] - best).to(torch.int32)
+
+
+def pow2_scales(w: torch.Tensor, group_size: int, kind: str, clip_search: bool = False) -> torch.Tensor:
+    """The per-group scale [N, G] = s[:, None] * 2**t of a weight [N, K] (round-to-nearest)."""
+    s = row_scales(w, group_size, kind, clip_search)
+    return s[:, None] * torch.exp2(search_exponents(w, s, group_size, kind).float())
+
+
+def select_pow2_format(w: torch.Tensor, group_size: int, clip_search: bool = True,
+                       candidates: tuple[Fp4Format, ...] = FP4_FORMATS) -> tuple[Fp4Format, dict[str, float]]:
+    """HQ-DiT's per-layer format choice on this grid: the FP4 format whose round-to-nearest
+    power-of-two-group quantization of ``w`` has the lowest squared error; and each candidate's error."""
+    errors = {}
+    for fmt in candidates:
+        scale = pow2_scales(w, group_size, fmt.kind, clip_search)
+        errors[fmt.name] = float((fake_quantize(w, scale, torch.zeros_like(scale), fmt, group_size) - w).pow(2).mean())
+    best = min(candidates, key=lambda f: errors[f.name])
+    return best, errors
+
+
+def split_pow2(w_scale: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(s [N] float32, t [N, G] int32) with s[:, None] * 2**t == w_scale exactly and t in the
+    format's EXPONENTS range; ValueError if no such pair exists.
+
+    Where several exist (a row's scales span less than the range), the one whose largest t is
+    t_max, as calibration maps a row; where s would then be inexact (below float32's normal
+    range), the next largest."""
+    if w_scale.dim() != 2 or w_scale.dtype != torch.float32:
+        raise ValueError(f"power-of-two group scales are float32 [N, groups], got {w_scale.dtype} "
+                         f"{tuple(w_scale.shape)}")
+    t_min, t_max = EXPONENTS[kind]
+    p = w_scale.double()
+    tops = torch.arange(t_max, t_min - 1, -1, dtype=torch.float64)  # candidate t of the row's largest scale
+    s = (p.amax(1, keepdim=True) / torch.exp2(tops)).float()  # [N, T], candidate row scales
+    ratio = p[:, None, :] / s.double()[:, :, None]  # [N, T, G]
+    mantissa, exponent = torch.frexp(ratio)
+    t = (exponent - 1).double()  # ratio = 2**t exactly when its mantissa is 0.5
+    valid = ((s > 0) & torch.isfinite(s) & (s.double() * torch.exp2(tops) == p.amax(1, keepdim=True))
+             & ((mantissa == 0.5) & (t >= t_min) & (t <= t_max)).all(-1)
+             & (s[:, :, None] * torch.exp2(t.float()) == w_scale[:, None, :]).all(-1))
+    if not bool(valid.any(1).all()):
+        rows = (~valid.any(1)).nonzero().flatten()
+        raise ValueError(f"scales are not FP4 power-of-two groups (s * 2**t, t in {t_min}..{t_max} for {kind}): "
+                         f"{len(rows)} of {len(p)} rows, first row {int(rows[0])}")
+    pick = valid.int().argmax(1)  # first valid: the largest t of the row's largest scale
+    rows = torch.arange(len(p))
+    return s[rows, pick], t[rows, pick].to(torch.int32)

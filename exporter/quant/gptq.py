@@ -5,13 +5,17 @@ not yet quantized through the inverse Hessian of the layer's inputs (H = 2 X^T X
 scale is chosen when the group's first column is reached, from the weights as updated so far,
 as in the reference implementation (no activation reordering). With two-level INT4 scales
 (exporter/quant/two_level.py) the row scale s is fixed up front from the weight before any
-update, and what is chosen at a group's first column is its integer factor f.
+update, and what is chosen at a group's first column is its integer factor f; with FP4
+power-of-two group scales (exporter/quant/fp4_groups.py) likewise s up front and, at a group's
+first column, its exponent t.
 """
 
 from __future__ import annotations
 
 import torch
 
+from exporter.quant import fp4_groups
+from exporter.quant.fp4 import Fp4Format
 from exporter.quant.primitives import (
     PER_CHANNEL,
     PER_TENSOR,
@@ -63,13 +67,17 @@ def _group_qparams(w: torch.Tensor, fmt: QuantFormat, clip_search: bool) -> tupl
 
 def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, fmt: QuantFormat, group_size: int,
                   clip_search: bool = False, damp: float = 0.01, block_size: int = 128,
-                  two_level: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  two_level: bool = False,
+                  pow2_groups: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Integer codes [N, K], scales and zero-points [N, groups] of a Linear weight [N, K].
-    ``two_level``: symmetric INT4 scales s[n] * f[n, g] (exporter/quant/two_level.py)."""
+    ``two_level``: symmetric INT4 scales s[n] * f[n, g] (exporter/quant/two_level.py);
+    ``pow2_groups``: FP4 scales s[n] * 2**t[n, g] (exporter/quant/fp4_groups.py)."""
     if group_size == PER_TENSOR:
         raise ValueError("GPTQ needs per-channel or group-wise weight scales")
     if two_level and fmt != IntFormat(4, symmetric=True):
         raise ValueError(f"two-level scales are for symmetric INT4 weights, not {fmt.name}")
+    if pow2_groups and (two_level or not isinstance(fmt, Fp4Format)):
+        raise ValueError(f"power-of-two group scales are for FP4 weights, not {fmt.name}")
     w = weight.detach().double().clone()
     n, k = w.shape
     g = k if group_size == PER_CHANNEL or group_size >= k else group_size
@@ -78,7 +86,19 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, fmt: QuantFormat,
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
     h += damp * torch.diag(h).mean() * torch.eye(k, dtype=h.dtype)
-    row_scale = row_scales(w.float(), g, clip_search) if two_level else None
+    if two_level:
+        row_scale = row_scales(w.float(), g, clip_search)
+
+        def group_scale(span: torch.Tensor) -> torch.Tensor:
+            return row_scale * search_factors(span, row_scale, PER_CHANNEL)[:, 0].float()
+    elif pow2_groups:
+        row_scale = fp4_groups.row_scales(w.float(), g, fmt.kind, clip_search)
+
+        def group_scale(span: torch.Tensor) -> torch.Tensor:
+            t = fp4_groups.search_exponents(span, row_scale, PER_CHANNEL, fmt.kind)[:, 0]
+            return row_scale * torch.exp2(t.float())
+    else:
+        row_scale = None
     hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
 
     groups = num_groups(k, g)
@@ -97,7 +117,7 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, fmt: QuantFormat,
                 gi = col // g
                 span = w1[:, i:i + g] if g < k else w[:, :].clone()
                 if row_scale is not None:
-                    scales[:, gi] = row_scale * search_factors(span.float(), row_scale, PER_CHANNEL)[:, 0].float()
+                    scales[:, gi] = group_scale(span.float())
                 else:
                     s, z = _group_qparams(span.float(), fmt, clip_search)
                     scales[:, gi], zeros[:, gi] = s[:, 0], z[:, 0]

@@ -20,6 +20,7 @@ from exporter.progress import Progress
 from exporter.quant.calibration import CalibrationSet
 from exporter.quant.dilatequant import train_activation_scales
 from exporter.quant.dilation import channel_maxima, dilate_block
+from exporter.quant.fp4_groups import pow2_scales
 from exporter.quant.gptq import HessianAccumulator, gptq_quantize
 from exporter.quant.hadamard import block_size_for, rotate, rotate_linear_weight
 from exporter.quant.policy import linear_roles
@@ -32,8 +33,14 @@ from exporter.quant.primitives import (
     quantize,
     search_clip_ratio,
 )
-from exporter.quant.qlinear import DynamicActivationQuant, QuantLinear, StaticActivationQuant, TimestepContext
-from exporter.quant.recipes import Recipe, WeightSpec
+from exporter.quant.qlinear import (
+    DynamicActivationQuant,
+    Pow2GroupActivationQuant,
+    QuantLinear,
+    StaticActivationQuant,
+    TimestepContext,
+)
+from exporter.quant.recipes import ActivationSpec, Recipe, WeightSpec
 from exporter.quant.static_clipping import ClipSearch
 from exporter.quant.two_level import two_level_scales
 from exporter.quant.vq_linear import VqLinear
@@ -123,19 +130,29 @@ def quantize_weight(w: torch.Tensor, spec: WeightSpec, group: int,
                     hessian: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, QuantFormat]:
     """Codes [N, K], scales and zero-points [N, groups] and the format of an integer or FP4 weight
     [N, K] in groups of ``group``: GPTQ with ``hessian`` when the spec says gptq, else
-    round-to-nearest; float group scales, or two-level ones (exporter/quant/two_level.py)."""
+    round-to-nearest; float group scales, two-level ones (exporter/quant/two_level.py) or FP4
+    power-of-two groups (exporter/quant/fp4_groups.py)."""
     fmt = spec.format_for(w)
-    two_level = spec.scales == "two-level"
+    two_level, pow2 = spec.scales == "two-level", spec.scales == "pow2-groups"
     if spec.method == "gptq":
-        codes, scale, zero = gptq_quantize(w, hessian, fmt, group, clip_search=spec.clip_search, two_level=two_level)
+        codes, scale, zero = gptq_quantize(w, hessian, fmt, group, clip_search=spec.clip_search, two_level=two_level,
+                                           pow2_groups=pow2)
         return codes, scale, zero, fmt
-    if two_level:
-        scale = two_level_scales(w, group, spec.clip_search)
+    if two_level or pow2:
+        scale = two_level_scales(w, group, spec.clip_search) if two_level else pow2_scales(w, group, fmt.kind,
+                                                                                             spec.clip_search)
         zero = torch.zeros_like(scale)
     else:
         ratio = search_clip_ratio(w, fmt, group) if spec.clip_search else 1.0
         scale, zero = choose_qparams(w, fmt, group, clip_ratio=ratio)
     return quantize(w, scale, zero, fmt, group), scale, zero, fmt
+
+
+def dynamic_activation(spec: ActivationSpec, group: int) -> nn.Module:
+    """The dynamic quantizer of a layer's input, per group of ``group`` channels."""
+    if spec.scales == "pow2-groups":
+        return Pow2GroupActivationQuant(group)
+    return DynamicActivationQuant(spec.format, group)
 
 
 def quantize_linear(linear: nn.Linear, recipe: Recipe, stats: LayerStats, quantize_input: bool,
@@ -152,7 +169,7 @@ def quantize_linear(linear: nn.Linear, recipe: Recipe, stats: LayerStats, quanti
     a = recipe.activation
     if quantize_input and a is not None:
         if a.mode == "dynamic":
-            act = DynamicActivationQuant(a.format, act_group)
+            act = dynamic_activation(a, act_group)
         else:
             lo, hi = act_range if act_range is not None else stats.ranges(act_group, a.per_timestep)
             a_scale, a_zero = qparams_from_range(lo, hi, a.format)

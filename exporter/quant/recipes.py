@@ -9,6 +9,7 @@ import torch
 
 from exporter.errors import UserError
 from exporter.quant.fp4 import MAGNITUDES, Fp4Format, select_format
+from exporter.quant.fp4_groups import select_pow2_format
 from exporter.quant.policy import LayerPolicy
 from exporter.quant.primitives import PER_CHANNEL, PER_TENSOR, Fp8E4M3Format, IntFormat, QuantFormat
 from exporter.quant.vq import VqFormat
@@ -21,6 +22,20 @@ def _check_bits(bits: int) -> None:
 
 def _fits_two_level(kind: str, bits: int, symmetric: bool, group_size: int) -> bool:
     return kind == "int" and bits == 4 and symmetric and group_size > 0
+
+
+def _fits_weight_scales(scales: str, kind: str, bits: int, symmetric: bool, group_size: int) -> bool:
+    if scales == "two-level":
+        return _fits_two_level(kind, bits, symmetric, group_size)
+    return scales != "pow2-groups" or (kind == "fp4" and group_size > 0)
+
+
+def _fits_activation_scales(scales: str, kind: str, mode: str, group_size: int) -> bool:
+    return scales != "pow2-groups" or (kind == "fp4" and mode == "dynamic" and group_size > 0)
+
+
+WEIGHT_SCALES = ("float", "two-level", "pow2-groups")
+ACTIVATION_SCALES = ("float", "pow2-groups")
 
 
 @dataclass(frozen=True)
@@ -44,15 +59,19 @@ class WeightSpec:
     vq_candidates: int = 2
     # float: a float32 scale per group; two-level: symmetric INT4 groups scaled by s[n] * f[n, g],
     # s a float per output row and f an integer 1..16 per group, so that a kernel's K loop is a
-    # pure INT8 MMA (exporter/quant/two_level.py)
-    scales: Literal["float", "two-level"] = "float"
+    # pure INT8 MMA (exporter/quant/two_level.py); pow2-groups: FP4 groups scaled by s[n] * 2**t[n, g],
+    # t in the format's exponent range, so that v * 2**t is an exact E4M3 operand and the K loop a
+    # pure FP8 MMA (exporter/quant/fp4_groups.py)
+    scales: Literal["float", "two-level", "pow2-groups"] = "float"
 
     def __post_init__(self) -> None:
         _check_bits(self.bits)
-        if self.scales not in ("float", "two-level"):
-            raise UserError(f"unknown weight scales '{self.scales}'; valid: float, two-level")
+        if self.scales not in WEIGHT_SCALES:
+            raise UserError(f"unknown weight scales '{self.scales}'; valid: {', '.join(WEIGHT_SCALES)}")
         if self.scales == "two-level" and not _fits_two_level(self.kind, self.bits, self.symmetric, self.group_size):
             raise UserError("two-level weight scales need symmetric INT4 weights in groups (group size > 0)")
+        if not _fits_weight_scales(self.scales, self.kind, self.bits, self.symmetric, self.group_size):
+            raise UserError("power-of-two group scales (pow2-groups) need FP4 weights in groups (group size > 0)")
         if self.kind not in ("int", "fp4", "vq"):
             raise UserError(f"unknown weight format '{self.kind}'; valid: int, fp4, vq")
         vq_methods = ("vq4dit", "kmeans")
@@ -76,13 +95,16 @@ class WeightSpec:
             raise UserError("GPTQ needs per-channel or group-wise weight scales, not per-tensor")
 
     def format_for(self, weight: torch.Tensor) -> QuantFormat | VqFormat:
-        """The layer's weight format; with fp4_format auto, the FP4 format that fits ``weight`` best."""
+        """The layer's weight format; with fp4_format auto, the FP4 format that fits ``weight`` best
+        (on the power-of-two-group grid with pow2-groups scales)."""
         if self.kind == "vq":
             return VqFormat(self.vq_codewords, self.vq_dim)
         if self.kind == "int":
             return IntFormat(self.bits, self.symmetric)
         if self.fp4_format != "auto":
             return Fp4Format(self.fp4_format)
+        if self.scales == "pow2-groups":
+            return select_pow2_format(weight, self.group_size, clip_search=self.clip_search)[0]
         return select_format(weight, self.group_size, clip_search=self.clip_search)[0]
 
 
@@ -99,9 +121,18 @@ class ActivationSpec:
     group_size: int = PER_CHANNEL
     clip_search: bool = False
     kind: Literal["int", "fp8", "fp4"] = "int"  # fp8: FP8 E4M3; fp4: FP4 E2M1 (symmetric)
+    # float: a float32 scale per group (max|x| / qmax); pow2-groups (fp4, dynamic, groups): a float
+    # per token times 2**t per group, t from comparisons of each group's maximum with the token's
+    # (exporter/quant/fp4_groups.py), so that the operands are exact E4M3 numbers
+    scales: Literal["float", "pow2-groups"] = "float"
 
     def __post_init__(self) -> None:
         _check_bits(self.bits)
+        if self.scales not in ACTIVATION_SCALES:
+            raise UserError(f"unknown activation scales '{self.scales}'; valid: {', '.join(ACTIVATION_SCALES)}")
+        if not _fits_activation_scales(self.scales, self.kind, self.mode, self.group_size):
+            raise UserError("power-of-two group activation scales (pow2-groups) need dynamic FP4 activations in "
+                            "groups (group size > 0)")
         if self.kind not in ("int", "fp8", "fp4"):
             raise UserError(f"unknown activation format '{self.kind}'; valid: int, fp8, fp4")
         if self.kind == "fp8" and (self.bits != 8 or not self.symmetric):
@@ -150,13 +181,21 @@ class Recipe:
         that is a pure INT8 x INT8 -> INT32 MMA with one float rescale in the epilogue. That needs
         symmetric integer weights with one scale per output row (per channel or per tensor) or
         two-level INT4 scales, and symmetric INT8 activations with one scale per token (dynamic
-        per token, or static without channel groups). Codebook (VQ) weights with FP activations
-        are deployable too: an FP16 GEMM that decodes the codebook in its prologue. Everything
-        else (float scales per group, channel-grouped or 4-bit activations, FP4) is an accuracy
-        reference: its kernel rescales every group's partial sum in the K loop."""
+        per token, or static without channel groups). FP4 weights on power-of-two groups with
+        FP4 activations on power-of-two groups of 32 (or FP activations) are a pure E4M3 MMA on
+        FP8 tensor cores (sm_89+). Codebook (VQ) weights with FP activations are deployable too:
+        an FP16 GEMM that decodes the codebook in its prologue. The kernels do not rotate inputs.
+        Everything else (float scales per group, channel-grouped or other 4-bit activations,
+        Hadamard rotations) is an accuracy reference: its kernel rescales every group's partial
+        sum in the K loop."""
         w, a = self.weight, self.activation
+        if self.hadamard:
+            return False
         if w.kind == "vq":
             return a is None
+        if w.kind == "fp4":
+            return w.scales == "pow2-groups" and not self.layer_groups and (
+                a is None or (a.kind == "fp4" and a.scales == "pow2-groups" and a.group_size == 32))
         one_scale = (PER_CHANNEL, PER_TENSOR)
         weights = w.kind == "int" and w.symmetric and (
             w.scales == "two-level"
@@ -182,12 +221,13 @@ class Recipe:
     def with_overrides(self, **overrides: Any) -> "Recipe":
         """weight_* / activation_* / hadamard / dilation / kd_iterations keyword overrides; None
         leaves a field as it is. Switching activations to dynamic also resets the static-only
-        clip search and asymmetric grid unless they are given; weight overrides that two-level
-        scales cannot take (e.g. per-channel groups) switch them to float scales unless given."""
+        clip search and asymmetric grid unless they are given; overrides that two-level or
+        power-of-two-group scales cannot take (e.g. per-channel groups, static activations) switch
+        them to float scales unless given."""
         weight = {k[len("weight_"):]: v for k, v in overrides.items() if k.startswith("weight_") and v is not None}
         merged = {**asdict(self.weight), **weight}
-        if merged["scales"] == "two-level" and "scales" not in weight and not _fits_two_level(
-                merged["kind"], merged["bits"], merged["symmetric"], merged["group_size"]):
+        if "scales" not in weight and not _fits_weight_scales(
+                merged["scales"], merged["kind"], merged["bits"], merged["symmetric"], merged["group_size"]):
             weight["scales"] = "float"
         act = {k[len("activation_"):]: v for k, v in overrides.items()
                if k.startswith("activation_") and v is not None}
@@ -195,6 +235,11 @@ class Recipe:
             raise UserError(f"precision {self.name} quantizes no activations")
         if act.get("mode") == "dynamic":  # static-only choices of the recipe do not carry over
             act = {"clip_search": False, "symmetric": True, **act}
+        if self.activation is not None and "scales" not in act:
+            merged_act = {**asdict(self.activation), **act}
+            if not _fits_activation_scales(merged_act["scales"], merged_act["kind"], merged_act["mode"],
+                                           merged_act["group_size"]):
+                act["scales"] = "float"
         top = {k: v for k, v in overrides.items() if k in ("hadamard", "dilation", "kd_iterations") and v is not None}
         return replace(self, weight=replace(self.weight, **weight),
                        activation=replace(self.activation, **act) if self.activation else None, **top)
@@ -218,8 +263,13 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
     Recipe("w4a8-fp4", "FP4 g32 GPTQ weights, format per layer (E2M1/E3M0/E1M2, HQ-DiT), INT8 dynamic per-token "
            "activations", WeightSpec(bits=4, group_size=32, method="gptq", clip_search=True, kind="fp4"),
            ActivationSpec(bits=8, mode="dynamic", group_size=PER_CHANNEL)),
-    Recipe("fp4", "W4A4 FP4: FP4 g32 GPTQ weights, format per layer, FP4 E2M1 dynamic activations per 32 "
-           "channels, Hadamard-rotated inputs (HQ-DiT)",
+    Recipe("fp4", "W4A4 FP4 on power-of-two groups: FP4 g32 GPTQ weights with clip search, format per layer, "
+           "FP4 E2M1 dynamic activations, each a float per row (output channel, token) times 2^t per 32 channels "
+           "(v 2^t: exact E4M3 operands): a pure FP8 MMA",
+           WeightSpec(bits=4, group_size=32, method="gptq", clip_search=True, kind="fp4", scales="pow2-groups"),
+           ActivationSpec(bits=4, mode="dynamic", group_size=32, kind="fp4", scales="pow2-groups")),
+    Recipe("fp4-g32", "accuracy reference for fp4: FP4 g32 GPTQ weights with FP32 group scales, format per layer, "
+           "FP4 E2M1 dynamic activations with an FP32 scale per 32 channels, Hadamard-rotated inputs (HQ-DiT)",
            WeightSpec(bits=4, group_size=32, method="gptq", clip_search=True, kind="fp4"),
            ActivationSpec(bits=4, mode="dynamic", group_size=32, kind="fp4"), hadamard=True),
     Recipe("w4a4", "W4A4 (DilateQuant): INT4 g32 GPTQ weights with clip search after weight dilation, "

@@ -31,8 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from exporter.progress import Progress
-from exporter.quant.qlinear import DynamicActivationQuant
-from exporter.quant.quantize import _set_module
+from exporter.quant.quantize import _set_module, dynamic_activation
 from exporter.quant.vq import VqFormat, from_subvectors, kmeans, nearest, subvectors
 from exporter.quant.vq_linear import VqLinear
 
@@ -193,6 +192,5 @@ def vq_quantize_model(fp_transformer: nn.Module, recipe, calib, buckets, progres
         # the codebooks', and dynamic scales need no calibration.
         for name, role in roles.items():
             if role in recipe.policy.activations:
-                model.get_submodule(name).act = DynamicActivationQuant(recipe.activation.format,
-                                                                       recipe.activation.group_size)
+                model.get_submodule(name).act = dynamic_activation(recipe.activation, recipe.activation.group_size)
     return QuantizedDiT(model, context, recipe, buckets, roles, calibration_losses=losses)

@@ -10,7 +10,8 @@ codes of a quantized type (INT4, INT8, UINT4, UINT8, FLOAT4E2M1, FLOAT8). Its pa
     activation   Reshape(DQ(Q(Reshape(x), Gather(table, bucket))), Shape(x))        -> static
                  the same with the Gathers expanded over tokens, blocked Q/DQ        -> static, groups
                  and a zero point Gather(UINT8 table, bucket) [Cast to UINT4]        -> static uint4
-                 DQ(Q(x, scale(x)))                                                  -> dynamic
+                 DQ(Q(x, Max(Div(ReduceMax(|x|), qmax), tiny)))                      -> dynamic
+                 (FP4 on power-of-two groups, scale s * 2**t: no plugin takes it yet, NotReplaced)
                  x                                                                   -> none
     rotation     Reshape(MatMul(Reshape(x0, [-1, b]), H [b, b]), Shape(x0)) before the activation
     bias         a single Add of a constant [N] after the MatMul
@@ -224,10 +225,32 @@ def match_activation(a: gs.Tensor, k: int) -> tuple[gs.Tensor, dict, dict[str, g
         raise NotReplaced("dynamic activations with zero points: the plugins take them symmetric")
     if isinstance(q.inputs[1], gs.Constant):
         raise NotReplaced("activations with one constant scale: the plugins take per-timestep or dynamic scales")
+    if not _max_over_qmax(q.inputs[1]):
+        raise NotReplaced("dynamic activation scales not computed as max|x| / qmax (e.g. FP4 on power-of-two "
+                          "groups: a float per token times 2^t per group), which no plugin takes")
     group = q.attrs.get("block_size", 0)
     if q.attrs.get("axis", 1) not in (-1,) or not group or k % group:
         raise NotReplaced("dynamic activation scales that are not blocked along the channels")
     return q.inputs[0], {"act_mode": "dynamic", "act_format": fmt, "act_group_size": 0 if group == k else group}, {}
+
+
+def _max_over_qmax(scale: gs.Tensor) -> bool:
+    """Whether a dynamic scale is max|x| / qmax per token or group, floored, as
+    exporter/export/qdq.py's dynamic_scale computes it (the plugins' dynamic scale)."""
+    floor = _op(scale, "Max")
+    div = next((d for t in floor.inputs if (d := _op(t, "Div")) is not None), None) if floor is not None else None
+    if div is None or _const(div.inputs[1]) is None:
+        return False
+    amax = div.inputs[0]
+    if (reshape := _op(amax, "Reshape")) is not None:
+        amax = reshape.inputs[0]
+    reduce = _op(amax, "ReduceMax")
+    if reduce is None:
+        return False
+    magnitude = reduce.inputs[0]
+    if (reshape := _op(magnitude, "Reshape")) is not None:
+        magnitude = reshape.inputs[0]
+    return _op(magnitude, "Abs") is not None
 
 
 def _table_row(t: gs.Tensor, grouped: bool) -> gs.Node | None:
