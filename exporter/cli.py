@@ -128,7 +128,7 @@ def precisions() -> None:
     for recipe in RECIPES.values():
         typer.echo(f"{recipe.name:12s} {'deployable' if recipe.deployable else 'reference':10s}  {recipe.description}")
     typer.echo("deployable: its GEMM runs at full speed (integer weights: a pure INT8 MMA, one rescale in the "
-               "epilogue; FP4 on power-of-two groups: a pure FP8 MMA, sm_89+; codebook weights: an FP16 GEMM); "
+               "epilogue; FP4 weights on power-of-two groups, activations on fine groups: a pure FP8 MMA, sm_89+; codebook weights: an FP16 GEMM); "
                "reference: an accuracy reference, no such kernel (float rescales of each group's partial sums, "
                "4-bit operands with float group scales, Hadamard rotations, or codebooks with INT8 activations)")
     typer.echo(f"layer roles: {', '.join(ROLES)}")

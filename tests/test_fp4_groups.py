@@ -1,29 +1,20 @@
-"""FP4 on power-of-two groups (`fp4`): the exponent search against a brute-force reference, exact
-products and their split, GPTQ on the grid, the dynamic activation quantizer and its ONNX
-subgraph (comparisons only) against fp4_groups.quantize / dequantize, the recipe rules and the
-checkpoint."""
+"""FP4 weights on power-of-two groups (`fp4`): the exponent search against a brute-force reference,
+exact products and their split, GPTQ on the grid, the recipe rules and the checkpoint (its
+activations: tests/test_fp4_fine_groups.py)."""
 
 import json
 
-import numpy as np
-import onnx
 import pytest
 import torch
-from onnx import TensorProto, helper
-from onnx.reference import ReferenceEvaluator
 
 from exporter.calibrate import CalibrationOptions, run_calibrate
 from exporter.errors import UserError
-from exporter.export.fp4_graph import FP4_OPSET, needs_reference, reference_graph
-from exporter.export.graph_builder import Builder
-from exporter.export.ort_check import session
-from exporter.export.qdq import _pow2_group_activation, pow2_group_scale
 from exporter.quant import fp4_groups
 from exporter.quant.checkpoint import load_checkpoint
 from exporter.quant.fp4 import FP4_FORMATS, Fp4Format
 from exporter.quant.gptq import gptq_quantize
 from exporter.quant.primitives import PER_CHANNEL, IntFormat, choose_qparams, dequantize, quantize, search_clip_ratio
-from exporter.quant.qlinear import DynamicActivationQuant, Pow2GroupActivationQuant
+from exporter.quant.qlinear import DynamicActivationQuant, FineGroupActivationQuant
 from exporter.quant.recipes import ActivationSpec, WeightSpec, get_recipe
 from tests.conftest import SAMPLER
 
@@ -158,85 +149,30 @@ def test_format_choice_is_made_on_the_power_of_two_grid():
     assert spec.format_for(w) == best
 
 
-def _activation_inputs() -> torch.Tensor:
-    """Tokens [9, 128]: ties of E2M1's rounding, groups exactly 2**-k below their token's maximum and
-    just above, groups below the range and all zero, a zero token, a tiny token, random tokens."""
-    t_min, t_max = fp4_groups.EXPONENTS["e2m1"]
-    x = torch.zeros(9, 128)
-    amax = 6.0 * 2.0**t_max  # s = 1: x / (s 2**t) is x / 2**t
-    x[0, 0] = amax  # group 0 takes t_max
-    x[0, 1:8] = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0]) * 2.0**t_max  # every tie at t_max
-    x[0, 32] = amax * 2.0**-7  # ratio exactly 2**-7: t = t_max - 7, scaled maximum 6
-    x[0, 33:40] = -torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0]) * 2.0 ** (t_max - 7)
-    x[0, 64] = torch.nextafter(torch.tensor(amax * 2.0**-7), torch.tensor(amax))  # just above: t = t_max - 6
-    x[0, 65] = 0.75 * 2.0 ** (t_max - 6)
-    x[0, 96] = amax * 2.0**-13  # 2**-13 of the token's maximum, below the range: t_min
-    x[1] = torch.linspace(-3, 3, 128)
-    x[1, 32:64] = 0.0  # an all-zero group in a nonzero token
-    # x[2] is a zero token: s = TINY, every t = t_min, all codes zero
-    x[3] = torch.linspace(-1, 1, 128) * 1e-30  # s below TINY: clamped
-    gen = torch.Generator().manual_seed(8)
-    x[4:] = torch.randn(5, 128, generator=gen) * torch.rand(5, 4, 1, generator=gen).expand(-1, -1, 32).reshape(5, 128)
-    x[4:, :3] *= 30  # outliers
-    return x
-
-
-def _activation_graph(shape: list[int]) -> onnx.ModelProto:
-    b = Builder("act", [], [])
-    y = _pow2_group_activation(b, "x", Pow2GroupActivationQuant(GROUP), shape[-1])
-    b.node("Identity", [y], output="y")
-    b.node("Identity", [pow2_group_scale(b, "x", E2M1, GROUP, shape[-1])], output="scale")
-    value = [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape),
-             helper.make_tensor_value_info("scale", TensorProto.FLOAT, [*shape[:-1], shape[-1] // GROUP])]
-    graph = helper.make_graph(b.nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)], value,
-                              b.initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", FP4_OPSET)])
-    model.ir_version = 11
-    onnx.checker.check_model(model, full_check=True)
-    return model
-
-
-def test_onnx_activation_subgraph_is_fp4_groups_quantize_exactly():
-    x = _activation_inputs()
-    codes, t, s = fp4_groups.quantize(x, GROUP, "e2m1")
-    expected = fp4_groups.dequantize(codes, t, s, "e2m1").numpy()
-    expected_scale = (s[:, None] * torch.exp2(t.float())).numpy()
-    assert t[0].tolist() == [6, -1, 0, -5] and t[2].tolist() == [-5] * 4 and s[2] == fp4_groups.TINY
-    simulated = Pow2GroupActivationQuant(GROUP)(x.reshape(3, 3, 128)).reshape(9, 128).numpy()
-    np.testing.assert_array_equal(simulated, expected)
-
-    model = _activation_graph([3, 3, 128])  # [batch, tokens, channels], as in the exported DiT
-    assert needs_reference(model) and not any(n.op_type in ("Log", "Floor", "Ceil") for n in model.graph.node)
-    feeds = {"x": x.reshape(3, 3, 128).numpy()}
-    for y, scale in (ReferenceEvaluator(model).run(None, feeds),  # ONNX's own FLOAT4E2M1 Q/DQ
-                     session(reference_graph(model).SerializeToString()).run(None, feeds)):  # ONNX Runtime
-        np.testing.assert_array_equal(scale.reshape(9, 4), expected_scale)
-        np.testing.assert_array_equal(y.reshape(9, 128), expected)
-
-
 def test_activation_spec_and_weight_spec_rules():
-    spec = ActivationSpec(bits=4, mode="dynamic", group_size=32, kind="fp4", scales="pow2-groups")
+    spec = ActivationSpec(bits=4, mode="dynamic", group_size=32, kind="fp4", scales="e4m3-groups")
     assert spec.format == E2M1
     for bad in (dict(kind="int"), dict(mode="static"), dict(group_size=PER_CHANNEL)):
-        with pytest.raises(UserError, match="pow2-groups"):
-            ActivationSpec(**{**dict(bits=4, mode="dynamic", group_size=32, kind="fp4"), **bad}, scales="pow2-groups")
-    with pytest.raises(UserError, match="unknown activation scales"):
-        ActivationSpec(scales="two-level")
+        with pytest.raises(UserError, match="e4m3-groups"):
+            ActivationSpec(**{**dict(bits=4, mode="dynamic", group_size=32, kind="fp4"), **bad}, scales="e4m3-groups")
+    for bad in ("two-level", "pow2-groups"):
+        with pytest.raises(UserError, match="unknown activation scales"):
+            ActivationSpec(scales=bad)
     for bad in (dict(kind="int"), dict(kind="fp4", group_size=PER_CHANNEL)):
         with pytest.raises(UserError, match="pow2-groups"):
             WeightSpec(**{**dict(bits=4, group_size=32), **bad}, scales="pow2-groups")
 
     fp4, reference = get_recipe("fp4"), get_recipe("fp4-g32")
-    assert fp4.weight.scales == "pow2-groups" and fp4.activation.scales == "pow2-groups" and not fp4.hadamard
+    assert fp4.weight.scales == "pow2-groups" and fp4.activation.scales == "e4m3-groups" and not fp4.hadamard
     assert fp4.weight.method == "gptq" and fp4.weight.clip_search and fp4.weight.fp4_format == "auto"
     assert reference.hadamard and reference.weight.scales == "float" and reference.activation.scales == "float"
     assert fp4.deployable and not reference.deployable
     assert not fp4.with_overrides(hadamard=True).deployable  # the kernels do not rotate
-    static = fp4.with_overrides(activation_mode="static")  # no power-of-two static scales: float ones
+    static = fp4.with_overrides(activation_mode="static")  # no fine static group scales: float ones
     assert static.activation.scales == "float" and not static.deployable
     assert fp4.with_overrides(weight_group_size=PER_CHANNEL).weight.scales == "float"
     assert not fp4.with_overrides(activation_group_size=16).deployable  # the kernels' groups are 32
-    assert fp4.with_overrides(activation_group_size=16).activation.scales == "pow2-groups"
+    assert fp4.with_overrides(activation_group_size=16).activation.scales == "e4m3-groups"
 
 
 def test_checkpoint_keeps_power_of_two_groups_and_refuses_broken_ones(tiny, calib, tmp_path):
@@ -247,10 +183,10 @@ def test_checkpoint_keeps_power_of_two_groups_and_refuses_broken_ones(tiny, cali
     assert loaded.recipe == get_recipe("fp4") and manifest["recipe"]["weight"]["scales"] == "pow2-groups"
     assert all(layer["weight"]["scales"] == "pow2-groups" for layer in manifest["layers"])
     acts = [layer["activation"] for layer in manifest["layers"] if layer["activation"]["mode"] != "none"]
-    assert acts and all(a["scales"] == "pow2-groups" and a["group_size"] == GROUP for a in acts)
+    assert acts and all(a["scales"] == "e4m3-groups" and a["group_size"] == GROUP for a in acts)
     for name, layer in loaded.quant_linears().items():
         fp4_groups.split_pow2(layer.w_scale, layer.fmt.kind)
-        assert isinstance(layer.act, Pow2GroupActivationQuant) == (q.quant_linears()[name].act is not None)
+        assert isinstance(layer.act, FineGroupActivationQuant) == (q.quant_linears()[name].act is not None)
         assert not isinstance(layer.act, DynamicActivationQuant)
     x, t, y = calib.x[:8], calib.t[:8], calib.y[:8]
     with torch.no_grad():
@@ -274,5 +210,9 @@ def test_checkpoint_keeps_power_of_two_groups_and_refuses_broken_ones(tiny, cali
     layer = next(layer for layer in broken["layers"] if layer["activation"]["mode"] != "none")
     layer["activation"]["format"] = "int8"
     (folder / "manifest.json").write_text(json.dumps(broken))
-    with pytest.raises(UserError, match="power-of-two group activations are FP4 E2M1"):
+    with pytest.raises(UserError, match="fine group activations are FP4 E2M1"):
+        load_checkpoint(folder)
+    layer["activation"]["scales"] = "pow2-groups"  # an earlier activation grid: refused, not misread
+    (folder / "manifest.json").write_text(json.dumps(broken))
+    with pytest.raises(UserError, match="unknown activation scales 'pow2-groups'"):
         load_checkpoint(folder)

@@ -12,7 +12,7 @@ from exporter.quant.calibration import CalibrationSet
 from exporter.quant.checkpoint import load_checkpoint
 from exporter.quant.policy import LayerPolicy, linear_roles
 from exporter.quant.primitives import sqnr_db
-from exporter.quant.qlinear import DynamicActivationQuant, Pow2GroupActivationQuant, StaticActivationQuant
+from exporter.quant.qlinear import DynamicActivationQuant, FineGroupActivationQuant, StaticActivationQuant
 from exporter.quant.quantize import TimestepBuckets, quantize_model
 from exporter.quant.recipes import RECIPES, get_recipe
 from tests.conftest import SAMPLER, save_tiny_pipeline
@@ -55,8 +55,8 @@ def test_each_precision_quantizes_the_policy_layers_and_stays_close(tiny, calib,
     for layer_name, layer in layers.items():
         want_act = q.roles[layer_name] in recipe.policy.activations
         kind = DynamicActivationQuant if recipe.activation.mode == "dynamic" else StaticActivationQuant
-        if recipe.activation.scales == "pow2-groups":
-            kind = Pow2GroupActivationQuant
+        if recipe.activation.scales == "e4m3-groups":
+            kind = FineGroupActivationQuant
         assert isinstance(layer.act, kind) if want_act else layer.act is None
         values = layer.fmt.decode(layer.codes)
         assert values.min() >= layer.fmt.qmin and values.max() <= layer.fmt.qmax

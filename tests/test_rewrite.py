@@ -81,8 +81,8 @@ def test_fp4_activations_on_power_of_two_groups_stay_with_the_reason(qdq_graphs,
     with_act = [name for name, layer in layers.items() if layer.act is not None]
     assert with_act and len(result.not_replaced) == len(with_act)
     assert set(result.not_replaced.values()) == {
-        "dynamic activation scales not computed as max|x| / qmax (e.g. FP4 on power-of-two groups: a float per "
-        "token times 2^t per group), which no plugin takes"}
+        "dynamic activation scales not computed as max|x| / qmax (e.g. FP4 on fine groups: a float per "
+        "token times m 2^t per group), which no plugin takes"}
     assert result.replaced == {"DitFp4Gemm": len(layers) - len(with_act)}
     written = run_rewrite(path)
     feeds = _feeds(tiny.transformer)

@@ -15,7 +15,7 @@ from exporter.kernels.activation_quant import quantize_rows
 from exporter.kernels.fp8_gemm import Fp8Weights, fp8_gemm
 from exporter.kernels.int8_gemm import Int8Weights, Tiles, int8_gemm, pack_int4_chunks, unpack_int4_chunks
 from exporter.kernels.vq_gemm import VqWeights, vq_gemm
-from exporter.quant import fp4_groups
+from exporter.quant import fp4_fine_groups, fp4_groups
 from exporter.quant.primitives import PER_CHANNEL, Fp8E4M3Format, IntFormat, choose_qparams, quantize
 from exporter.quant.vq import pack_indices
 
@@ -176,10 +176,20 @@ def test_static_codes_use_each_samples_table_row(fmt):
 def test_fp4_group_codes_match_the_grid(m, k):
     x = _activations(m, k)
     codes, scale = quantize_rows(x.to(DEVICE), "fp4")
-    c, t, s = fp4_groups.quantize(x, 32, "e2m1")
-    assert torch.equal(codes.cpu().view(torch.uint8), fp4_groups.e4m3_operand(c, t, "e2m1"))
+    c, level, s = fp4_fine_groups.quantize(x, 32)
+    assert torch.equal(codes.cpu().view(torch.uint8), fp4_fine_groups.e4m3_operand(c, level))
     assert torch.equal(scale.cpu(), s)
-    assert torch.equal(codes.cpu().float() * scale.cpu()[:, None], fp4_groups.dequantize(c, t, s))
+
+
+def test_fp4_group_codes_at_the_grid_edges():
+    """Ties, groups at a multiplier and an ulp above, below the range, zero and tiny tokens."""
+    from tests.test_fp4_fine_groups import _activation_inputs
+
+    x = _activation_inputs()
+    codes, scale = quantize_rows(x.to(DEVICE), "fp4")
+    c, level, s = fp4_fine_groups.quantize(x, 32)
+    assert torch.equal(codes.cpu().view(torch.uint8), fp4_fine_groups.e4m3_operand(c, level))
+    assert torch.equal(scale.cpu(), s)
 
 
 def test_quantize_then_gemm_equals_the_simulated_linear():

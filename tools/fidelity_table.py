@@ -7,7 +7,7 @@
     python tools/fidelity_table.py --rows 17-22          # W4A4 with and without DilateQuant
     python tools/fidelity_table.py --rows 23-24          # W4A8: searched group sizes vs uniform
     python tools/fidelity_table.py --rows 2,25           # W4A8: FP32 group scales vs deployable two-level
-    python tools/fidelity_table.py --rows 6,26           # W4A4-FP4: FP32 group scales vs deployable power-of-two groups
+    python tools/fidelity_table.py --rows 6,26           # W4A4-FP4: FP32 group scales vs the deployable grid
     python tools/fidelity_table.py --rows 27-29          # deployable W4A4-FP4: activation groups, formats, dilation
     python tools/fidelity_table.py --rows 7,30,31        # W4A4-FP4 without Hadamard: which grid costs what
 
@@ -88,15 +88,15 @@ ROWS = [
      {SEARCH: SearchOptions(budget=64.0, epochs=0)}),
     ("W4A8 deployable (g32 GPTQ + clip search W4, two-level scales: FP32 per row x integer 1..16 per group; "
      "dynamic per-token A8)", "w4a8", {}),
-    ("W4A4-FP4 deployable (g32 GPTQ FP4 W, format per layer, and dynamic E2M1 A4, both on power-of-two groups: "
-     "FP32 per row x 2^t per 32 channels; no Hadamard)", "fp4", {}),
-    ("W4A4-FP4 deployable with power-of-two activation groups of 16 channels", "fp4", {"activation_group_size": 16}),
+    ("W4A4-FP4 deployable (g32 GPTQ FP4 W on power-of-two groups, format per layer; dynamic E2M1 A4 on fine groups: "
+     "FP32 per token x m 2^t, m 1, 1.25 or 1.5, per 32 channels; no Hadamard)", "fp4", {}),
+    ("W4A4-FP4 deployable with fine activation groups of 16 channels", "fp4", {"activation_group_size": 16}),
     ("W4A4-FP4 deployable with E2M1 weights everywhere (no per-layer format choice)", "fp4",
      {"weight_fp4_format": "e2m1"}),
     ("W4A4-FP4 deployable with DilateQuant's weight dilation (folded into adaLN and to_v)", "fp4", {"dilation": True}),
     ("W4A4-FP4 with power-of-two weight groups only (FP32 activation scales per 32 channels, no Hadamard)", "fp4",
      {"activation_scales": "float"}),
-    ("W4A4-FP4 with power-of-two activation groups only (FP32 weight group scales, no Hadamard)", "fp4",
+    ("W4A4-FP4 with fine activation groups only (FP32 weight group scales, no Hadamard)", "fp4",
      {"weight_scales": "float"}),
 ]
 

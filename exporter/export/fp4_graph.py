@@ -5,7 +5,7 @@ In the exported graph (what TensorRT and the graph rewrite read):
     E2M1 weights       DequantizeLinear(FLOAT4E2M1 codes [K, N], scale, block_size g)  opset 23
     E2M1 activations   QuantizeLinear(x, scale, output_dtype=FLOAT4E2M1) -> DequantizeLinear;
                        on power-of-two groups (`fp4`) the blocked scale is s * 2**t, computed by
-                       standard ops before the pair (exporter/export/qdq.py, pow2_group_scale)
+                       standard ops before the pair (exporter/export/qdq.py, fine_group_scale)
     E3M0 / E1M2        ONNX has no type for them: UINT4 codes (same bit layout: sign << 3 | index
     weights            of the magnitude) decoded by a table,
                            W^T = Gather(decode_table [16], Cast<int64>(codes))

@@ -17,10 +17,10 @@ Per quantized Linear `L` (x [..., K] -> y [..., N]):
              activations add L.act_zero (UINT8, cast to UINT4 once gathered) of the same shape.
     dynamic  scale = ReduceMax(|x|) / qmax per token (per group of g channels when g < K),
              then blocked Q/DQ along the last axis (FLOAT4E2M1 for FP4 activations).
-    FP4 on   the scale of each group of g channels is s * 2**t (exporter/quant/fp4_groups.py),
-    power-  from comparisons only: amax = ReduceMax(|x|) per token, s = max(amax / (6 * 2**t_max),
-    of-two   tiny); ratio = group amax / max(amax, tiny); t = t_max - #{k in 1..t_max - t_min:
-    groups   ratio <= 2**-k}, 2**t looked up in a table; then blocked FLOAT4E2M1 Q/DQ as above.
+    FP4 on   the scale of each group of g channels is s * 2**t_max * mu (fp4_fine_groups.py),
+    fine     from comparisons only: amax = ReduceMax(|x|) per token, s = max(amax / (6 * 2**t_max),
+    groups   tiny); reach = group amax / max(amax, tiny) * 6/7; level = #{mu in MULTIPLIERS[1:]:
+             mu >= reach}, 2**t_max * mu from a table; then blocked FLOAT4E2M1 Q/DQ as above.
     rotated  x H before the activation quantizer: x reshaped to [-1, b], MatMul with the b x b
              Hadamard block L.hadamard, reshaped back; the weight codes already hold W H.
     codebook a VQ Linear's weight is decoded from its codebook and packed assignments by
@@ -43,10 +43,11 @@ from exporter.export.onnx_files import deduplicate_initializers
 from exporter.export.onnx_graph import INPUT_NAMES, MARKER_OP, OPSET
 from exporter.export.vq_graph import vq_weight
 from exporter.quant.fp4 import Fp4Format
+from exporter.quant import fp4_fine_groups
 from exporter.quant.fp4_groups import EXPONENTS, TINY
 from exporter.quant.hadamard import hadamard_matrix
 from exporter.quant.primitives import PER_CHANNEL, PER_TENSOR, QuantFormat, activation_group
-from exporter.quant.qlinear import DynamicActivationQuant, Pow2GroupActivationQuant, QuantLinear, StaticActivationQuant
+from exporter.quant.qlinear import DynamicActivationQuant, FineGroupActivationQuant, QuantLinear, StaticActivationQuant
 from exporter.quant.vq_linear import VqLinear
 
 BUCKET_TABLE = "timestep_bucket_table"
@@ -125,10 +126,9 @@ def _dynamic_activation(b: Builder, x: str, act: DynamicActivationQuant, k: int)
     return b.node("DequantizeLinear", [q, scale], axis=-1, block_size=g)
 
 
-def pow2_group_scale(b: Builder, x: str, fmt: Fp4Format, group: int, k: int) -> str:
-    """s * 2**t of each group of ``group`` channels of the last axis, [..., k / group]: exactly
-    fp4_groups.quantize's scales (module docstring), with comparisons instead of a logarithm."""
-    t_min, t_max = EXPONENTS[fmt.kind]
+def fine_group_scale(b: Builder, x: str, group: int, k: int) -> str:
+    """s * 2**t_max * mu of each group of ``group`` channels of the last axis, [..., k / group]:
+    exactly fp4_fine_groups.quantize's scales, the level from comparisons with MULTIPLIERS."""
     last = b.const(int64_tensor(b.name("last_axis"), [-1]))
     tiny = b.const(float_tensor(b.name("tiny"), np.array(TINY, np.float32)))
     magnitude = b.node("Reshape", [b.node("Abs", [x]), b.const(int64_tensor(b.name("group_rows"), [-1, group]))])
@@ -137,20 +137,22 @@ def pow2_group_scale(b: Builder, x: str, fmt: Fp4Format, group: int, k: int) -> 
                    axis=0)
     group_amax = b.node("Reshape", [group_amax, shape])  # [..., G]
     amax = b.node("ReduceMax", [group_amax, last], keepdims=1)  # [..., 1]
-    row_qmax = b.const(float_tensor(b.name("row_qmax"), np.array(fmt.qmax * 2.0**t_max, np.float32)))
+    top = 2.0 ** EXPONENTS[fp4_fine_groups.KIND][1]
+    row_qmax = b.const(float_tensor(b.name("row_qmax"), np.array(fp4_fine_groups.FORMAT.qmax * top, np.float32)))
     s = b.node("Max", [b.node("Div", [amax, row_qmax]), tiny])
-    ratio = b.node("Div", [group_amax, b.node("Max", [amax, tiny])])
-    steps = np.exp2(-np.arange(1, t_max - t_min + 1)).astype(np.float32)  # 2**-1 ... 2**-(t_max - t_min)
-    below = b.node("LessOrEqual", [b.node("Unsqueeze", [ratio, last]), b.const(float_tensor(b.name("pow2_steps"),
-                                                                                            steps))])
-    count = b.node("ReduceSum", [b.node("Cast", [below], to=TensorProto.INT64), last], keepdims=0)
-    table = np.exp2(t_max - np.arange(t_max - t_min + 1)).astype(np.float32)  # 2**t at count t_max - t
-    return b.node("Mul", [s, b.node("Gather", [b.const(float_tensor(b.name("pow2_table"), table)), count])])
+    reach = b.node("Mul", [b.node("Div", [group_amax, b.node("Max", [amax, tiny])]),
+                           b.const(float_tensor(b.name("reach"), np.array(fp4_fine_groups.REACH, np.float32)))])
+    multipliers = np.array(fp4_fine_groups.MULTIPLIERS, np.float32)
+    at_least = b.node("GreaterOrEqual", [b.const(float_tensor(b.name("finer_multipliers"), multipliers[1:])),
+                                         b.node("Unsqueeze", [reach, last])])
+    level = b.node("ReduceSum", [b.node("Cast", [at_least], to=TensorProto.INT64), last], keepdims=0)
+    steps = b.const(float_tensor(b.name("group_steps"), multipliers * np.float32(top)))
+    return b.node("Mul", [s, b.node("Gather", [steps, level])])
 
 
-def _pow2_group_activation(b: Builder, x: str, act: Pow2GroupActivationQuant, k: int) -> str:
+def _fine_group_activation(b: Builder, x: str, act: FineGroupActivationQuant, k: int) -> str:
     g = activation_group(act.group_size, k)
-    scale = pow2_group_scale(b, x, act.fmt, g, k)
+    scale = fine_group_scale(b, x, g, k)
     q = b.node("QuantizeLinear", [x, scale], output_dtype=onnx_quant_type(act.fmt), axis=-1, block_size=g)
     return b.node("DequantizeLinear", [q, scale], axis=-1, block_size=g)
 
@@ -173,8 +175,8 @@ def _replacement(b: Builder, x: str, y: str, q: QuantLinear | VqLinear) -> None:
                               BUCKET, q.act.groups, q.in_features)
     elif isinstance(q.act, DynamicActivationQuant):
         x = _dynamic_activation(b, x, q.act, q.in_features)
-    elif isinstance(q.act, Pow2GroupActivationQuant):
-        x = _pow2_group_activation(b, x, q.act, q.in_features)
+    elif isinstance(q.act, FineGroupActivationQuant):
+        x = _fine_group_activation(b, x, q.act, q.in_features)
     elif q.act is not None:
         raise UserError(f"layer {b.prefix}: no export for activation quantizer {type(q.act).__name__}")
     w = vq_weight(b, q) if isinstance(q, VqLinear) else _weight(b, q)

@@ -5,12 +5,12 @@ scale per row that the GEMM families take.
     INT8     codes int8 [M, K] = clamp(round(x / s), -128, 127), ties to even
     FP8      codes float8_e4m3fn [M, K] = e4m3(clamp(x / s, -448, 448)), nearest, ties to even
              (rounded in float32 first, so the conversion itself is exact)
-    FP4      float8_e4m3fn [M, K]: E2M1 with power-of-two groups of GROUP channels as exact E4M3
-             operands (exporter/quant/fp4_groups.py)
+    FP4      float8_e4m3fn [M, K]: E2M1 on fine groups of GROUP channels as exact E4M3 operands
+             (exporter/quant/fp4_fine_groups.py)
     scale    float32 [M]: dynamic, max|x| / qmax of the row (at least TINY); static, the row of
              the per-timestep table `table[bucket[row // rows_per_sample]]` (INT8, FP8)
 
-The same arithmetic as the simulated quantizers (exporter/quant/qlinear.py, fp4_groups.py),
+The same arithmetic as the simulated quantizers (exporter/quant/qlinear.py, fp4_fine_groups.py),
 division rounded to nearest as there, so the codes agree exactly. One program per row walks the
 row in steps of BLOCK channels, reading it twice for dynamic scales (the second time from cache).
 Bound: memory (x read once from DRAM, one byte written per element).
@@ -18,19 +18,22 @@ Bound: memory (x read once from DRAM, one byte written per element).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
 
-from exporter.kernels.fp8_gemm import fp4_e4m3_operand
-from exporter.quant.fp4_groups import EXPONENTS, TINY, e4m3_byte_table
+from exporter.quant import fp4_fine_groups
+from exporter.quant.fp4_groups import EXPONENTS, TINY
 
 INT8: tl.constexpr = tl.constexpr(0)
 FP8: tl.constexpr = tl.constexpr(1)
 FP4: tl.constexpr = tl.constexpr(2)
 FORMATS = {"int8": 0, "fp8": 1, "fp4": 2}
 BLOCK = 1024  # channels per step along a row
-QMAX = {"int8": 127.0, "fp8": 448.0, "fp4": 6.0 * 2.0 ** EXPONENTS["e2m1"][1]}
+TOP = 2.0 ** EXPONENTS[fp4_fine_groups.KIND][1]  # the row's largest group scale, over s
+QMAX = {"int8": 127.0, "fp8": 448.0, "fp4": fp4_fine_groups.FORMAT.qmax * TOP}
 ROUNDING = 12582912.0  # 1.5 * 2**23: adding and subtracting it rounds |y| < 2**22 to an integer, ties to even
 
 
@@ -40,6 +43,11 @@ def e2m1_index(magnitude):
     return ((magnitude > 0.25).to(tl.int32) + (magnitude >= 0.75).to(tl.int32) + (magnitude > 1.25).to(tl.int32)
             + (magnitude >= 1.75).to(tl.int32) + (magnitude > 2.5).to(tl.int32) + (magnitude >= 3.5).to(tl.int32)
             + (magnitude > 5.0).to(tl.int32))
+
+
+@triton.jit
+def e2m1_value(index):
+    return tl.where(index < 2, 0.5 * index, power_of_two((index >> 1) - 1) * (1.0 + 0.5 * (index & 1)))
 
 
 @triton.jit
@@ -54,6 +62,17 @@ def ceil_log2(ratio):
 
 
 @triton.jit
+def fine_multiplier(ratio, MID: tl.constexpr, HIGH: tl.constexpr, LOG2_LOWEST: tl.constexpr):
+    """The smallest of fp4_fine_groups.MULTIPLIERS >= ratio (at most 1; the lowest one, 2**LOG2_LOWEST,
+    when none is that small): MID, HIGH or 2 times 2**(e - 1) for ratio in (2**(e - 1), 2**e]. No
+    table and no loop: a few instructions per group."""
+    half = power_of_two(tl.maximum(ceil_log2(ratio), LOG2_LOWEST) - 1)
+    mu = tl.where(ratio <= MID * half, MID * half, tl.where(ratio <= HIGH * half, HIGH * half, 2.0 * half))
+    lowest = power_of_two(tl.full(ratio.shape, LOG2_LOWEST, tl.int32))
+    return tl.where(ratio > 0, tl.maximum(mu, lowest), lowest)
+
+
+@triton.jit
 def round_to_e4m3(y, ROUNDING: tl.constexpr):
     """y (|y| <= 448) rounded to the nearest E4M3 number, ties to even, still as float32: adding and
     subtracting 1.5 * 2**(e + 20) keeps 3 bits below the leading one (e >= -6: the subnormal step)."""
@@ -65,8 +84,9 @@ def round_to_e4m3(y, ROUNDING: tl.constexpr):
 @triton.jit
 def quantize_rows_kernel(x_ptr, codes_ptr, scale_ptr, table_ptr, bucket_ptr, K, rows_per_sample, table_row,
                          FORMAT: tl.constexpr, STATIC: tl.constexpr, QMAX: tl.constexpr, BLOCK: tl.constexpr,
-                         GROUP: tl.constexpr, T_MIN: tl.constexpr, T_MAX: tl.constexpr, TABLE: tl.constexpr,
-                         TINY: tl.constexpr, ROUNDING: tl.constexpr):
+                         GROUP: tl.constexpr, TOP: tl.constexpr, REACH: tl.constexpr, MID: tl.constexpr,
+                         HIGH: tl.constexpr, LOG2_LOWEST: tl.constexpr, TINY: tl.constexpr,
+                         ROUNDING: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     x_row = x_ptr + row * K
@@ -85,10 +105,11 @@ def quantize_rows_kernel(x_ptr, codes_ptr, scale_ptr, table_ptr, bucket_ptr, K, 
         if FORMAT == FP4:
             grouped = tl.reshape(x, (BLOCK // GROUP, GROUP))
             ratio = tl.math.div_rn(tl.max(tl.abs(grouped), axis=1), tl.maximum(row_max, TINY))
-            t = tl.where(ratio > 0, tl.minimum(tl.maximum(T_MAX + ceil_log2(ratio), T_MIN), T_MAX), T_MIN)
-            y = tl.math.div_rn(grouped, (scale * power_of_two(t))[:, None])
+            group_top = fine_multiplier(ratio * REACH, MID, HIGH, LOG2_LOWEST) * TOP  # exact: m 2**t
+            y = tl.math.div_rn(grouped, (scale * group_top)[:, None])
             index = e2m1_index(tl.abs(y))
-            codes = tl.reshape(fp4_e4m3_operand(index, (y < 0) & (index > 0), t[:, None] - T_MIN, TABLE), (BLOCK,))
+            value = e2m1_value(index) * group_top[:, None]  # exact in E4M3, so the conversion is too
+            codes = tl.reshape(tl.where((y < 0) & (index > 0), -value, value).to(tl.float8e4nv), (BLOCK,))
         else:
             y = tl.minimum(tl.maximum(tl.math.div_rn(x, scale), -QMAX - (FORMAT == INT8)), QMAX)
             if FORMAT == INT8:
@@ -97,6 +118,15 @@ def quantize_rows_kernel(x_ptr, codes_ptr, scale_ptr, table_ptr, bucket_ptr, K, 
                 codes = round_to_e4m3(y, ROUNDING).to(tl.float8e4nv)
         tl.store(codes_ptr + row * K + k0 + offs, codes, mask=inside)
     tl.store(scale_ptr + row, scale)
+
+
+def constants(fmt: str, static: bool, group_size: int) -> dict[str, object]:
+    """quantize_rows_kernel's compile-time arguments for a format."""
+    mid, high = fp4_fine_groups.MANTISSAS[1:]
+    return {"FORMAT": FORMATS[fmt], "STATIC": static, "QMAX": QMAX[fmt], "BLOCK": BLOCK, "GROUP": group_size,
+            "TOP": TOP, "REACH": fp4_fine_groups.REACH, "MID": mid, "HIGH": high,
+            "LOG2_LOWEST": int(math.log2(fp4_fine_groups.MULTIPLIERS[-1])),
+            "TINY": TINY, "ROUNDING": ROUNDING}
 
 
 def quantize_rows(x: torch.Tensor, fmt: str, table: torch.Tensor | None = None, bucket: torch.Tensor | None = None,
@@ -113,13 +143,10 @@ def quantize_rows(x: torch.Tensor, fmt: str, table: torch.Tensor | None = None, 
     scale = torch.empty(m, dtype=torch.float32, device=x.device)
     if m == 0:
         return codes, scale
-    t_min, t_max = EXPONENTS["e2m1"]
     quantize_rows_kernel[(m,)](
         x.contiguous(), codes, scale, table if static else scale, bucket if static else scale, k,
-        m // len(bucket) if static else 1, 1,
-        FORMAT=FORMATS[fmt], STATIC=static, QMAX=QMAX[fmt], BLOCK=BLOCK, GROUP=group_size, T_MIN=t_min,
-        T_MAX=t_max, TABLE=e4m3_byte_table("e2m1"), TINY=TINY, ROUNDING=ROUNDING)
+        m // len(bucket) if static else 1, 1, **constants(fmt, static, group_size))
     return codes, scale
 
 
-__all__ = ["quantize_rows", "quantize_rows_kernel"]
+__all__ = ["constants", "quantize_rows", "quantize_rows_kernel"]

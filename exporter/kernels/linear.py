@@ -8,7 +8,7 @@ Only deployable layers have a kernel (exporter/quant/recipes.py, Recipe.deployab
 per-channel or two-level INT4 weights with symmetric INT8 activations, one scale per token
 (dynamic, or a static per-timestep table without channel groups), or with FP activations
 (adaLN's modulation: an FP16 GEMM); FP4 weights on power-of-two groups with FP4 activations on
-power-of-two groups (fp8_gemm fed by quantize_rows(x, "fp4"): E4M3 operands, FP8 tensor cores,
+fine groups (fp8_gemm fed by quantize_rows(x, "fp4"): E4M3 operands, FP8 tensor cores,
 sm_89 or newer), or with FP activations (their E4M3 operands, one byte per weight, converted to
 FP16 on int8_gemm's FP16-activation path); codebook weights with FP activations, or with INT8
 activations of one scale per token. FP activations are multiplied in FP16, as a deployed FP16
@@ -31,7 +31,7 @@ from exporter.quant.fp4_groups import e4m3_operand, split_pow2
 from exporter.quant.primitives import IntFormat, activation_group
 from exporter.quant.qlinear import (
     DynamicActivationQuant,
-    Pow2GroupActivationQuant,
+    FineGroupActivationQuant,
     QuantLinear,
     StaticActivationQuant,
     TimestepContext,
@@ -125,11 +125,11 @@ def _int8_weights(name: str, layer: QuantLinear) -> Int8Weights:
 
 
 def _fp4_activation_group(name: str, layer: QuantLinear | VqLinear) -> int:
-    """The channels per power-of-two group of FP4 activations (0: the layer has none)."""
-    if not isinstance(layer.act, Pow2GroupActivationQuant):
+    """The channels per fine group of FP4 activations (0: the layer has none)."""
+    if not isinstance(layer.act, FineGroupActivationQuant):
         return 0
     if not isinstance(getattr(layer, "fmt", None), Fp4Format):
-        raise UserError(f"layer {name}: FP4 activations on power-of-two groups run on fp8_gemm, which takes FP4 "
+        raise UserError(f"layer {name}: FP4 activations on fine groups run on fp8_gemm, which takes FP4 "
                         "weights on power-of-two groups")
     group = activation_group(layer.act.group_size, layer.in_features)
     if BLOCK % group:
@@ -152,9 +152,9 @@ def _fp4_grid(name: str, layer: QuantLinear) -> tuple[torch.Tensor, torch.Tensor
 
 def _fp4_weights(name: str, layer: QuantLinear) -> Fp8Weights:
     """fp8_gemm's weights of a layer with FP4 activations (codes packed in chunks, t - t_min per span)."""
-    if not isinstance(layer.act, Pow2GroupActivationQuant):
+    if not isinstance(layer.act, FineGroupActivationQuant):
         raise UserError(f"layer {name}: FP4 weights with activations {type(layer.act).__name__} have no kernel; "
-                        "fp8_gemm takes FP4 activations on power-of-two groups")
+                        "fp8_gemm takes FP4 activations on fine groups")
     s, t, group = _fp4_grid(name, layer)
     try:
         weights = Fp8Weights.fp4_from_codes(layer.codes, t, s, group, layer.fmt.kind)
@@ -182,12 +182,12 @@ def _activation_tables(name: str, act: nn.Module | None) -> tuple[torch.Tensor |
         return None, None
     if isinstance(act, StaticActivationQuant) and act.fmt == INT8 and act.groups == 1 and not act.zero.any():
         return act.scale.float().contiguous(), act.bucket_of_t
-    if isinstance(act, Pow2GroupActivationQuant):
+    if isinstance(act, FineGroupActivationQuant):
         return None, None
     fmt = getattr(act, "fmt", None)
     raise UserError(f"layer {name}: activations {fmt.name if fmt is not None else type(act).__name__} have no "
                     "kernel; the kernels take symmetric INT8 activations with one scale per token, or FP4 on "
-                    "power-of-two groups")
+                    "fine groups")
 
 
 def _check_fp8_device(layers: dict) -> None:

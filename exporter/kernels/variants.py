@@ -17,12 +17,13 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from exporter.kernels.activation_quant import BLOCK, FORMATS, QMAX, ROUNDING, quantize_rows_kernel
+from exporter.kernels.activation_quant import FORMATS, quantize_rows_kernel
+from exporter.kernels.activation_quant import constants as quantize_constants
 from exporter.kernels.fp8_gemm import fp4_ptx, fp8_gemm_kernel
 from exporter.kernels.int8_gemm import int8_gemm_kernel
 from exporter.kernels.tiles import LARGE_TILES_ABOVE, Tiles, gemm_tiles
 from exporter.kernels.vq_gemm import VQ_BLOCK_K, vq_gemm_kernel
-from exporter.quant.fp4_groups import EXPONENTS, TINY, e4m3_byte_table
+from exporter.quant.fp4_groups import e4m3_byte_table
 
 ALL_ARCHS = (80, 89, 90)
 FP8_ARCHS = (89, 90)  # FP8 tensor cores: Ada and Hopper
@@ -96,7 +97,6 @@ def _variants() -> list[KernelVariant]:
             vq_tiles = gemm_tiles(LARGE_TILES_ABOVE + 1 if size == "large" else 1, VQ_BLOCK_K)
             out.append(_gemm(f"vq_gemm.d{d}.{size}", "fp16", vq_gemm_kernel, vq_pointers,
                              {"D": d, "INT8_A": False}, vq_tiles, ALL_ARCHS))
-    t_min, t_max = EXPONENTS["e2m1"]
     for fmt in FORMATS:
         for static in (False, True) if fmt != "fp4" else (False,):
             out.append(KernelVariant(
@@ -104,8 +104,7 @@ def _variants() -> list[KernelVariant]:
                 {"x_ptr": "*fp16", "codes_ptr": "*i8" if fmt == "int8" else "*fp8e4nv", "scale_ptr": "*fp32",
                  "table_ptr": "*fp32", "bucket_ptr": "*i64", "K": "i32", "rows_per_sample": "i32",
                  "table_row": "i32"},
-                {"FORMAT": FORMATS[fmt], "STATIC": static, "QMAX": QMAX[fmt], "BLOCK": BLOCK, "GROUP": 32,
-                 "T_MIN": t_min, "T_MAX": t_max, "TABLE": e4m3_byte_table("e2m1"), "TINY": TINY, "ROUNDING": ROUNDING},
+                quantize_constants(fmt, static, 32),
                 archs=FP8_ARCHS if fmt != "int8" else ALL_ARCHS, aligned=("K",)))
     return out
 

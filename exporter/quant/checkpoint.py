@@ -40,6 +40,7 @@ from torch import nn
 
 from exporter.atomic import atomic_directory
 from exporter.errors import UserError
+from exporter.quant import fp4_fine_groups
 from exporter.quant.fp4 import Fp4Format
 from exporter.quant.fp4_groups import split_pow2
 from exporter.quant.packing import pack_int4, unpack_int4
@@ -47,13 +48,13 @@ from exporter.quant.policy import LayerPolicy
 from exporter.quant.primitives import IntFormat, format_from_name
 from exporter.quant.qlinear import (
     DynamicActivationQuant,
-    Pow2GroupActivationQuant,
+    FineGroupActivationQuant,
     QuantLinear,
     StaticActivationQuant,
     TimestepContext,
 )
 from exporter.quant.quantize import QuantizedDiT, TimestepBuckets, _set_module
-from exporter.quant.recipes import ActivationSpec, Recipe, WeightSpec
+from exporter.quant.recipes import ACTIVATION_SCALES, ActivationSpec, Recipe, WeightSpec
 from exporter.quant.two_level import split_two_level
 from exporter.quant.vq import VqFormat, pack_indices, unpack_indices
 from exporter.quant.vq_linear import VqLinear
@@ -128,9 +129,9 @@ def _save_activation(name: str, act: nn.Module | None, tensors: dict[str, torch.
     if isinstance(act, DynamicActivationQuant):
         return {"mode": "dynamic", "format": act.fmt.name, "bits": act.fmt.bits,
                 "symmetric": act.fmt.symmetric, "group_size": act.group_size}
-    if isinstance(act, Pow2GroupActivationQuant):
+    if isinstance(act, FineGroupActivationQuant):
         return {"mode": "dynamic", "format": act.fmt.name, "bits": act.fmt.bits, "symmetric": True,
-                "group_size": act.group_size, "scales": "pow2-groups"}
+                "group_size": act.group_size, "scales": "e4m3-groups"}
     return {"mode": "none"}
 
 
@@ -140,10 +141,12 @@ def _load_activation(layer: dict[str, Any], tensors: dict[str, torch.Tensor], bu
     if a["mode"] == "static":
         return StaticActivationQuant(format_from_name(a["format"]), tensors[f"{name}.a_scale"],
                                      tensors[f"{name}.a_zero"], bucket_of_t, context)
-    if a["mode"] == "dynamic" and a.get("scales", "float") == "pow2-groups":
-        if a["format"] != Fp4Format(Pow2GroupActivationQuant.KIND).name:
-            raise ValueError(f"{name}: power-of-two group activations are FP4 E2M1, not {a['format']}")
-        return Pow2GroupActivationQuant(a["group_size"])
+    if a.get("scales", "float") not in ACTIVATION_SCALES:
+        raise ValueError(f"{name}: unknown activation scales {a['scales']!r}; valid: {', '.join(ACTIVATION_SCALES)}")
+    if a["mode"] == "dynamic" and a.get("scales", "float") == "e4m3-groups":
+        if a["format"] != fp4_fine_groups.FORMAT.name:
+            raise ValueError(f"{name}: fine group activations are FP4 E2M1, not {a['format']}")
+        return FineGroupActivationQuant(a["group_size"])
     if a["mode"] == "dynamic":
         return DynamicActivationQuant(format_from_name(a["format"]), a["group_size"])
     return None

@@ -7,8 +7,8 @@ stores, packed) and computes with the dequantized weight. Its input is quantized
 - statically: one scale per timestep bucket, the bucket picked from the timestep of the forward
   pass in progress (``TimestepContext``), per sample; or
 - dynamically: scale and zero-point computed from the activation itself per token (and per group
-  of channels), as Q-DiT does; or, for FP4 on power-of-two groups, a float per token times 2**t
-  per group of channels (exporter/quant/fp4_groups.py), the operands of an FP8 MMA.
+  of channels), as Q-DiT does; or, for FP4 on fine groups, a float per token times m 2**t per
+  group of channels (exporter/quant/fp4_fine_groups.py), the operands of an FP8 MMA.
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from exporter.quant import fp4_groups
-from exporter.quant.fp4 import Fp4Format
+from exporter.quant import fp4_fine_groups
 from exporter.quant.hadamard import rotate
 from exporter.quant.primitives import QuantFormat, activation_group, choose_qparams, dequantize, fake_quantize
 
@@ -91,25 +90,23 @@ class DynamicActivationQuant(nn.Module):
         return fake_quantize(x, scale, zero, self.fmt, self.group_size)
 
 
-class Pow2GroupActivationQuant(nn.Module):
-    """FP4 E2M1 with power-of-two groups, from each token itself: s = max|x| / (6 * 2**t_max) per
-    token, 2**t per group of ``group_size`` channels (the smallest t at which the group does not
-    saturate), exactly fp4_groups.quantize then dequantize; what activation_quant.quantize_rows
-    gives the FP8 GEMM as E4M3 operands."""
-
-    KIND = "e2m1"
+class FineGroupActivationQuant(nn.Module):
+    """FP4 E2M1 on fine group scales, from each token itself: s = max|x| / (6 * 2**t_max) per
+    token, a multiplier m 2**t per group of ``group_size`` channels (the smallest at which the
+    group does not saturate), exactly fp4_fine_groups.quantize then dequantize; what
+    activation_quant.quantize_rows gives the FP8 GEMM as E4M3 operands."""
 
     def __init__(self, group_size: int) -> None:
         super().__init__()
         if group_size <= 0:
-            raise ValueError(f"power-of-two activation groups need a group size > 0, not {group_size}")
-        self.fmt, self.group_size = Fp4Format(self.KIND), group_size
+            raise ValueError(f"fine activation groups need a group size > 0, not {group_size}")
+        self.fmt, self.group_size = fp4_fine_groups.FORMAT, group_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k = x.shape[-1]
         rows = x.reshape(-1, k).float()
-        codes, t, s = fp4_groups.quantize(rows, activation_group(self.group_size, k), self.KIND)
-        return fp4_groups.dequantize(codes, t, s, self.KIND).reshape(x.shape).to(x.dtype)
+        codes, level, s = fp4_fine_groups.quantize(rows, activation_group(self.group_size, k))
+        return fp4_fine_groups.dequantize(codes, level, s).reshape(x.shape).to(x.dtype)
 
 
 class QuantLinear(nn.Module):

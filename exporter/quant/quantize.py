@@ -35,7 +35,7 @@ from exporter.quant.primitives import (
 )
 from exporter.quant.qlinear import (
     DynamicActivationQuant,
-    Pow2GroupActivationQuant,
+    FineGroupActivationQuant,
     QuantLinear,
     StaticActivationQuant,
     TimestepContext,
@@ -150,8 +150,8 @@ def quantize_weight(w: torch.Tensor, spec: WeightSpec, group: int,
 
 def dynamic_activation(spec: ActivationSpec, group: int) -> nn.Module:
     """The dynamic quantizer of a layer's input, per group of ``group`` channels."""
-    if spec.scales == "pow2-groups":
-        return Pow2GroupActivationQuant(group)
+    if spec.scales == "e4m3-groups":
+        return FineGroupActivationQuant(group)
     return DynamicActivationQuant(spec.format, group)
 
 

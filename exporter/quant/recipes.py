@@ -31,11 +31,11 @@ def _fits_weight_scales(scales: str, kind: str, bits: int, symmetric: bool, grou
 
 
 def _fits_activation_scales(scales: str, kind: str, mode: str, group_size: int) -> bool:
-    return scales != "pow2-groups" or (kind == "fp4" and mode == "dynamic" and group_size > 0)
+    return scales != "e4m3-groups" or (kind == "fp4" and mode == "dynamic" and group_size > 0)
 
 
 WEIGHT_SCALES = ("float", "two-level", "pow2-groups")
-ACTIVATION_SCALES = ("float", "pow2-groups")
+ACTIVATION_SCALES = ("float", "e4m3-groups")
 
 
 @dataclass(frozen=True)
@@ -121,17 +121,17 @@ class ActivationSpec:
     group_size: int = PER_CHANNEL
     clip_search: bool = False
     kind: Literal["int", "fp8", "fp4"] = "int"  # fp8: FP8 E4M3; fp4: FP4 E2M1 (symmetric)
-    # float: a float32 scale per group (max|x| / qmax); pow2-groups (fp4, dynamic, groups): a float
-    # per token times 2**t per group, t from comparisons of each group's maximum with the token's
-    # (exporter/quant/fp4_groups.py), so that the operands are exact E4M3 numbers
-    scales: Literal["float", "pow2-groups"] = "float"
+    # float: a float32 scale per group (max|x| / qmax); e4m3-groups (fp4, dynamic, groups): a float
+    # per token times m 2**t per group, m in {1, 1.25, 1.5}, from comparisons of each group's maximum
+    # with the token's (exporter/quant/fp4_fine_groups.py), so that the operands are exact E4M3 numbers
+    scales: Literal["float", "e4m3-groups"] = "float"
 
     def __post_init__(self) -> None:
         _check_bits(self.bits)
         if self.scales not in ACTIVATION_SCALES:
             raise UserError(f"unknown activation scales '{self.scales}'; valid: {', '.join(ACTIVATION_SCALES)}")
         if not _fits_activation_scales(self.scales, self.kind, self.mode, self.group_size):
-            raise UserError("power-of-two group activation scales (pow2-groups) need dynamic FP4 activations in "
+            raise UserError("fine group activation scales (e4m3-groups) need dynamic FP4 activations in "
                             "groups (group size > 0)")
         if self.kind not in ("int", "fp8", "fp4"):
             raise UserError(f"unknown activation format '{self.kind}'; valid: int, fp8, fp4")
@@ -182,7 +182,7 @@ class Recipe:
         symmetric integer weights with one scale per output row (per channel or per tensor) or
         two-level INT4 scales, and symmetric INT8 activations with one scale per token (dynamic
         per token, or static without channel groups). FP4 weights on power-of-two groups with
-        FP4 activations on power-of-two groups of 32 (or FP activations) are a pure E4M3 MMA on
+        FP4 activations on fine groups of 32 (or FP activations) are a pure E4M3 MMA on
         FP8 tensor cores (sm_89+). Codebook (VQ) weights with FP activations are deployable too:
         an FP16 GEMM that decodes the codebook in its prologue. The kernels do not rotate inputs.
         Everything else (float scales per group, channel-grouped or other 4-bit activations,
@@ -195,7 +195,7 @@ class Recipe:
             return a is None
         if w.kind == "fp4":
             return w.scales == "pow2-groups" and not self.layer_groups and (
-                a is None or (a.kind == "fp4" and a.scales == "pow2-groups" and a.group_size == 32))
+                a is None or (a.kind == "fp4" and a.scales == "e4m3-groups" and a.group_size == 32))
         one_scale = (PER_CHANNEL, PER_TENSOR)
         weights = w.kind == "int" and w.symmetric and (
             w.scales == "two-level"
@@ -222,7 +222,7 @@ class Recipe:
         """weight_* / activation_* / hadamard / dilation / kd_iterations keyword overrides; None
         leaves a field as it is. Switching activations to dynamic also resets the static-only
         clip search and asymmetric grid unless they are given; overrides that two-level or
-        power-of-two-group scales cannot take (e.g. per-channel groups, static activations) switch
+        power-of-two-group or fine-group scales cannot take (e.g. per-channel groups, static activations) switch
         them to float scales unless given."""
         weight = {k[len("weight_"):]: v for k, v in overrides.items() if k.startswith("weight_") and v is not None}
         merged = {**asdict(self.weight), **weight}
@@ -263,11 +263,11 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
     Recipe("w4a8-fp4", "FP4 g32 GPTQ weights, format per layer (E2M1/E3M0/E1M2, HQ-DiT), INT8 dynamic per-token "
            "activations", WeightSpec(bits=4, group_size=32, method="gptq", clip_search=True, kind="fp4"),
            ActivationSpec(bits=8, mode="dynamic", group_size=PER_CHANNEL)),
-    Recipe("fp4", "W4A4 FP4 on power-of-two groups: FP4 g32 GPTQ weights with clip search, format per layer, "
-           "FP4 E2M1 dynamic activations, each a float per row (output channel, token) times 2^t per 32 channels "
-           "(v 2^t: exact E4M3 operands): a pure FP8 MMA",
+    Recipe("fp4", "W4A4 FP4 as exact E4M3 operands: FP4 g32 GPTQ weights with clip search, format per layer, "
+           "scaled by a float per output channel times 2^t per 32 channels; FP4 E2M1 dynamic activations, a float "
+           "per token times m 2^t (m 1, 1.25, 1.5) per 32 channels: a pure FP8 MMA",
            WeightSpec(bits=4, group_size=32, method="gptq", clip_search=True, kind="fp4", scales="pow2-groups"),
-           ActivationSpec(bits=4, mode="dynamic", group_size=32, kind="fp4", scales="pow2-groups")),
+           ActivationSpec(bits=4, mode="dynamic", group_size=32, kind="fp4", scales="e4m3-groups")),
     Recipe("fp4-g32", "accuracy reference for fp4: FP4 g32 GPTQ weights with FP32 group scales, format per layer, "
            "FP4 E2M1 dynamic activations with an FP32 scale per 32 channels, Hadamard-rotated inputs (HQ-DiT)",
            WeightSpec(bits=4, group_size=32, method="gptq", clip_search=True, kind="fp4"),

@@ -226,8 +226,8 @@ def match_activation(a: gs.Tensor, k: int) -> tuple[gs.Tensor, dict, dict[str, g
     if isinstance(q.inputs[1], gs.Constant):
         raise NotReplaced("activations with one constant scale: the plugins take per-timestep or dynamic scales")
     if not _max_over_qmax(q.inputs[1]):
-        raise NotReplaced("dynamic activation scales not computed as max|x| / qmax (e.g. FP4 on power-of-two "
-                          "groups: a float per token times 2^t per group), which no plugin takes")
+        raise NotReplaced("dynamic activation scales not computed as max|x| / qmax (e.g. FP4 on fine "
+                          "groups: a float per token times m 2^t per group), which no plugin takes")
     group = q.attrs.get("block_size", 0)
     if q.attrs.get("axis", 1) not in (-1,) or not group or k % group:
         raise NotReplaced("dynamic activation scales that are not blocked along the channels")
