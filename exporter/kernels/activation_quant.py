@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 
 from exporter.kernels.fp8_gemm import fp4_e4m3_operand
+from exporter.kernels.layout import FP4_GROUP
 from exporter.quant.fp4_groups import EXPONENTS, TINY, e4m3_byte_table
 
 INT8: tl.constexpr = tl.constexpr(0)
@@ -100,7 +101,7 @@ def quantize_rows_kernel(x_ptr, codes_ptr, scale_ptr, table_ptr, bucket_ptr, K, 
 
 
 def quantize_rows(x: torch.Tensor, fmt: str, table: torch.Tensor | None = None, bucket: torch.Tensor | None = None,
-                  group_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+                  group_size: int = FP4_GROUP) -> tuple[torch.Tensor, torch.Tensor]:
     """(codes [M, K], scale float32 [M]) of x [M, K]; ``table`` [buckets] and ``bucket`` [samples]
     (each sample's table row, M a multiple of the samples) make the scales static."""
     m, k = x.shape
