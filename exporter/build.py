@@ -26,8 +26,7 @@ from exporter.export.onnx_export import (
 )
 from exporter.model_loading import LoadedDiT, load_dit
 from exporter.quant.quantize import QuantizedDiT
-from exporter.quant.recipes import Recipe
-from exporter.quant.recipes import no_kernel_reason
+from exporter.quant.recipes import Recipe, no_kernel_reason
 from exporter.rewrite.rewrite import run_rewrite
 from exporter.sampling import SamplerConfig
 from exporter.validate import run_rewrite_validation, run_validation, worst

@@ -117,7 +117,8 @@ def _int8_weights(w: QuantizedWeight, layouts: PackedLayouts) -> Int8Weights:
         try:
             row, factor = split_two_level(w.w_scale)
         except ValueError as e:
-            raise UserError(f"layer {w.name} has float group scales, which no kernel runs at full speed ({e})") from None
+            raise UserError(f"layer {w.name} has float group scales, which no kernel runs at full speed "
+                            f"({e})") from None
         group = w.group_size
     if w.k % layouts.k_step == 0 and group % SPAN.value == 0:
         return Int8Weights.four_bit_from_codes(codes, factor, row, group)
@@ -136,7 +137,8 @@ def _fp4_weights(w: QuantizedWeight, act: str, layouts: PackedLayouts) -> Int8We
     try:
         s, t = split_pow2(w.w_scale.float(), w.fmt.kind)
     except ValueError as e:
-        raise UserError(f"layer {w.name} has float FP4 group scales, which no kernel runs at full speed ({e})") from None
+        raise UserError(f"layer {w.name} has float FP4 group scales, which no kernel runs at full speed "
+                        f"({e})") from None
     if w.k % t.shape[1]:
         raise UserError(f"layer {w.name}: FP4 weight groups that do not divide {w.k} channels")
     group = w.k // t.shape[1]

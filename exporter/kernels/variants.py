@@ -96,8 +96,8 @@ def _variants() -> list[KernelVariant]:
                              fp8_pointers | weights,
                              {"W4": bits == 4, "TABLE": e4m3_byte_table(FP4_KIND), "FP4_PTX": fp4_ptx(FP4_KIND)},
                              tiles, FP8_ARCHS))
-            if size == "small" and bits == 8:  # E4M3 operands (FP4 weights) with FP activations: int8_gemm's FP16 path
-                out.append(_gemm("fp8_gemm.w8.a16.small", "fp8", int8_gemm_kernel,
+            if size == "small" and bits == 8:  # E4M3 weights (FP4's operands) with FP activations: FP16 MMA, sm_89+
+                out.append(_gemm("fp8_gemm.w8.a16.small", "fp16", int8_gemm_kernel,
                                  GEMM_POINTERS | {"a_ptr": "*fp16", "w_ptr": "*fp8e4nv"}, {"W4": False, "A_FP16": True},
                                  tiles, FP8_ARCHS))
         for d in (4, 2):

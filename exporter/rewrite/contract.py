@@ -180,7 +180,8 @@ INT_GEMM = PluginContract(
      Port("weight_factor", "INT8", f"[N, K / {SPAN}]", f"weight_bits 4: the factor f (1..16) of each {SPAN} channels; "
           f"W[n, k] = s[n] f[n, k / {SPAN}] q[n, k]", ("weight_bits", (4,))),
      _WEIGHT_SCALE,
-     Port("act_scale_table", "FLOAT", "[buckets]", "activation scale of each timestep bucket", ("act_mode", ("static",))),
+     Port("act_scale_table", "FLOAT", "[buckets]", "activation scale of each timestep bucket",
+          ("act_mode", ("static",))),
      Port("timestep_bucket", "INT64", "[B]", "bucket of each sample's timestep (its row in act_scale_table)",
           ("act_mode", ("static",))),
      _BIAS),

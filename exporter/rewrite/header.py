@@ -2,11 +2,12 @@
 
     python -m exporter.rewrite.header > plugins/include/dit_export/plugin_contract.h
 
-For each plugin: its name, version and namespace; an enum per string field; a struct of its
-fields with the names TensorRT's PluginFields carry; a parser from a PluginFieldCollection-like
-list of (name, type, data, length) that rejects missing, unknown and out-of-range fields; and the
+For each plugin: its name, version, namespace, minimum compute capability and input / output
+types; an enum per string field; a struct of its fields with the names TensorRT's PluginFields
+carry; a parser from a PluginFieldCollection-like list of (name, type, data, length) that rejects
+missing, unknown and out-of-range fields and fields that break the contract's rules; and the
 index of each input given the fields (-1 when absent). The header depends on the C++17 standard
-library only, so the kernels' tests can include it without TensorRT.
+library only, so tests can include it without TensorRT.
 """
 
 from __future__ import annotations

@@ -214,7 +214,8 @@ def _vq_weight(transpose: gs.Node, inits: Initializers) -> WeightMatch:
     if len(streams) != 1:
         raise NotReplaced("a codebook decode without one UINT8 assignment stream")
     try:
-        vq = VqWeights.from_stream(codebook, torch.from_numpy(inits.array(streams[0]).reshape(-1).copy()), n, k or width)
+        stream = torch.from_numpy(inits.array(streams[0]).reshape(-1).copy())
+        vq = VqWeights.from_stream(codebook, stream, n, k or width)
     except ValueError as e:
         raise NotReplaced(str(e)) from None
     return WeightMatch(n, k or width, vq=vq)
