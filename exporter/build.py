@@ -19,13 +19,14 @@ from exporter.calibrate import (
 from exporter.digits import IMAGE_SIZE
 from exporter.evaluate import evaluate
 from exporter.export.onnx_export import (
+    ONNX_DIR,
     run_export,
     validation_step_weights,
     validation_timesteps,
 )
 from exporter.model_loading import LoadedDiT, load_dit
 from exporter.quant.quantize import QuantizedDiT
-from exporter.quant.recipes import Recipe
+from exporter.quant.recipes import Recipe, no_kernel_reason
 from exporter.rewrite.rewrite import run_rewrite
 from exporter.sampling import SamplerConfig
 from exporter.validate import run_rewrite_validation, run_validation, worst
@@ -85,10 +86,19 @@ def run_build(model: str | None, recipe: Recipe, out_dir: Path, checkpoint: Path
     quantized = as_loaded(qdit, manifest, checkpoint)
     timesteps = validation_timesteps(manifest)
 
+    no_kernel = no_kernel_reason(qdit.recipe)
     _export_and_validate(report, qdit, loaded, out_dir, timesteps, validation_step_weights(manifest, timesteps))
+    if no_kernel:
+        report.record("rewrite", "skipped", 0.0, reason=no_kernel)
+    else:
+        _rewrite(report, qdit, out_dir, timesteps)
     _fidelity(report, loaded, quantized, sampler, out_dir, eval_samples, seed)
 
-    _engines(report, loaded, out_dir, timesteps, validation_step_weights(manifest, timesteps))
+    if no_kernel:
+        for stage in ("engine", "engine-validate"):
+            report.record(stage, "skipped", 0.0, reason=no_kernel)
+    else:
+        _engines(report, loaded, out_dir, timesteps, validation_step_weights(manifest, timesteps))
     atomic_write_text(out_dir / "build_report.json", json.dumps(report.to_dict(), indent=2) + "\n")
     print(f"build report: {out_dir / 'build_report.json'}", flush=True)
     return report
@@ -111,15 +121,17 @@ def _export_and_validate(report: BuildReport, qdit: QuantizedDiT, loaded: Loaded
                   quantization_mean_abs_worst=worst(validation["quantization_error"], "mean"),
                   inputs_from=validation["inputs_from"])
 
+
+def _rewrite(report: BuildReport, qdit: QuantizedDiT, out_dir: Path, timesteps: list[int]) -> None:
     started = time.monotonic()
-    rewritten = run_rewrite(Path(exported["qdq_onnx"]))
-    checked = run_rewrite_validation(Path(exported["qdq_onnx"]), Path(rewritten["rewritten_onnx"]), qdit.transformer,
-                                     timesteps, out_dir, calibration=saved_calibration(out_dir))
+    rewritten = run_rewrite(out_dir / ONNX_DIR / f"{qdit.recipe.name}.qdq.onnx")
+    checked = run_rewrite_validation(Path(rewritten["qdq_fp16io_onnx"]), Path(rewritten["rewritten_onnx"]),
+                                     qdit.transformer, timesteps, out_dir, calibration=saved_calibration(out_dir))
     report.record("rewrite", "done", time.monotonic() - started, rewritten_onnx=rewritten["rewritten_onnx"],
                   tensorrt_onnx=rewritten["tensorrt_onnx"],
                   plugins=", ".join(f"{n} x{c}" for n, c in rewritten["replaced"].items()),
                   not_replaced=len(rewritten["not_replaced"]),
-                  rewritten_vs_qdq_max_abs=f"{worst(checked['rewrite_check'], 'max'):.2e}", details=rewritten)
+                  rewritten_vs_qdq_fp16io_max_abs=f"{worst(checked['rewrite_check'], 'max'):.2e}", details=rewritten)
 
 
 def _engines(report: BuildReport, loaded: LoadedDiT, out_dir: Path, timesteps: list[int],

@@ -262,9 +262,11 @@ def rewrite(
     from exporter.calibrate import loaded_from_checkpoint, saved_calibration
     from exporter.export.onnx_export import ONNX_DIR, validation_timesteps
     from exporter.model_loading import load_dit
-    from exporter.rewrite.rewrite import run_rewrite
+    from exporter.quant.checkpoint import manifest_recipe, read_manifest
+    from exporter.rewrite.rewrite import check_deployable, run_rewrite
     from exporter.validate import run_rewrite_validation, worst
 
+    check_deployable(manifest_recipe(read_manifest(checkpoint)))
     quantized, manifest = loaded_from_checkpoint(checkpoint, load_dit(model))
     qdq = out / ONNX_DIR / f"{manifest['precision']}.qdq.onnx"
     result = run_rewrite(qdq)
@@ -272,9 +274,10 @@ def rewrite(
         typer.echo(f"replaced: {count} x {plugin}")
     for layer, why in result["not_replaced"].items():
         typer.echo(f"not replaced: {layer}: {why}")
-    report = run_rewrite_validation(qdq, Path(result["rewritten_onnx"]), quantized.transformer,
-                                    validation_timesteps(manifest), out, atol, calibration=saved_calibration(out))
-    typer.echo(f"rewritten vs QDQ: passed (worst max abs {worst(report['rewrite_check'], 'max'):.3g})")
+    report = run_rewrite_validation(Path(result["qdq_fp16io_onnx"]), Path(result["rewritten_onnx"]),
+                                    quantized.transformer, validation_timesteps(manifest), out, atol,
+                                    calibration=saved_calibration(out))
+    typer.echo(f"rewritten vs QDQ (FP16 at the plugins): passed (worst max abs {worst(report['rewrite_check'], 'max'):.3g})")
     typer.echo(f"rewritten_onnx: {result['rewritten_onnx']}\ntensorrt_onnx: {result['tensorrt_onnx']}")
 
 
@@ -283,9 +286,11 @@ def _engine_context(checkpoint: Path, out: Path):
     from types import SimpleNamespace
 
     from exporter.export.onnx_export import validation_step_weights, validation_timesteps
-    from exporter.quant.checkpoint import read_manifest
+    from exporter.quant.checkpoint import manifest_recipe, read_manifest
+    from exporter.rewrite.rewrite import check_deployable
 
     manifest = read_manifest(checkpoint)
+    check_deployable(manifest_recipe(manifest))
     timesteps = validation_timesteps(manifest)
     return (manifest["precision"], SimpleNamespace(**manifest["transformer_config"]), timesteps,
             validation_step_weights(manifest, timesteps))

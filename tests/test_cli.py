@@ -45,7 +45,7 @@ def test_build_runs_the_existing_stages_and_says_what_is_missing(tmp_path):
     rewritten = run_cli("rewrite", "--checkpoint", str(tmp_path / "quantized"), "--out", str(tmp_path))
     assert rewritten.returncode == 0, rewritten.stderr
     assert f"replaced: {stages['calibrate']['layers']} x DitIntGemm" in rewritten.stdout
-    assert "rewritten vs QDQ: passed" in rewritten.stdout
+    assert "rewritten vs QDQ (FP16 at the plugins): passed" in rewritten.stdout
     engine = run_cli("engine", "--checkpoint", str(tmp_path / "quantized"), "--out", str(tmp_path))
     assert engine.returncode == 0 and "engine: not available: TensorRT is not installed" in engine.stdout
     assert_one_line_error(run_cli("engine", "--checkpoint", str(tmp_path / "quantized"), "--out", str(tmp_path),
@@ -102,3 +102,19 @@ def test_eval_writes_report_and_grid(tmp_path):
     assert report["n"] == 20 and 0.0 <= report["accuracy"] <= 1.0
     assert report["noise_floor"]["seed"] == 1 and report["noise_floor"]["distance_between_seeds"] > 0
     assert "sampling:" in result.stderr  # progress
+
+
+def test_a_reference_precision_gets_no_plugins(tmp_path):
+    """The build reports rewrite and engines as skipped with the one-line reason; rewrite and engine
+    alone stop with it (exit code 2)."""
+    result = run_cli("build", "--precision", "w4a8-g32", "--trajectories", "2", "--eval-samples", "0",
+                     "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    stages = {s["stage"]: s for s in json.loads((tmp_path / "build_report.json").read_text())["stages"]}
+    reason = "precision w4a8-g32 is an accuracy reference with no plugin kernel: deploy w4a8 instead"
+    for stage in ("rewrite", "engine", "engine-validate"):
+        assert stages[stage] == {"stage": stage, "status": "skipped", "seconds": 0.0, "reason": reason}
+    assert stages["validate"]["status"] == "done" and not list((tmp_path / "onnx").glob("*.trt.onnx"))
+    for command in ("rewrite", "engine"):
+        assert_one_line_error(run_cli(command, "--checkpoint", str(tmp_path / "quantized"), "--out", str(tmp_path)),
+                              reason)

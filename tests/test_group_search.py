@@ -5,14 +5,19 @@ evaluation uses, and the searched groups reach the checkpoint and the graphs."""
 import importlib.util
 import json
 
+import numpy as np
 import onnx
 import pytest
+import torch
+from onnx import numpy_helper
 
 from exporter.calibrate import CalibrationOptions, run_calibrate
 from exporter.errors import UserError
 from exporter.evaluate import sample_seeds
 from exporter.export.onnx_export import run_export
 from exporter.fidelity import DigitsJudge, FeatureStats, frechet_distance
+from exporter.kernels.linear import QuantizedWeight, kernel_weights
+from exporter.kernels.variants import AOT_LAYOUTS
 from exporter.model_loading import load_dit
 from exporter.quant.calibration import collect_calibration_set
 from exporter.quant.checkpoint import load_checkpoint
@@ -20,7 +25,7 @@ from exporter.quant.granularity import SEED_RUN, GroupSearch, SearchOptions, evo
 from exporter.quant.primitives import PER_CHANNEL
 from exporter.quant.recipes import get_recipe
 from exporter.quant.two_level import split_two_level
-from exporter.rewrite.rewrite import rewrite_graph
+from exporter.rewrite.rewrite import check_deployable, rewrite_graph
 from exporter.sampling import balanced_labels, sample
 from tests.conftest import SAMPLER, save_tiny_pipeline
 
@@ -130,15 +135,18 @@ def test_searched_groups_reach_the_checkpoint_and_the_exported_layers(digits_dit
         assert layers[name].act.group_size == act_group
     assert [tuple(g) for g in manifest["recipe"]["layer_groups"]] == [
         (n, w, a) for n, (w, a) in details["config"].items()]
-    exported = run_export(loaded, digits_dit.transformer, tmp_path, [900, 10])
-    plugins = rewrite_graph(onnx.load(exported["qdq_onnx"])).tensorrt
-    fields = {n.name.split(".MatMul")[0]: {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
-              for n in plugins.graph.node if n.op_type == "DitIntGemm"}
-    for name, (weight_group, act_group) in details["config"].items():
-        width = layers[name].in_features
-        assert fields[name]["group_size"] == weight_group
-        assert fields[name]["act_group_size"] == (0 if act_group in (PER_CHANNEL, width) else act_group)
     assert loaded.recipe.deployable == (precision == "w4a8")  # two-level: activations stay per token
-    if precision == "w4a8":
-        for name in details["config"]:
-            split_two_level(layers[name].w_scale)
+    if precision != "w4a8":
+        with pytest.raises(UserError, match="precision w4a8-g32 is an accuracy reference"):
+            check_deployable(loaded.recipe)
+        return
+    exported = run_export(loaded, digits_dit.transformer, tmp_path, [900, 10])
+    trt = rewrite_graph(onnx.load(exported["qdq_onnx"])).tensorrt
+    tensors = {t.name: numpy_helper.to_array(t) for t in trt.graph.initializer}
+    nodes = {n.name.split(".MatMul")[0]: n for n in trt.graph.node if n.op_type == "DitIntGemm"}
+    for name in details["config"]:
+        split_two_level(layers[name].w_scale)
+        # The searched groups reach the plugin as the kernel's operands of the two-level scales.
+        expected = kernel_weights(QuantizedWeight.of(name, layers[name]), "int8", AOT_LAYOUTS)
+        weight = tensors[nodes[name].input[1]]
+        np.testing.assert_array_equal(weight.view(np.uint8), expected.codes.view(torch.uint8).numpy())

@@ -24,6 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
+from exporter.kernels.layout import FP4_GROUP
 from exporter.quant import fp4_fine_groups
 from exporter.quant.fp4_groups import EXPONENTS, TINY
 
@@ -130,7 +131,7 @@ def constants(fmt: str, static: bool, group_size: int) -> dict[str, object]:
 
 
 def quantize_rows(x: torch.Tensor, fmt: str, table: torch.Tensor | None = None, bucket: torch.Tensor | None = None,
-                  group_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+                  group_size: int = FP4_GROUP) -> tuple[torch.Tensor, torch.Tensor]:
     """(codes [M, K], scale float32 [M]) of x [M, K]; ``table`` [buckets] and ``bucket`` [samples]
     (each sample's table row, M a multiple of the samples) make the scales static."""
     m, k = x.shape

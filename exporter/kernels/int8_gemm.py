@@ -36,10 +36,11 @@ import torch
 import triton
 import triton.language as tl
 
+from exporter.kernels import layout
 from exporter.kernels.swar import INT4_TIMES_FACTOR, ptx
 from exporter.kernels.tiles import Tiles, dense_dot_loop, gemm_tiles, grid_size, program_tile, store_rescaled
 
-SPAN: tl.constexpr = tl.constexpr(32)
+SPAN: tl.constexpr = tl.constexpr(layout.SPAN)
 # Triton's interpreter runs no inline PTX: there the operands are built with Triton's own operations.
 INTERPRETED: tl.constexpr = tl.constexpr(bool(triton.knobs.runtime.interpret))
 INT4_PTX: tl.constexpr = tl.constexpr(ptx(INT4_TIMES_FACTOR))

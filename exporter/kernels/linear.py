@@ -3,6 +3,8 @@ Triton kernels with the arithmetic it is deployed with, on a GPU or, in Triton's
 the CPU.
 
     count = use_kernels(qdit)        # every quantized Linear replaced by a KernelLinear
+    weights = kernel_weights(QuantizedWeight.of(name, layer), activation_kind(layer), layouts)
+                                     # the mapping itself, which the graph rewrite shares
 
 Only deployable layers have a kernel (exporter/quant/recipes.py, Recipe.deployable): INT8
 per-channel or two-level INT4 weights with symmetric INT8 activations, one scale per token
@@ -17,6 +19,8 @@ engine does.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import triton
 from torch import nn
@@ -24,11 +28,11 @@ from torch import nn
 from exporter.errors import UserError
 from exporter.kernels.activation_quant import BLOCK, quantize_rows
 from exporter.kernels.fp8_gemm import Fp8Weights, fp8_gemm
-from exporter.kernels.int8_gemm import Int8Weights, check_spans, int8_gemm
+from exporter.kernels.int8_gemm import SPAN, Int8Weights, check_spans, int8_gemm
 from exporter.kernels.vq_gemm import VqWeights, vq_gemm
 from exporter.quant.fp4 import Fp4Format
-from exporter.quant.fp4_groups import e4m3_operand, split_pow2
-from exporter.quant.primitives import IntFormat, activation_group
+from exporter.quant.fp4_groups import EXPONENTS, e4m3_operand, split_pow2
+from exporter.quant.primitives import IntFormat, QuantFormat, activation_group
 from exporter.quant.qlinear import (
     DynamicActivationQuant,
     FineGroupActivationQuant,
@@ -40,6 +44,132 @@ from exporter.quant.two_level import split_two_level
 from exporter.quant.vq_linear import VqLinear
 
 INT8 = IntFormat(8)
+ACT_KINDS = ("none", "int8", "fp4")  # FP16 activations, INT8 per token, FP4 on fine groups
+
+
+@dataclass(frozen=True)
+class PackedLayouts:
+    """Which 4-bit layouts a way of launching the kernels takes: the K step they need to divide K,
+    and the FP4 formats the FP8 kernel decodes. Weights outside them get the same operands one byte
+    per weight (the INT8 operands q f, the E4M3 operands v 2^t): the same arithmetic."""
+
+    k_step: int
+    fp4_kinds: tuple[str, ...]
+
+
+JIT_LAYOUTS = PackedLayouts(2 * SPAN.value, tuple(EXPONENTS))  # the Python wrappers pick K step and table per call
+
+
+@dataclass(frozen=True)
+class QuantizedWeight:
+    """What a kernel's weights are built from: codes [N, K] (INT values as integers, FP4 codes
+    uint8), the float32 scales w_scale [N, G] (G = 1: one per output channel), the group size
+    and the format; a QuantLinear's, or the same read from a QDQ graph (exporter/rewrite)."""
+
+    name: str
+    fmt: QuantFormat
+    codes: torch.Tensor
+    w_scale: torch.Tensor
+    group_size: int
+    rotation_block: int = 0
+
+    @classmethod
+    def of(cls, name: str, layer: QuantLinear) -> QuantizedWeight:
+        return cls(name, layer.fmt, layer.codes, layer.w_scale, layer.group_size, layer.rotation_block)
+
+    @property
+    def k(self) -> int:
+        return self.codes.shape[1]
+
+    def row_scale(self) -> torch.Tensor:
+        """The one scale of each output channel [N] of weights with one scale per row (or tensor)."""
+        return self.w_scale[:, 0].expand(self.codes.shape[0]).float().contiguous()
+
+
+def kernel_weights(w: QuantizedWeight, act: str, layouts: PackedLayouts) -> Int8Weights | Fp8Weights:
+    """The operands of the kernel that runs the layer, given its activations (ACT_KINDS): UserError
+    when no kernel runs it at full speed."""
+    if act not in ACT_KINDS:
+        raise ValueError(f"activations {act}: one of {', '.join(ACT_KINDS)}")
+    if w.rotation_block:
+        raise UserError(f"layer {w.name} rotates its input (Hadamard), which no kernel does: not a deployable recipe")
+    if isinstance(w.fmt, Fp4Format):
+        return _fp4_weights(w, act, layouts)
+    if act == "fp4":
+        raise UserError(f"layer {w.name}: FP4 activations on fine groups run on fp8_gemm, which takes FP4 "
+                        "weights on power-of-two groups")
+    return _int8_weights(w, layouts)
+
+
+def _int8_weights(w: QuantizedWeight, layouts: PackedLayouts) -> Int8Weights:
+    fmt, codes = w.fmt, w.codes.to(torch.int8)
+    if not isinstance(fmt, IntFormat) or not fmt.symmetric or fmt.bits not in (4, 8):
+        raise UserError(f"layer {w.name} ({fmt.name}) has no kernel: not a deployable recipe")
+    per_row = w.w_scale.shape[1] == 1
+    if fmt.bits == 8:
+        if not per_row:
+            raise UserError(f"layer {w.name} ({fmt.name}, group {w.group_size}) has no kernel: not a deployable "
+                            "recipe")
+        return Int8Weights(codes.contiguous(), w.row_scale())
+    if per_row:
+        row, factor, group = w.row_scale(), torch.ones(codes.shape[0], 1, dtype=torch.int64), w.k
+    else:
+        try:
+            row, factor = split_two_level(w.w_scale)
+        except ValueError as e:
+            raise UserError(f"layer {w.name} has float group scales, which no kernel runs at full speed "
+                            f"({e})") from None
+        group = w.group_size
+    if w.k % layouts.k_step == 0 and group % SPAN.value == 0:
+        return Int8Weights.four_bit_from_codes(codes, factor, row, group)
+    operand = codes.to(torch.int32) * factor.repeat_interleave(group, dim=1)[:, :w.k].to(torch.int32)
+    return Int8Weights(operand.to(torch.int8).contiguous(), row)
+
+
+def _fp4_weights(w: QuantizedWeight, act: str, layouts: PackedLayouts) -> Int8Weights | Fp8Weights:
+    """FP4 weights on power-of-two groups: with FP4 activations fp8_gemm's weights (packed codes
+    and exponent offsets where the layouts allow, else the E4M3 operands v 2^t [N, K]); with FP
+    activations the E4M3 operands with the row scales, for int8_gemm's FP16-activation path
+    (converted to FP16 exactly)."""
+    if act == "int8":
+        raise UserError(f"layer {w.name}: FP4 weights with INT8 activations have no kernel; fp8_gemm takes FP4 "
+                        "activations on fine groups")
+    try:
+        s, t = split_pow2(w.w_scale.float(), w.fmt.kind)
+    except ValueError as e:
+        raise UserError(f"layer {w.name} has float FP4 group scales, which no kernel runs at full speed "
+                        f"({e})") from None
+    if w.k % t.shape[1]:
+        raise UserError(f"layer {w.name}: FP4 weight groups that do not divide {w.k} channels")
+    group = w.k // t.shape[1]
+    packed = act == "fp4" and w.fmt.kind in layouts.fp4_kinds and w.k % layouts.k_step == 0 and group % SPAN.value == 0
+    if packed:
+        try:
+            weights = Fp8Weights.fp4_from_codes(w.codes, t, s, group, w.fmt.kind)
+            check_spans(w.k, group, w.codes.shape[0], weights.offset)
+        except ValueError as e:
+            raise UserError(f"layer {w.name}: {e}") from None
+        return weights
+    operand = e4m3_operand(w.codes, t, w.fmt.kind).view(torch.float8_e4m3fn).contiguous()
+    return Fp8Weights(operand, s.contiguous()) if act == "fp4" else Int8Weights(operand, s.contiguous())
+
+
+def _fp4_activation_group(name: str, layer: QuantLinear | VqLinear) -> int:
+    """The channels per fine group of FP4 activations (0: the layer has none)."""
+    if not isinstance(layer.act, FineGroupActivationQuant):
+        return 0
+    group = activation_group(layer.act.group_size, layer.in_features)
+    if BLOCK % group:
+        raise UserError(f"layer {name}: the activation quantizer takes FP4 groups that divide {BLOCK} channels, "
+                        f"not {group}")
+    return group
+
+
+def activation_kind(layer: QuantLinear | VqLinear) -> str:
+    """The layer's activations as ACT_KINDS names them."""
+    if layer.act is None:
+        return "none"
+    return "fp4" if isinstance(layer.act, FineGroupActivationQuant) else "int8"
 
 
 class KernelLinear(nn.Module):
@@ -57,7 +187,8 @@ class KernelLinear(nn.Module):
         for unset in ("codebook", "indices", "codes", "w_scale", "factor", "offset"):
             self.register_buffer(unset, None)
         self.group_size = 0
-        self.fp4_kind: str | None = None  # set when the GEMM is fp8_gemm's (FP4 weights, FP4 activations)
+        self.fp8 = False  # the GEMM is fp8_gemm's (FP4 weights, FP4 activations)
+        self.fp4_kind: str | None = None  # fp8_gemm's 4-bit FP4 weights' format
         self.act_group = _fp4_activation_group(name, layer)
         if isinstance(layer, VqLinear):
             if layer.codebook.shape[0] > 256 or layer.in_features % layer.fmt.dim:
@@ -65,17 +196,16 @@ class KernelLinear(nn.Module):
                                 "of the codeword size")
             self.register_buffer("codebook", layer.codebook.half().contiguous())
             self.register_buffer("indices", layer.assignments.to(torch.uint8).contiguous())
-        elif isinstance(layer.fmt, Fp4Format) and self.quantized_input:
-            weights = _fp4_weights(name, layer)
-            self.register_buffer("codes", weights.codes)
-            self.register_buffer("w_scale", weights.w_scale)
+            return
+        weights = kernel_weights(QuantizedWeight.of(name, layer), activation_kind(layer), JIT_LAYOUTS)
+        self.register_buffer("codes", weights.codes)
+        self.register_buffer("w_scale", weights.w_scale)
+        if isinstance(weights, Fp8Weights):
+            self.fp8 = True
             self.register_buffer("offset", weights.offset)
-            self.group_size, self.fp4_kind = weights.group_size, weights.fp4_kind
+            self.group_size = weights.group_size
+            self.fp4_kind = weights.fp4_kind if weights.four_bit else None
         else:
-            fp4 = isinstance(layer.fmt, Fp4Format)
-            weights = _fp4_operand_weights(name, layer) if fp4 else _int8_weights(name, layer)
-            self.register_buffer("codes", weights.codes)
-            self.register_buffer("w_scale", weights.w_scale)
             self.register_buffer("factor", weights.factor)
             self.group_size = weights.group_size
 
@@ -83,6 +213,8 @@ class KernelLinear(nn.Module):
         return Int8Weights(self.codes, self.w_scale, self.factor, self.group_size)
 
     def _fp8_weights(self) -> Fp8Weights:
+        if self.fp4_kind is None:
+            return Fp8Weights(self.codes, self.w_scale)
         return Fp8Weights(self.codes, self.w_scale, self.offset, self.group_size, self.fp4_kind)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -94,7 +226,7 @@ class KernelLinear(nn.Module):
                 y = vq_gemm(rows.half(), vq, bias=self.bias, out_dtype=out_dtype)
             else:
                 y = int8_gemm(rows.half(), None, self._int8_weights(), self.bias, out_dtype)
-        elif self.fp4_kind is not None:
+        elif self.fp8:
             codes, scale = quantize_rows(rows, "fp4", group_size=self.act_group)
             y = fp8_gemm(codes, scale, self._fp8_weights(), self.bias, out_dtype)
         else:
@@ -107,71 +239,6 @@ class KernelLinear(nn.Module):
             else:
                 y = int8_gemm(codes, scale, self._int8_weights(), self.bias, out_dtype)
         return y.reshape(*x.shape[:-1], self.out_features)
-
-
-def _int8_weights(name: str, layer: QuantLinear) -> Int8Weights:
-    fmt, codes = layer.fmt, layer.codes
-    if not isinstance(fmt, IntFormat) or not fmt.symmetric or layer.rotation_block:
-        raise UserError(f"layer {name} ({fmt.name}) has no kernel: not a deployable recipe")
-    if fmt.bits == 8 and layer.w_scale.shape[1] == 1:
-        return Int8Weights(codes.to(torch.int8).contiguous(), layer.w_scale[:, 0].contiguous())
-    if fmt.bits == 4 and layer.group_size > 0:
-        try:
-            row, factor = split_two_level(layer.w_scale)
-        except ValueError as e:
-            raise UserError(f"layer {name} has float group scales, which no kernel runs at full speed ({e})") from None
-        return Int8Weights.four_bit_from_codes(codes.to(torch.int8), factor, row, layer.group_size)
-    raise UserError(f"layer {name} ({fmt.name}, group {layer.group_size}) has no kernel: not a deployable recipe")
-
-
-def _fp4_activation_group(name: str, layer: QuantLinear | VqLinear) -> int:
-    """The channels per fine group of FP4 activations (0: the layer has none)."""
-    if not isinstance(layer.act, FineGroupActivationQuant):
-        return 0
-    if not isinstance(getattr(layer, "fmt", None), Fp4Format):
-        raise UserError(f"layer {name}: FP4 activations on fine groups run on fp8_gemm, which takes FP4 "
-                        "weights on power-of-two groups")
-    group = activation_group(layer.act.group_size, layer.in_features)
-    if BLOCK % group:
-        raise UserError(f"layer {name}: the activation quantizer takes FP4 groups that divide {BLOCK} channels, "
-                        f"not {group}")
-    return group
-
-
-def _fp4_grid(name: str, layer: QuantLinear) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """(s [N], t [N, G], group size) of FP4 weights on power-of-two groups; UserError otherwise."""
-    if layer.rotation_block:
-        raise UserError(f"layer {name} rotates its input (Hadamard), which no kernel does: not a deployable recipe")
-    try:
-        s, t = split_pow2(layer.w_scale, layer.fmt.kind)
-    except ValueError as e:
-        raise UserError(f"layer {name} has float FP4 group scales, which no kernel runs at full speed ({e})") from None
-    group = layer.in_features if t.shape[1] == 1 else layer.group_size
-    return s, t, group
-
-
-def _fp4_weights(name: str, layer: QuantLinear) -> Fp8Weights:
-    """fp8_gemm's weights of a layer with FP4 activations (codes packed in chunks, t - t_min per span)."""
-    if not isinstance(layer.act, FineGroupActivationQuant):
-        raise UserError(f"layer {name}: FP4 weights with activations {type(layer.act).__name__} have no kernel; "
-                        "fp8_gemm takes FP4 activations on fine groups")
-    s, t, group = _fp4_grid(name, layer)
-    try:
-        weights = Fp8Weights.fp4_from_codes(layer.codes, t, s, group, layer.fmt.kind)
-        check_spans(layer.in_features, group, layer.out_features, weights.offset)
-    except ValueError as e:
-        raise UserError(f"layer {name}: {e}") from None
-    return weights
-
-
-def _fp4_operand_weights(name: str, layer: QuantLinear) -> Int8Weights:
-    """FP4 weights on power-of-two groups with FP activations: the E4M3 operands v * 2**t, one byte
-    each [N, K], with the row scales, for int8_gemm's FP16-activation path (converted exactly)."""
-    s, t, _ = _fp4_grid(name, layer)
-    if layer.in_features % t.shape[1]:
-        raise UserError(f"layer {name}: FP4 weight groups that do not divide {layer.in_features} channels")
-    operand = e4m3_operand(layer.codes, t, layer.fmt.kind).view(torch.float8_e4m3fn).contiguous()
-    return Int8Weights(operand, s.contiguous())
 
 
 def _activation_tables(name: str, act: nn.Module | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -212,4 +279,5 @@ def use_kernels(qdit) -> int:
     return len(layers)
 
 
-__all__ = ["KernelLinear", "use_kernels"]
+__all__ = ["ACT_KINDS", "JIT_LAYOUTS", "KernelLinear", "PackedLayouts", "QuantizedWeight", "activation_kind",
+           "kernel_weights", "use_kernels"]

@@ -21,13 +21,16 @@ from exporter.kernels.activation_quant import FORMATS, quantize_rows_kernel
 from exporter.kernels.activation_quant import constants as quantize_constants
 from exporter.kernels.fp8_gemm import fp4_ptx, fp8_gemm_kernel
 from exporter.kernels.int8_gemm import int8_gemm_kernel
+from exporter.kernels.layout import ALIGNMENT, FP4_GROUP, K_STEP
+from exporter.kernels.linear import PackedLayouts
 from exporter.kernels.tiles import LARGE_TILES_ABOVE, Tiles, gemm_tiles
 from exporter.kernels.vq_gemm import VQ_BLOCK_K, vq_gemm_kernel
 from exporter.quant.fp4_groups import e4m3_byte_table
 
 ALL_ARCHS = (80, 89, 90)
 FP8_ARCHS = (89, 90)  # FP8 tensor cores: Ada and Hopper
-ALIGNED = ("N", "K")  # integer arguments compiled as multiples of 16
+ALIGNED = ("N", "K")  # integer arguments compiled as multiples of ALIGNMENT
+FP4_KIND = "e2m1"  # the FP4 format the FP8 variants decode (and the activation quantizer writes)
 
 GEMM_POINTERS = {"a_ptr": "*i8", "a_scale_ptr": "*fp32", "w_ptr": "*u8", "factor_ptr": "*u8", "w_scale_ptr": "*fp32",
                  "bias_ptr": "*fp32", "y_ptr": "*fp16"}
@@ -48,7 +51,7 @@ class KernelVariant:
 
     def source(self) -> ASTSource:
         signature = dict(self.signature) | {k: "constexpr" for k in self.constants}
-        attrs = {(i,): [["tt.divisibility", 16]] for i, (name, kind) in enumerate(self.signature.items())
+        attrs = {(i,): [["tt.divisibility", ALIGNMENT]] for i, (name, kind) in enumerate(self.signature.items())
                  if kind.startswith("*") or name in self.aligned}
         return ASTSource(fn=self.kernel, signature=signature, constexprs=self.constants, attrs=attrs)
 
@@ -69,9 +72,10 @@ def _gemm(name: str, family: str, kernel, pointers: dict[str, str], constants: d
                          num_warps=tiles.num_warps, num_stages=tiles.num_stages, archs=archs)
 
 
-# The variants' tiles: "large" for more rows than LARGE_TILES_ABOVE, "small" for fewer; K step 128
+# The variants' tiles: "large" for more rows than LARGE_TILES_ABOVE, "small" for fewer; K step K_STEP
 # (DiT widths are multiples of 128; 4-bit weights need the step to divide K).
-TILES = {"large": gemm_tiles(LARGE_TILES_ABOVE + 1, 128), "small": gemm_tiles(1, 128)}
+TILES = {"large": gemm_tiles(LARGE_TILES_ABOVE + 1, K_STEP), "small": gemm_tiles(1, K_STEP)}
+AOT_LAYOUTS = PackedLayouts(K_STEP, (FP4_KIND,))  # the 4-bit layouts the plugins' kernels take
 
 
 def _variants() -> list[KernelVariant]:
@@ -91,8 +95,12 @@ def _variants() -> list[KernelVariant]:
             weights = {"w_ptr": "*fp8e4nv"} if bits == 8 else {}
             out.append(_gemm(f"fp8_gemm.{'w8' if bits == 8 else 'fp4'}.{size}", "fp8", fp8_gemm_kernel,
                              fp8_pointers | weights,
-                             {"W4": bits == 4, "TABLE": e4m3_byte_table("e2m1"), "FP4_PTX": fp4_ptx("e2m1")}, tiles,
-                             FP8_ARCHS))
+                             {"W4": bits == 4, "TABLE": e4m3_byte_table(FP4_KIND), "FP4_PTX": fp4_ptx(FP4_KIND)},
+                             tiles, FP8_ARCHS))
+            if size == "small" and bits == 8:  # E4M3 weights (FP4's operands) with FP activations: FP16 MMA, sm_89+
+                out.append(_gemm("fp8_gemm.w8.a16.small", "fp16", int8_gemm_kernel,
+                                 GEMM_POINTERS | {"a_ptr": "*fp16", "w_ptr": "*fp8e4nv"}, {"W4": False, "A_FP16": True},
+                                 tiles, FP8_ARCHS))
         for d in (4, 2):
             vq_tiles = gemm_tiles(LARGE_TILES_ABOVE + 1 if size == "large" else 1, VQ_BLOCK_K)
             out.append(_gemm(f"vq_gemm.d{d}.{size}", "fp16", vq_gemm_kernel, vq_pointers,
@@ -104,7 +112,7 @@ def _variants() -> list[KernelVariant]:
                 {"x_ptr": "*fp16", "codes_ptr": "*i8" if fmt == "int8" else "*fp8e4nv", "scale_ptr": "*fp32",
                  "table_ptr": "*fp32", "bucket_ptr": "*i64", "K": "i32", "rows_per_sample": "i32",
                  "table_row": "i32"},
-                quantize_constants(fmt, static, 32),
+                quantize_constants(fmt, static, FP4_GROUP),
                 archs=FP8_ARCHS if fmt != "int8" else ALL_ARCHS, aligned=("K",)))
     return out
 

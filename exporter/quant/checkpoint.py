@@ -214,6 +214,11 @@ def _recipe_from(d: dict[str, Any]) -> Recipe:
                   layer_groups=tuple((str(n), int(w), int(a)) for n, w, a in d.get("layer_groups", ())))
 
 
+def manifest_recipe(manifest: dict[str, Any]) -> Recipe:
+    """The recipe a checkpoint was calibrated with, from its manifest."""
+    return _recipe_from(manifest["recipe"])
+
+
 def load_checkpoint(folder: Path) -> tuple[QuantizedDiT, dict[str, Any]]:
     """The quantized model and its manifest; UserError when the folder is not a valid checkpoint."""
     from diffusers import DiTTransformer2DModel

@@ -293,10 +293,29 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
 ]}
 
 
+# The deployable precision each accuracy reference stands for.
+DEPLOY_INSTEAD = {"w4a8-g32": "w4a8", "w4a8-fp4": "w4a8", "fp4-g32": "fp4", "w4a4": "fp4", "vq2-a8": "vq2",
+                  "vq3-a8": "vq3"}
+
+
+def no_kernel_reason(recipe: Recipe) -> str | None:
+    """None when the recipe is deployable; else one line: it is an accuracy reference, and which
+    precision to deploy."""
+    if recipe.deployable:
+        return None
+    named = RECIPES.get(recipe.name)
+    if named is not None and named.deployable:
+        return (f"precision {recipe.name} with these overrides is an accuracy reference with no plugin kernel: deploy "
+                f"{recipe.name} without them")
+    instead = DEPLOY_INSTEAD.get(recipe.name) or ", ".join(n for n, r in RECIPES.items() if r.deployable)
+    return f"precision {recipe.name} is an accuracy reference with no plugin kernel: deploy {instead} instead"
+
+
 def get_recipe(name: str) -> Recipe:
     if name not in RECIPES:
         raise UserError(f"unknown precision '{name}'; valid: {', '.join(RECIPES)}")
     return RECIPES[name]
 
 
-__all__ = ["ActivationSpec", "PER_CHANNEL", "PER_TENSOR", "RECIPES", "Recipe", "WeightSpec", "get_recipe"]
+__all__ = ["ActivationSpec", "DEPLOY_INSTEAD", "PER_CHANNEL", "PER_TENSOR", "RECIPES", "Recipe", "WeightSpec", "get_recipe",
+           "no_kernel_reason"]

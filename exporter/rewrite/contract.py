@@ -3,52 +3,90 @@
 Each contract names the op (the ONNX node's op_type, which is also the TensorRT plugin name), its
 namespace and version (the node attributes ``plugin_namespace`` and ``plugin_version`` that
 TensorRT's ONNX parser reads to find the plugin creator), its fields (the other node attributes,
-which reach the plugin creator as PluginFields: ints as kINT32, strings as kCHAR) and its inputs
-and outputs with their element types and packed layouts. ``header.py`` generates the C++ header
-the plugins compile against from these objects; the rewrite (``rewrite.py``) and the reference
-functions (``reference.py``) read them too.
+which reach the plugin creator as PluginFields: ints as kINT32, strings as kCHAR), the rules that
+tie fields together, and its inputs and outputs with their element types and packed layouts.
+``header.py`` generates the C++ header the plugins compile against from these objects; the rewrite
+(``rewrite.py``, ``patterns.py``) and the reference functions (``reference.py``) read them too.
 
-Every GEMM plugin computes y = act(x) W^T + b for x [..., K] and W [N, K], where act is the
-activation quantizer the fields describe (quantize then dequantize; none leaves x as it is),
-applied after the optional Hadamard rotation x H, H block-diagonal with blocks of
-``rotation_block`` channels. Packed data travels as INT8 bytes: TensorRT has no 4-bit or
-sub-byte tensors outside its own quantize layers.
+Every plugin computes y = act(x) W^T + b for x [..., K] and W [N, K] on the Triton kernels
+(exporter/kernels/): act quantizes each token to 8-bit operands with one float32 scale
+(activation_quant.quantize_rows), the K loop multiplies 8-bit operands (or FP16 ones where act is
+none), and one rescale by the token's and the output channel's scales plus the bias ends it. x and
+y are FLOAT16 [..., K] / [..., N]. Packed data travels as INT8 bytes (TensorRT has no sub-byte
+tensors outside its own quantize layers), read by the kernels as unsigned bytes; the layouts are
+the kernels' own (int8_gemm.py, fp8_gemm.py, vq_gemm.py), built by exporter/kernels/linear.py.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from exporter.kernels.layout import ALIGNMENT, FP4_GROUP, K_STEP, SPAN
+
 NAMESPACE = "dit_export"
 DOMAIN = "dit_export"  # ONNX domain of the plugin nodes and of their reference functions
-VERSION = "1"
+VERSION = "2"
 
-ACT_MODES = ("none", "static", "dynamic")
-ACT_FORMATS = ("none", "int8", "fp8e4m3", "fp4e2m1", "int4", "uint4")
-FP4_WEIGHT_FORMATS = ("e2m1", "e3m0", "e1m2")
+# The values of the string fields, in the order of their C++ enums; a contract may allow fewer.
+ENUMS = {"act_mode": ("none", "static", "dynamic"), "act_format": ("none", "int8", "fp4e2m1")}
 NONZERO = "nonzero"
 
 
 @dataclass(frozen=True)
 class Field:
-    """A node attribute / plugin field: an int (kINT32) or one of ``choices`` (kCHAR)."""
+    """A node attribute / plugin field: an int (kINT32) or one of ``choices`` (kCHAR). An int is
+    at least ``minimum``, at most ``maximum`` (0: no bound), one of ``values`` if given, and a
+    multiple of ``multiple_of``."""
 
     name: str
     doc: str
     choices: tuple[str, ...] = ()
     minimum: int = 0
+    maximum: int = 0
+    values: tuple[int, ...] = ()
+    multiple_of: int = 1
 
     @property
     def is_string(self) -> bool:
         return bool(self.choices)
 
+    def rule(self) -> str:
+        """What a valid value is, in words (the error message of both languages)."""
+        if self.is_string:
+            return f"one of {', '.join(self.choices)}"
+        if self.values:
+            return f"one of {', '.join(map(str, self.values))}"
+        bound = f"an integer >= {self.minimum}" + (f" and <= {self.maximum}" if self.maximum else "")
+        return bound + (f", a multiple of {self.multiple_of}" if self.multiple_of > 1 else "")
+
     def check(self, value) -> str | None:
         if self.is_string:
-            if value not in self.choices:
-                return f"{self.name} must be one of {', '.join(self.choices)}, not {value!r}"
-        elif not isinstance(value, int) or isinstance(value, bool) or value < self.minimum:
-            return f"{self.name} must be an integer >= {self.minimum}, not {value!r}"
-        return None
+            ok = value in self.choices
+        else:
+            ok = (isinstance(value, int) and not isinstance(value, bool) and value >= self.minimum
+                  and (not self.maximum or value <= self.maximum) and (not self.values or value in self.values)
+                  and value % self.multiple_of == 0)
+        return None if ok else f"{self.name} must be {self.rule()}, not {value!r}"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """When field ``when`` has one of ``when_values``, field ``then`` must have one of
+    ``then_values`` (when given) and be a multiple of ``multiple_of`` (when given)."""
+
+    when: str
+    when_values: tuple
+    then: str
+    why: str
+    then_values: tuple = ()
+    multiple_of: int = 0
+
+    def broken(self, fields: dict) -> bool:
+        if fields[self.when] not in self.when_values:
+            return False
+        value = fields[self.then]
+        return bool((self.then_values and value not in self.then_values)
+                    or (self.multiple_of and value % self.multiple_of))
 
 
 @dataclass(frozen=True)
@@ -58,10 +96,10 @@ class Port:
     always present."""
 
     name: str
-    dtype: str  # an ONNX element type name, or "T" (float32 / float16, the same for x and y)
+    dtype: str  # an ONNX element type name
     shape: str
     doc: str
-    when: tuple[str, tuple[str, ...] | str] | None = None
+    when: tuple[str, tuple | str] | None = None
 
     def present(self, fields: dict) -> bool:
         if self.when is None:
@@ -77,17 +115,23 @@ class PluginContract:
     fields: tuple[Field, ...]
     inputs: tuple[Port, ...]
     outputs: tuple[Port, ...]
+    rules: tuple[Rule, ...] = ()
     version: str = VERSION
     namespace: str = NAMESPACE
 
     def field(self, name: str) -> Field:
         return next(f for f in self.fields if f.name == name)
 
+    @property
+    def field_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.fields)
+
     def present_inputs(self, fields: dict) -> list[Port]:
         return [p for p in self.inputs if p.present(fields)]
 
     def check(self, fields: dict) -> None:
-        """ValueError naming the first field that is missing, unknown or out of range."""
+        """ValueError naming the first field that is missing, unknown or out of range, or the first
+        rule the fields break."""
         names = {f.name for f in self.fields}
         if set(fields) != names:
             missing, unknown = sorted(names - set(fields)), sorted(set(fields) - names)
@@ -96,88 +140,99 @@ class PluginContract:
             problem = f.check(fields[f.name])
             if problem:
                 raise ValueError(f"{self.name}: {problem}")
-        if (fields["act_mode"] == "none") != (fields["act_format"] == "none"):
-            raise ValueError(f"{self.name}: act_mode and act_format must both be 'none' or neither")
-        if fields["act_format"] == "uint4" and fields["act_mode"] != "static":
-            raise ValueError(f"{self.name}: uint4 (asymmetric) activations need static zero points")
-        group = fields["act_group_size"]
-        if group and fields["in_features"] % group:
-            raise ValueError(f"{self.name}: act_group_size {group} does not divide in_features "
-                             f"{fields['in_features']}")
+        for rule in self.rules:
+            if rule.broken(fields):
+                raise ValueError(f"{self.name}: {rule.why}")
 
 
 _SHAPE_FIELDS = (
-    Field("in_features", "K, input channels", minimum=1),
-    Field("out_features", "N, output channels", minimum=1),
+    Field("in_features", "K, input channels (the kernels take multiples of 16)", minimum=ALIGNMENT,
+          multiple_of=ALIGNMENT),
+    Field("out_features", "N, output channels (the kernels take multiples of 16)", minimum=ALIGNMENT,
+          multiple_of=ALIGNMENT),
 )
-_ACTIVATION_FIELDS = (
-    Field("act_mode", "none: x as it is; static: the scales of sample b are row timestep_bucket[b] of "
-          "act_scale_table; dynamic: scale = max|x| / qmax per token, or per act_group_size channels of each "
-          "token", ACT_MODES),
-    Field("act_format", "number format of the quantized activations (int8 / int4 symmetric, FP8 E4M3, FP4 E2M1; "
-          "uint4: asymmetric static, code = clamp(round(x / s) + z, 0, 15), value (code - z) s)", ACT_FORMATS),
-    Field("act_group_size", "channels per activation scale within a token (0: the whole token)"),
-    Field("rotation_block", "Hadamard block of the input rotation x H before quantization (0: none)"),
-    Field("has_bias", "1 when the bias input is present"),
-)
-_GROUP_SIZE = Field("group_size", "input channels per weight scale (K: one scale per output channel)", minimum=1)
-_X = Port("x", "T", "[..., K]", "activations, float32 or float16")
-_ACTIVATION_INPUTS = (
-    Port("hadamard", "FLOAT", "[rotation_block, rotation_block]", "the orthonormal Hadamard block",
-         ("rotation_block", NONZERO)),
-    Port("act_scale_table", "FLOAT", "[buckets] or [buckets, K / act_group_size]",
-         "activation scales of each timestep bucket (per channel group when act_group_size is set)",
-         ("act_mode", ("static",))),
-    Port("act_zero_table", "INT8", "the shape of act_scale_table", "zero points (0 to 15) of each timestep "
-         "bucket and channel group", ("act_format", ("uint4",))),
-    Port("timestep_bucket", "INT64", "[B]", "bucket of each sample's timestep (its row in act_scale_table)",
-         ("act_mode", ("static",))),
-    Port("bias", "FLOAT", "[N]", "bias", ("has_bias", NONZERO)),
-)
-_Y = (Port("y", "T", "[..., N]", "act(x) W^T + b, in x's type"),)
+_HAS_BIAS = Field("has_bias", "1 when the bias input is present", values=(0, 1))
+_WEIGHT_BITS = Field("weight_bits", f"4: the packed layout (K a multiple of the kernels' K step, {K_STEP}); 8: one "
+                     "byte per weight", values=(4, 8))
+_FOUR_BIT_K = Rule("weight_bits", (4,), "in_features", f"4-bit weights need in_features a multiple of the kernels' "
+                   f"K step, {K_STEP}", multiple_of=K_STEP)
+_X = Port("x", "FLOAT16", "[..., K]", "activations")
+_Y = (Port("y", "FLOAT16", "[..., N]", "act(x) W^T + b"),)
+_CHUNKS = (f"K in chunks of {2 * SPAN}, byte j of chunk c holding channel {2 * SPAN} c + j in its low nibble and "
+           f"{2 * SPAN} c + {SPAN} + j in its high one")
+_WEIGHT_SCALE = Port("weight_scale", "FLOAT", "[N]", "the row scale s[n] of each output channel")
+_BIAS = Port("bias", "FLOAT", "[N]", "bias", ("has_bias", NONZERO))
 
 INT_GEMM = PluginContract(
     "DitIntGemm",
-    "Integer weights (4 or 8 bits, symmetric) with one scale per group of input channels and output channel.",
-    _SHAPE_FIELDS + (Field("weight_bits", "bits per weight code: 4 or 8", minimum=4), _GROUP_SIZE) + _ACTIVATION_FIELDS,
+    "INT8 or INT4 weights with a float scale per output channel (INT4: times an integer factor 1..16 per group, "
+    "two-level scales), INT8 activations with one scale per token (static per timestep bucket, or dynamic) or FP16 "
+    "activations: int8_gemm.",
+    _SHAPE_FIELDS + (
+        _WEIGHT_BITS,
+        Field("act_mode", "none: FP16 x as it is; static: the scale of sample b's tokens is "
+              "act_scale_table[timestep_bucket[b]]; dynamic: max|x| / 127 per token", ENUMS["act_mode"]),
+        Field("act_format", "int8 (symmetric, round to nearest even) or none", ("none", "int8")),
+        _HAS_BIAS),
     (_X,
-     Port("weight", "INT8", "[K, N * weight_bits / 8]", "codes of W^T [K, N], row-major; 4-bit codes two per "
-          "byte, element 2i in the low nibble, two's complement"),
-     Port("weight_scale", "FLOAT", "[ceil(K / group_size), N]", "W^T[k, n] = code[k, n] * "
-          "weight_scale[k / group_size, n]"),
-     ) + _ACTIVATION_INPUTS,
+     Port("weight", "INT8", "[N, K] or [N, K / 2]", "weight_bits 8: the INT8 operands q f [N, K]; 4: the INT4 codes q "
+          f"(two's complement) [N, K / 2], {_CHUNKS}"),
+     Port("weight_factor", "INT8", f"[N, K / {SPAN}]", f"weight_bits 4: the factor f (1..16) of each {SPAN} channels; "
+          f"W[n, k] = s[n] f[n, k / {SPAN}] q[n, k]", ("weight_bits", (4,))),
+     _WEIGHT_SCALE,
+     Port("act_scale_table", "FLOAT", "[buckets]", "activation scale of each timestep bucket",
+          ("act_mode", ("static",))),
+     Port("timestep_bucket", "INT64", "[B]", "bucket of each sample's timestep (its row in act_scale_table)",
+          ("act_mode", ("static",))),
+     _BIAS),
     _Y,
+    (Rule("act_mode", ("none",), "act_format", "act_mode none takes act_format none", ("none",)),
+     Rule("act_mode", ("static", "dynamic"), "act_format", "quantized activations are int8", ("int8",)),
+     _FOUR_BIT_K),
 )
 
 FP4_GEMM = PluginContract(
     "DitFp4Gemm",
-    "FP4 weights (E2M1, E3M0 or E1M2) with one scale per group of input channels and output channel.",
-    _SHAPE_FIELDS + (Field("weight_format", "FP4 format of the weight codes", FP4_WEIGHT_FORMATS), _GROUP_SIZE)
-    + _ACTIVATION_FIELDS,
+    "FP4 weights on power-of-two groups: W[n, k] = s[n] 2^t[n, g] v[n, k] with v an FP4 value and g = k / "
+    f"{SPAN}, exact E4M3 operands v 2^t; FP4 E2M1 activations on fine groups of {FP4_GROUP} channels, a float per "
+    "token times m 2^t, m 1, 1.25 or 1.5 "
+    "(dynamic, exact E4M3 operands with one float scale per token: fp8_gemm, FP8 tensor cores, sm_89 or newer) or "
+    "FP16 activations (the E4M3 operands converted to FP16 on int8_gemm's FP16 path, sm_89 or newer).",
+    _SHAPE_FIELDS + (
+        _WEIGHT_BITS,
+        Field("act_mode", "none: FP16 x as it is; dynamic: per token, from the token itself", ("none", "dynamic")),
+        Field("act_format", f"fp4e2m1 (fine groups of {FP4_GROUP} channels) or none", ("none", "fp4e2m1")),
+        _HAS_BIAS),
     (_X,
-     Port("weight", "INT8", "[K, N / 2]", "codes of W^T [K, N], row-major, two per byte, element 2i in the "
-          "low nibble; a code is sign << 3 | index of the magnitude in the format's ascending list"),
-     Port("weight_scale", "FLOAT", "[ceil(K / group_size), N]", "W^T[k, n] = value(code[k, n]) * "
-          "weight_scale[k / group_size, n]"),
-     ) + _ACTIVATION_INPUTS,
+     Port("weight", "INT8", "[N, K] or [N, K / 2]", "weight_bits 8: the E4M3 operands v 2^t [N, K]; 4: the E2M1 codes "
+          f"(sign << 3 | magnitude index) [N, K / 2], {_CHUNKS}"),
+     Port("weight_offset", "INT8", f"[N, K / {SPAN}]", f"weight_bits 4: t - t_min (t_min = -5 for E2M1) of each {SPAN} "
+          "channels", ("weight_bits", (4,))),
+     _WEIGHT_SCALE,
+     _BIAS),
     _Y,
+    (Rule("act_mode", ("none",), "act_format", "act_mode none takes act_format none", ("none",)),
+     Rule("act_mode", ("dynamic",), "act_format", "quantized activations are fp4e2m1", ("fp4e2m1",)),
+     Rule("act_format", ("fp4e2m1",), "in_features", f"FP4 activations need in_features a multiple of their group, "
+          f"{FP4_GROUP}", multiple_of=FP4_GROUP),
+     _FOUR_BIT_K),
 )
 
 VQ_GEMM = PluginContract(
     "DitVqGemm",
-    "Codebook weights (VQ4DiT): W [N, K] cut row by row into S = ceil(K / codeword_dim) sub-vectors, each "
-    "the codeword its index names; the last sub-vector of a row is cut to the K - (S - 1) d it covers.",
+    "Codebook weights (VQ4DiT): row n of W is K / D sub-vectors, sub-vector s the codeword indices[n, s] of an FP16 "
+    "codebook; FP16 activations: vq_gemm.",
     _SHAPE_FIELDS + (
-        Field("codewords", "codebook size, 2^index_bits", minimum=2),
-        Field("codeword_dim", "d, weights per codeword", minimum=1),
-        Field("index_bits", "bits per index", minimum=1),
-    ) + _ACTIVATION_FIELDS,
+        Field("codewords", "codebook size (at most 256: one byte per index)", minimum=2, maximum=256),
+        Field("codeword_dim", "D, weights per codeword", values=(2, 4)),
+        _HAS_BIAS),
     (_X,
-     Port("codebook", "FLOAT16", "[codewords, codeword_dim]", "the codewords"),
-     Port("assignments", "INT8", "[ceil(N S / 8) * index_bits]", "index of sub-vector (n, s) at position "
-          "i = n S + s of a little-endian bit stream: bits [i b, (i + 1) b), b = index_bits; zero padding"),
-     ) + _ACTIVATION_INPUTS,
+     Port("indices", "INT8", "[N, K / D]", "codeword of each sub-vector, one unsigned byte each"),
+     Port("codebook", "FLOAT16", "[codewords, D]", "the codewords"),
+     _BIAS),
     _Y,
 )
 
 CONTRACTS: dict[str, PluginContract] = {c.name: c for c in (INT_GEMM, FP4_GEMM, VQ_GEMM)}
+FP8_PLUGINS = (FP4_GEMM.name,)  # their kernels need FP8 tensor cores (or E4M3 conversions): sm_89 or newer
+FP8_MIN_ARCH = 89

@@ -2,11 +2,12 @@
 
     python -m exporter.rewrite.header > plugins/include/dit_export/plugin_contract.h
 
-For each plugin: its name, version and namespace; an enum per string field; a struct of its
-fields with the names TensorRT's PluginFields carry; a parser from a PluginFieldCollection-like
-list of (name, type, data, length) that rejects missing, unknown and out-of-range fields; and the
+For each plugin: its name, version, namespace, minimum compute capability and input / output
+types; an enum per string field; a struct of its fields with the names TensorRT's PluginFields
+carry; a parser from a PluginFieldCollection-like list of (name, type, data, length) that rejects
+missing, unknown and out-of-range fields and fields that break the contract's rules; and the
 index of each input given the fields (-1 when absent). The header depends on the C++17 standard
-library only, so the kernels' tests can include it without TensorRT.
+library only, so tests can include it without TensorRT.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from exporter.rewrite.contract import CONTRACTS, NONZERO, PluginContract
+from exporter.rewrite.contract import CONTRACTS, ENUMS, FP8_MIN_ARCH, FP8_PLUGINS, NONZERO, Field, PluginContract, Rule
 
 HEADER = Path(__file__).resolve().parents[2] / "plugins" / "include" / "dit_export" / "plugin_contract.h"
 
@@ -43,33 +44,54 @@ def _comment(text: str, indent: str = "") -> list[str]:
     return [f"{indent}// {text}" for text in lines]
 
 
-def _enums(contracts: list[PluginContract]) -> list[str]:
-    out, seen = [], set()
-    for c in contracts:
-        for f in c.fields:
-            if not f.is_string or f.name in seen:
-                continue
-            seen.add(f.name)
-            name = _enum_name(f.name)
-            values = ", ".join(f"{_enumerator(v)} = {i}" for i, v in enumerate(f.choices))
-            out += [f"enum class {name} : int32_t {{ {values} }};", "",
-                    f"inline bool parse{name}(std::string_view text, {name}& out)", "{"]
-            for v in f.choices:
-                out.append(f'    if (text == "{v}") {{ out = {name}::{_enumerator(v)}; return true; }}')
-            out += ["    return false;", "}", "",
-                    f"inline char const* toString({name} value)", "{", "    switch (value)", "    {"]
-            for v in f.choices:
-                out.append(f'    case {name}::{_enumerator(v)}: return "{v}";')
-            out += ["    }", '    return "";', "}", ""]
+def _enums() -> list[str]:
+    out = []
+    for field, values in ENUMS.items():
+        name = _enum_name(field)
+        enumerators = ", ".join(f"{_enumerator(v)} = {i}" for i, v in enumerate(values))
+        out += [f"enum class {name} : int32_t {{ {enumerators} }};", "",
+                f"inline bool parse{name}(std::string_view text, {name}& out)", "{"]
+        for v in values:
+            out.append(f'    if (text == "{v}") {{ out = {name}::{_enumerator(v)}; return true; }}')
+        out += ["    return false;", "}", "",
+                f"inline char const* toString({name} value)", "{", "    switch (value)", "    {"]
+        for v in values:
+            out.append(f'    case {name}::{_enumerator(v)}: return "{v}";')
+        out += ["    }", '    return "";', "}", ""]
     return out
+
+
+def _is(field: str, values, var: str) -> str:
+    """C++: the field's value is one of ``values`` (enumerators for string fields)."""
+    if field in ENUMS:
+        return " || ".join(f"{var}.{field} == {_enum_name(field)}::{_enumerator(v)}" for v in values)
+    return " || ".join(f"{var}.{field} == {v}" for v in values)
 
 
 def _condition(when, var: str) -> str:
     name, values = when
-    if values == NONZERO:
-        return f"{var}.{name} != 0"
-    enum = _enum_name(name)
-    return " || ".join(f"{var}.{name} == {enum}::{_enumerator(v)}" for v in values)
+    return f"{var}.{name} != 0" if values == NONZERO else _is(name, values, var)
+
+
+def _int_check(f: Field) -> str:
+    """C++: the int field ``v`` breaks the field's rule."""
+    parts = [f"v < {f.minimum}"]
+    if f.maximum:
+        parts.append(f"v > {f.maximum}")
+    if f.values:
+        parts.append("!(" + " || ".join(f"v == {v}" for v in f.values) + ")")
+    if f.multiple_of > 1:
+        parts.append(f"v % {f.multiple_of} != 0")
+    return " || ".join(parts)
+
+
+def _rule_broken(rule: Rule) -> str:
+    then = []
+    if rule.then_values:
+        then.append(f"!({_is(rule.then, rule.then_values, 'out')})")
+    if rule.multiple_of:
+        then.append(f"out.{rule.then} % {rule.multiple_of} != 0")
+    return f"({_is(rule.when, rule.when_values, 'out')}) && ({' || '.join(then)})"
 
 
 def _plugin(c: PluginContract) -> list[str]:
@@ -79,6 +101,8 @@ def _plugin(c: PluginContract) -> list[str]:
            f'    static constexpr char const* kName = "{c.name}";',
            f'    static constexpr char const* kVersion = "{c.version}";',
            f'    static constexpr char const* kNamespace = "{c.namespace}";',
+           "    // Compute capability (major * 10 + minor) the plugin's kernels need at least.",
+           f"    static constexpr int32_t kMinArch = {FP8_MIN_ARCH if c.name in FP8_PLUGINS else 0};",
            f"    static constexpr int32_t kNbFields = {len(c.fields)};",
            "    static constexpr char const* kFieldNames[kNbFields] = {"
            + ", ".join(f'"{f.name}"' for f in c.fields) + "};",
@@ -90,9 +114,10 @@ def _plugin(c: PluginContract) -> list[str]:
            "    static constexpr PortType kInputTypes[kMaxInputs] = {"
            + ", ".join(_PORT_TYPES[p.dtype] for p in c.inputs) + "};",
            f"    static constexpr int32_t kNbOutputs = {len(c.outputs)};",
+           f"    static constexpr PortType kOutputType = {_PORT_TYPES[c.outputs[0].dtype]};",
            "};", "", f"struct {s}", "{"]
     for f in c.fields:
-        out += _comment(f.doc, "    ")
+        out += _comment(f"{f.doc}: {f.rule()}", "    ")
         out.append(f"    {_enum_name(f.name) if f.is_string else 'int32_t'} {f.name}{{}};")
     out += ["};", "",
             "// Reads the fields from (name, type, data, length) entries; returns an empty string or what is wrong.",
@@ -104,27 +129,25 @@ def _plugin(c: PluginContract) -> list[str]:
         out.append(f'        if (name == "{f.name}")')
         out.append("        {")
         if f.is_string:
-            parse = f"parse{_enum_name(f.name)}(e.text(), out.{f.name})"
-            out += [f"            if (e.type != FieldType::kChar || !{parse})",
-                    f'                return "{c.name}: field {f.name} must be one of {", ".join(f.choices)}";']
+            allowed = " || ".join(f'e.text() == "{v}"' for v in f.choices)
+            out += [f"            if (e.type != FieldType::kChar || !({allowed})",
+                    f"                || !parse{_enum_name(f.name)}(e.text(), out.{f.name}))",
+                    f'                return "{c.name}: field {f.name} must be {f.rule()}";']
         else:
             out += ["            if (e.type != FieldType::kInt32 || e.length != 1)",
                     f'                return "{c.name}: field {f.name} must be one int32";',
-                    f"            out.{f.name} = *static_cast<int32_t const*>(e.data);",
-                    f"            if (out.{f.name} < {f.minimum})",
-                    f'                return "{c.name}: field {f.name} must be >= {f.minimum}";']
+                    "            int32_t const v = *static_cast<int32_t const*>(e.data);",
+                    f"            if ({_int_check(f)})",
+                    f'                return "{c.name}: field {f.name} must be {f.rule()}";',
+                    f"            out.{f.name} = v;"]
         out += [f"            seen[{i}] = true;", "            continue;", "        }"]
     out += [f'        return std::string("{c.name}: unknown field ") + std::string(name);', "    }",
             f"    for (int32_t i = 0; i < {c.name}Info::kNbFields; ++i)",
             "        if (!seen[i])",
-            f'            return std::string("{c.name}: missing field ") + {c.name}Info::kFieldNames[i];',
-            "    if ((out.act_mode == ActMode::kNone) != (out.act_format == ActFormat::kNone))",
-            f'        return "{c.name}: act_mode and act_format must both be none or neither";',
-            "    if (out.act_format == ActFormat::kUint4 && out.act_mode != ActMode::kStatic)",
-            f'        return "{c.name}: uint4 (asymmetric) activations need static zero points";',
-            "    if (out.act_group_size != 0 && out.in_features % out.act_group_size != 0)",
-            f'        return "{c.name}: act_group_size does not divide in_features";',
-            '    return "";', "}", "",
+            f'            return std::string("{c.name}: missing field ") + {c.name}Info::kFieldNames[i];']
+    for rule in c.rules:
+        out += [f"    if ({_rule_broken(rule)})", f'        return "{c.name}: {rule.why}";']
+    out += ['    return "";', "}", "",
             "// Input indices given the fields (-1 where the input is absent), and the contract port",
             "// (index into kInputNames / kInputTypes) of each input position.",
             f"struct {c.name}Inputs", "{"]
@@ -157,8 +180,8 @@ def _lower_first(name: str) -> str:
     return name[0].lower() + name[1:]
 
 
-_PORT_TYPES = {"T": "PortType::kActivation", "INT8": "PortType::kInt8", "FLOAT": "PortType::kFloat32",
-               "FLOAT16": "PortType::kFloat16", "INT64": "PortType::kInt64"}
+_PORT_TYPES = {"INT8": "PortType::kInt8", "FLOAT": "PortType::kFloat32", "FLOAT16": "PortType::kFloat16",
+               "INT64": "PortType::kInt64"}
 
 
 def generate() -> str:
@@ -170,8 +193,8 @@ def generate() -> str:
         "namespace dit_export", "{", "",
         "// The field types the plugins read (TensorRT's PluginFieldType kINT32 and kCHAR).",
         "enum class FieldType : int32_t { kInt32, kChar };", "",
-        "// Element types of plugin inputs; kActivation is float32 or float16, the same as the output.",
-        "enum class PortType : int32_t { kActivation, kInt8, kFloat32, kFloat16, kInt64 };", "",
+        "// Element types of plugin inputs and outputs.",
+        "enum class PortType : int32_t { kInt8, kFloat32, kFloat16, kInt64 };", "",
         "// One plugin field as the creator receives it: a view, no ownership.",
         "struct FieldView", "{", "    char const* name;", "    FieldType type;", "    void const* data;",
         "    int32_t length;", "",
@@ -180,7 +203,7 @@ def generate() -> str:
         "        std::string_view s(static_cast<char const*>(data), static_cast<size_t>(length));",
         "        return s.substr(0, s.find('\\0'));  // TensorRT's kCHAR fields may count the terminator",
         "    }", "};", "",
-        *_enums(contracts),
+        *_enums(),
     ]
     for c in contracts:
         lines += _plugin(c)

@@ -1,4 +1,5 @@
-"""Finding quantized GEMMs in a QDQ graph by their structure (onnx-graphsurgeon), never by names.
+"""Finding quantized GEMMs in a QDQ graph by their structure (onnx-graphsurgeon), never by names,
+and the plugin each becomes, its inputs laid out for the Triton kernels.
 
 A quantized GEMM is a MatMul whose second input is computed from constants only, among them
 codes of a quantized type (INT4, INT8, UINT4, UINT8, FLOAT4E2M1, FLOAT8). Its parts:
@@ -8,16 +9,17 @@ codes of a quantized type (INT4, INT8, UINT4, UINT8, FLOAT4E2M1, FLOAT8). Its pa
                  Transpose([Slice](Reshape(Gather(Cast(FLOAT16 codebook), unpack(UINT8 stream)))))
                                                                                      -> VQ
     activation   Reshape(DQ(Q(Reshape(x), Gather(table, bucket))), Shape(x))        -> static
-                 the same with the Gathers expanded over tokens, blocked Q/DQ        -> static, groups
-                 and a zero point Gather(UINT8 table, bucket) [Cast to UINT4]        -> static uint4
                  DQ(Q(x, Max(Div(ReduceMax(|x|), qmax), tiny)))                      -> dynamic
-                 (FP4 on power-of-two groups, scale s * 2**t: no plugin takes it yet, NotReplaced)
+                 DQ(Q(x, Mul(s, Gather(step table, count)))), FLOAT4E2M1            -> FP4, fine groups
                  x                                                                   -> none
-    rotation     Reshape(MatMul(Reshape(x0, [-1, b]), H [b, b]), Shape(x0)) before the activation
     bias         a single Add of a constant [N] after the MatMul
 
-Each match becomes a ``GemmMatch``: the contract, its field values and its input tensors in
-contract order. What does not fit is a ``NotReplaced`` with the reason.
+The codes and scales read from the graph go through the kernels' own mapping
+(exporter/kernels/linear.py: kernel_weights, with the ahead-of-time kernels' layouts), so the
+plugin's inputs are exactly the operands the kernels take. Each match becomes a ``GemmMatch``: the
+contract, its field values and its input tensors in contract order. What no kernel takes (channel
+groups of activations, zero points, Hadamard rotations, float group scales) is a ``NotReplaced``
+with the reason.
 """
 
 from __future__ import annotations
@@ -27,16 +29,27 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+import torch
 from onnx import TensorProto, numpy_helper
 
+from exporter.errors import UserError
 from exporter.export.fp4_graph import decode_table
-from exporter.quant.fp4 import FP4_FORMATS
+from exporter.kernels.fp8_gemm import Fp8Weights
+from exporter.kernels.int8_gemm import Int8Weights
+from exporter.kernels.layout import FP4_GROUP
+from exporter.kernels.linear import QuantizedWeight, kernel_weights
+from exporter.kernels.variants import AOT_LAYOUTS
+from exporter.kernels.vq_gemm import VqWeights
+from exporter.quant import fp4_fine_groups
+from exporter.quant.fp4 import FP4_FORMATS, Fp4Format
+from exporter.quant.fp4_groups import EXPONENTS
+from exporter.quant.primitives import IntFormat
 from exporter.rewrite.contract import FP4_GEMM, INT_GEMM, VQ_GEMM, PluginContract
 
 QUANTIZED_TYPES = {TensorProto.INT4, TensorProto.UINT4, TensorProto.INT8, TensorProto.UINT8, TensorProto.FLOAT4E2M1,
                    TensorProto.FLOAT8E4M3FN, TensorProto.FLOAT8E5M2}
-ACT_FORMAT_OF_TYPE = {TensorProto.INT8: "int8", TensorProto.FLOAT8E4M3FN: "fp8e4m3", TensorProto.FLOAT4E2M1: "fp4e2m1",
-                      TensorProto.INT4: "int4", TensorProto.UINT4: "uint4"}
+SUB_BYTE_TYPES = {TensorProto.INT4, TensorProto.UINT4, TensorProto.FLOAT4E2M1}
+ACT_KIND_OF_TYPE = {TensorProto.INT8: "int8", TensorProto.FLOAT4E2M1: "fp4"}  # what the kernels quantize to
 
 
 class NotReplaced(Exception):
@@ -48,9 +61,19 @@ class GemmMatch:
     layer: str  # for reports: the MatMul's node name
     contract: PluginContract
     fields: dict
-    inputs: list[gs.Tensor]
+    inputs: list[gs.Tensor]  # the plugin's inputs in contract order; inputs[0] is x (float32 in the graph)
     output: gs.Variable
     replaced_nodes: list[gs.Node]  # whose outputs the plugin takes over
+
+
+@dataclass
+class WeightMatch:
+    """A GEMM's weights as the graph holds them: scalar codes with their scales, or a codebook."""
+
+    n: int
+    k: int
+    scalar: QuantizedWeight | None = None
+    vq: VqWeights | None = None
 
 
 def producer(tensor: gs.Tensor) -> gs.Node | None:
@@ -76,14 +99,20 @@ class Initializers:
         t = self.by_name.get(tensor.name) if isinstance(tensor, gs.Constant) else None
         return t.data_type if t is not None else None
 
-    def packed_bytes(self, tensor: gs.Tensor) -> np.ndarray:
-        """A 4-bit initializer's bytes as int8 [K, N / 2], in ONNX's layout (low nibble first)."""
+    def codes(self, tensor: gs.Tensor) -> np.ndarray:
+        """An initializer's codes as int16, one per element: 4-bit ones unpacked from ONNX's layout
+        (low nibble first), INT4 as two's complement, FLOAT4E2M1 and UINT4 as their 4 bits."""
         t = self.by_name[tensor.name]
-        k, n = t.dims
-        if n % 2:
-            raise NotReplaced(f"4-bit weights with an odd number of output channels ({n}) do not pack by rows")
-        raw = t.raw_data or bytes(numpy_helper.to_array(t).astype(np.uint8))
-        return np.frombuffer(raw, dtype=np.int8).reshape(k, n // 2).copy()
+        if t.data_type not in SUB_BYTE_TYPES:
+            return numpy_helper.to_array(t).astype(np.int16)
+        if t.raw_data:
+            raw = np.frombuffer(t.raw_data, dtype=np.uint8)
+            nibbles = np.stack([raw & 0xF, raw >> 4], axis=-1).reshape(-1)[:int(np.prod(t.dims))].astype(np.int16)
+        else:
+            nibbles = numpy_helper.to_array(t).reshape(-1).view(np.uint8).astype(np.int16) & 0xF
+        if t.data_type == TensorProto.INT4:
+            nibbles = np.where(nibbles >= 8, nibbles - 16, nibbles)
+        return nibbles.reshape(tuple(t.dims))
 
     def array(self, tensor: gs.Tensor) -> np.ndarray:
         return numpy_helper.to_array(self.by_name[tensor.name])
@@ -123,27 +152,31 @@ def _scale_grid(scale: np.ndarray, axis: int, block: int, k: int, n: int) -> tup
                       f"[{k}, {n}] weight")
 
 
-def _dequantize_weight(dq: gs.Node, inits: Initializers) -> tuple[PluginContract, dict, list[gs.Tensor]]:
+def _scalar(layer: str, fmt, codes_t: np.ndarray, grid: np.ndarray, group: int) -> WeightMatch:
+    """Codes [K, N] and scales [G, N] as the graph holds them, transposed to the kernels' rows."""
+    k, n = codes_t.shape
+    weight = QuantizedWeight(layer, fmt, torch.from_numpy(np.ascontiguousarray(codes_t.T)),
+                             torch.from_numpy(np.ascontiguousarray(grid.T)).float(), group)
+    return WeightMatch(n, k, scalar=weight)
+
+
+def _dequantize_weight(layer: str, dq: gs.Node, inits: Initializers) -> WeightMatch:
     codes, scale = dq.inputs[0], dq.inputs[1]
     code_type = inits.type_of(codes)
     if code_type in (TensorProto.UINT4, TensorProto.UINT8):
-        raise NotReplaced("asymmetric (unsigned) weight codes: the plugins take symmetric weights")
+        raise NotReplaced("asymmetric (unsigned) weight codes: the kernels take symmetric weights")
     if code_type not in (TensorProto.INT4, TensorProto.INT8, TensorProto.FLOAT4E2M1) or _const(scale) is None:
         raise NotReplaced("weights dequantized from something other than constant INT4 / INT8 / FLOAT4E2M1 codes "
                           "and scales")
     if len(dq.inputs) > 2 and dq.inputs[2] is not None and np.any(_const(dq.inputs[2]) != 0):
-        raise NotReplaced("weights with zero points: the plugins take symmetric weights")
+        raise NotReplaced("weights with zero points: the kernels take symmetric weights")
     k, n = inits.by_name[codes.name].dims
     grid, group = _scale_grid(_const(scale), dq.attrs.get("axis", 1), dq.attrs.get("block_size", 0), k, n)
-    shape = {"in_features": k, "out_features": n, "group_size": group}
-    packed = inits.array(codes).astype(np.int8) if code_type == TensorProto.INT8 else inits.packed_bytes(codes)
-    inputs = [_new_const(codes, "packed", packed), _new_const(scale, "grid", grid)]
-    if code_type == TensorProto.FLOAT4E2M1:
-        return FP4_GEMM, {**shape, "weight_format": "e2m1"}, inputs
-    return INT_GEMM, {**shape, "weight_bits": 8 if code_type == TensorProto.INT8 else 4}, inputs
+    fmt = {TensorProto.INT8: IntFormat(8), TensorProto.INT4: IntFormat(4)}.get(code_type, Fp4Format("e2m1"))
+    return _scalar(layer, fmt, inits.codes(codes), grid, group)
 
 
-def _table_weight(mul: gs.Node, inits: Initializers) -> tuple[PluginContract, dict, list[gs.Tensor]]:
+def _table_weight(layer: str, mul: gs.Node, inits: Initializers) -> WeightMatch:
     values, rows = (_op(t, "Gather") for t in mul.inputs)
     cast = _op(values.inputs[1], "Cast") if values is not None else None
     if values is None or rows is None or cast is None or inits.type_of(cast.inputs[0]) != TensorProto.UINT4:
@@ -160,11 +193,10 @@ def _table_weight(mul: gs.Node, inits: Initializers) -> tuple[PluginContract, di
     group = k if scale.shape[0] == 1 else int(np.sum(row_of_k == 0))
     if not np.array_equal(row_of_k, np.arange(k) // group):
         raise NotReplaced("FP4 scale rows that are not contiguous groups of input channels")
-    fields = {"in_features": k, "out_features": n, "group_size": group, "weight_format": fmt.kind}
-    return FP4_GEMM, fields, [_new_const(codes, "packed", inits.packed_bytes(codes)), rows.inputs[0]]
+    return _scalar(layer, fmt, inits.codes(codes), scale.astype(np.float32), group)
 
 
-def _vq_weight(transpose: gs.Node, inits: Initializers) -> tuple[PluginContract, dict, list[gs.Tensor]]:
+def _vq_weight(transpose: gs.Node, inits: Initializers) -> WeightMatch:
     rows = transpose.inputs[0]
     k = None
     if (sliced := _op(rows, "Slice")) is not None:
@@ -175,161 +207,182 @@ def _vq_weight(transpose: gs.Node, inits: Initializers) -> tuple[PluginContract,
     cast = _op(gather.inputs[0], "Cast") if gather is not None else None
     if cast is None or inits.type_of(cast.inputs[0]) != TensorProto.FLOAT16 or transpose.attrs.get("perm") != [1, 0]:
         raise NotReplaced("a transposed weight that is not a codebook decode")
-    codebook = cast.inputs[0]
-    codewords, dim = inits.by_name[codebook.name].dims
+    codebook = torch.from_numpy(inits.array(cast.inputs[0]).copy())
     n, width = (int(v) for v in _const(reshape.inputs[1]))
     streams = list({c.name: c for c in constant_leaves(gather.inputs[1]) or []
                     if inits.type_of(c) == TensorProto.UINT8}.values())
-    bits = int(np.log2(codewords))
-    per_row = width // dim
-    if len(streams) != 1 or 2**bits != codewords or width % dim:
+    if len(streams) != 1:
         raise NotReplaced("a codebook decode without one UINT8 assignment stream")
-    stream = inits.array(streams[0]).reshape(-1)
-    if stream.size != -(-n * per_row // 8) * bits:
-        raise NotReplaced(f"an assignment stream of {stream.size} bytes for {n} x {per_row} {bits}-bit indices")
-    fields = {"in_features": k or width, "out_features": n, "codewords": codewords, "codeword_dim": dim,
-              "index_bits": bits}
-    return VQ_GEMM, fields, [codebook, _new_const(streams[0], "bytes", stream.view(np.int8))]
+    try:
+        stream = torch.from_numpy(inits.array(streams[0]).reshape(-1).copy())
+        vq = VqWeights.from_stream(codebook, stream, n, k or width)
+    except ValueError as e:
+        raise NotReplaced(str(e)) from None
+    return WeightMatch(n, k or width, vq=vq)
 
 
-def match_weight(weight: gs.Tensor, inits: Initializers) -> tuple[PluginContract, dict, list[gs.Tensor]]:
+def match_weight(layer: str, weight: gs.Tensor, inits: Initializers) -> WeightMatch:
     node = producer(weight)
     if node is not None and node.op == "DequantizeLinear":
-        return _dequantize_weight(node, inits)
+        return _dequantize_weight(layer, node, inits)
     if node is not None and node.op == "Mul":
-        return _table_weight(node, inits)
+        return _table_weight(layer, node, inits)
     if node is not None and node.op == "Transpose":
         return _vq_weight(node, inits)
     raise NotReplaced(f"a quantized weight computed by {node.op if node else 'nothing'}, which no plugin takes")
 
 
-def _act_format(q: gs.Node) -> str:
+def _act_kind(q: gs.Node) -> str:
     dtype = q.attrs.get("output_dtype", 0)
-    if dtype not in ACT_FORMAT_OF_TYPE:
-        raise NotReplaced(f"activations quantized to ONNX type {dtype}, which no plugin takes")
-    return ACT_FORMAT_OF_TYPE[dtype]
+    if dtype not in ACT_KIND_OF_TYPE:
+        raise NotReplaced(f"activations quantized to ONNX type {dtype}: the kernels quantize to INT8, or FP4 on "
+                          "fine groups")
+    return ACT_KIND_OF_TYPE[dtype]
 
 
-def match_activation(a: gs.Tensor, k: int) -> tuple[gs.Tensor, dict, dict[str, gs.Tensor]]:
-    """The unquantized input, the activation fields, and the static inputs (scale table, bucket)."""
+def match_activation(a: gs.Tensor, k: int) -> tuple[gs.Tensor, str, dict, dict[str, gs.Tensor]]:
+    """The unquantized input, its kind (exporter/kernels/linear.py's ACT_KINDS), the activation
+    fields and the static inputs (scale table, bucket)."""
     outer = _op(a, "Reshape")
     dq = _op(outer.inputs[0], "DequantizeLinear") if outer is not None else _op(a, "DequantizeLinear")
     q = _op(dq.inputs[0], "QuantizeLinear") if dq is not None else None
     if q is None:
-        return a, {"act_mode": "none", "act_format": "none", "act_group_size": 0}, {}
-    fmt = _act_format(q)
+        return a, "none", {"act_mode": "none", "act_format": "none"}, {}
+    kind = _act_kind(q)
     zero = q.inputs[2] if len(q.inputs) > 2 else None
-    if outer is not None:
-        return _static_activation(q, fmt, zero, k)
     if zero is not None:
-        raise NotReplaced("dynamic activations with zero points: the plugins take them symmetric")
+        raise NotReplaced("activations with zero points: the kernels take them symmetric")
+    if outer is not None:
+        return _static_activation(q, kind)
     if isinstance(q.inputs[1], gs.Constant):
         raise NotReplaced("activations with one constant scale: the plugins take per-timestep or dynamic scales")
-    if not _max_over_qmax(q.inputs[1]):
-        raise NotReplaced("dynamic activation scales not computed as max|x| / qmax (e.g. FP4 on fine "
-                          "groups: a float per token times m 2^t per group), which no plugin takes")
     group = q.attrs.get("block_size", 0)
-    if q.attrs.get("axis", 1) not in (-1,) or not group or k % group:
-        raise NotReplaced("dynamic activation scales that are not blocked along the channels")
-    return q.inputs[0], {"act_mode": "dynamic", "act_format": fmt, "act_group_size": 0 if group == k else group}, {}
+    if q.attrs.get("axis", 1) != -1 or group != (k if kind == "int8" else FP4_GROUP):
+        raise NotReplaced(f"dynamic activation scales per group of {group} channels: the kernels take one scale per "
+                          f"token (INT8) or fine groups of {FP4_GROUP} (FP4)")
+    if kind == "int8" and not _max_over_qmax(q.inputs[1]):
+        raise NotReplaced("dynamic INT8 activation scales not computed as max|x| / qmax, which no kernel takes")
+    if kind == "fp4" and not _fine_groups(q.inputs[1]):
+        raise NotReplaced("FP4 activation scales not on fine groups (a float per token times m 2^t per group), "
+                          "which no kernel takes")
+    fmt = "int8" if kind == "int8" else "fp4e2m1"
+    return q.inputs[0], kind, {"act_mode": "dynamic", "act_format": fmt}, {}
 
 
 def _max_over_qmax(scale: gs.Tensor) -> bool:
-    """Whether a dynamic scale is max|x| / qmax per token or group, floored, as
-    exporter/export/qdq.py's dynamic_scale computes it (the plugins' dynamic scale)."""
+    """Whether a dynamic scale is max|x| / qmax per token, floored, as exporter/export/qdq.py's
+    dynamic_scale computes it (activation_quant.quantize_rows's dynamic scale)."""
     floor = _op(scale, "Max")
     div = next((d for t in floor.inputs if (d := _op(t, "Div")) is not None), None) if floor is not None else None
     if div is None or _const(div.inputs[1]) is None:
         return False
-    amax = div.inputs[0]
-    if (reshape := _op(amax, "Reshape")) is not None:
-        amax = reshape.inputs[0]
-    reduce = _op(amax, "ReduceMax")
-    if reduce is None:
-        return False
-    magnitude = reduce.inputs[0]
-    if (reshape := _op(magnitude, "Reshape")) is not None:
-        magnitude = reshape.inputs[0]
-    return _op(magnitude, "Abs") is not None
+    reduce = _op(div.inputs[0], "ReduceMax")
+    return reduce is not None and _op(reduce.inputs[0], "Abs") is not None
 
 
-def _table_row(t: gs.Tensor, grouped: bool) -> gs.Node | None:
-    """The Gather(constant table, bucket) a static scale or zero point is read from."""
-    if (cast := _op(t, "Cast")) is not None:
-        t = cast.inputs[0]
-    if grouped:
-        expand = _op(t, "Expand")
-        unsqueeze = _op(expand.inputs[0], "Unsqueeze") if expand is not None else None
-        if unsqueeze is None:
-            return None
-        t = unsqueeze.inputs[0]
+def _fine_groups(scale: gs.Tensor) -> bool:
+    """Whether a scale is s * 2^t_max * mu as exporter/export/qdq.py's fine_group_scale computes it
+    (activation_quant.quantize_rows's FP4 operands): a Mul by a Gather from the table of steps, at
+    the count of MULTIPLIERS[1:] at least the group's ratio times REACH."""
+    mul = _op(scale, "Mul")
+    top = np.float32(2.0 ** EXPONENTS[fp4_fine_groups.KIND][1])
+    steps = np.array(fp4_fine_groups.MULTIPLIERS, np.float32) * top
+    for gather in (g for t in (mul.inputs if mul is not None else []) if (g := _op(t, "Gather")) is not None):
+        table = _const(gather.inputs[0])
+        count = _op(gather.inputs[1], "ReduceSum")
+        cast = _op(count.inputs[0], "Cast") if count is not None else None
+        compare = _op(cast.inputs[0], "GreaterOrEqual") if cast is not None else None
+        if table is None or not np.array_equal(table, steps) or compare is None:
+            continue
+        finer = _const(compare.inputs[0])
+        unsqueeze = _op(compare.inputs[1], "Unsqueeze")
+        reach = _op(unsqueeze.inputs[0], "Mul") if unsqueeze is not None else None
+        factors = [_const(t) for t in reach.inputs] if reach is not None else []
+        if (finer is not None and np.array_equal(finer, steps[1:] / top)
+                and any(f is not None and f.size == 1 and f == np.float32(fp4_fine_groups.REACH) for f in factors)):
+            return True
+    return False
+
+
+def _table_row(t: gs.Tensor) -> gs.Node | None:
+    """The Gather(constant table, bucket) a static scale is read from."""
     gather = _op(t, "Gather")
     return gather if gather is not None and _const(gather.inputs[0]) is not None else None
 
 
-def _static_activation(q: gs.Node, fmt: str, zero: gs.Tensor | None,
-                       k: int) -> tuple[gs.Tensor, dict, dict[str, gs.Tensor]]:
-    """Per-sample scales: whole tokens (axis 0 of x flattened per sample) or channel groups
-    (blocked along the channels); the plugin inputs by contract port."""
+def _static_activation(q: gs.Node, kind: str) -> tuple[gs.Tensor, str, dict, dict[str, gs.Tensor]]:
+    """One scale per sample's tokens, the row of its timestep bucket (x flattened per sample, axis 0)."""
     flat = _op(q.inputs[0], "Reshape")
-    block = q.attrs.get("block_size", 0)
-    grouped = bool(block) and q.attrs.get("axis") == -1
-    scale = _table_row(q.inputs[1], grouped)
-    if flat is None or scale is None or not (grouped or q.attrs.get("axis") == 0) or (grouped and k % block):
+    scale = _table_row(q.inputs[1])
+    if kind != "int8":
+        raise NotReplaced("static FP4 activations: the kernels quantize FP4 dynamically")
+    if q.attrs.get("block_size", 0) or q.attrs.get("axis") != 0:
+        raise NotReplaced("static activation scales per channel group: the kernels take one scale per token")
+    if flat is None or scale is None or _const(scale.inputs[0]).ndim != 1:
         raise NotReplaced("per-sample activation scales that are not a constant table row per timestep bucket")
-    group = block if grouped and block != k else 0
-    if group and fmt == "fp4e2m1":
-        raise NotReplaced("static FP4 activations per channel group: the plugins take them per token")
     inputs = {"act_scale_table": scale.inputs[0], "timestep_bucket": scale.inputs[1]}
-    if zero is not None:
-        row = _table_row(zero, grouped)
-        if fmt != "uint4" or row is None or row.inputs[1] is not scale.inputs[1]:
-            raise NotReplaced(f"static {fmt} activations with zero points: the plugins take zero points for "
-                              "4-bit activations, from a table row per timestep bucket")
-        table = row.inputs[0]
-        inputs["act_zero_table"] = _new_const(table, "int8", _const(table).astype(np.int8))
-    elif fmt == "uint4":  # ONNX's default zero point
-        table = scale.inputs[0]
-        inputs["act_zero_table"] = _new_const(table, "zero", np.zeros(_const(table).shape, np.int8))
-    return flat.inputs[0], {"act_mode": "static", "act_format": fmt, "act_group_size": group}, inputs
+    return flat.inputs[0], kind, {"act_mode": "static", "act_format": "int8"}, inputs
 
 
-def match_rotation(x: gs.Tensor) -> tuple[gs.Tensor, int, list[gs.Tensor]]:
-    """The input before a Hadamard rotation, the block, and [H]; (x, 0, []) when x is not rotated."""
+def is_rotated(x: gs.Tensor) -> bool:
+    """Whether x is Reshape(MatMul(Reshape(x0, [-1, b]), H [b, b]), Shape(x0)): a Hadamard rotation."""
     outer = _op(x, "Reshape")
     matmul = _op(outer.inputs[0], "MatMul") if outer is not None else None
     inner = _op(matmul.inputs[0], "Reshape") if matmul is not None else None
     h = _const(matmul.inputs[1]) if matmul is not None else None
-    shape = _const(inner.inputs[1]) if inner is not None else None
-    if h is None or shape is None or h.ndim != 2 or h.shape[0] != h.shape[1] or list(shape) != [-1, h.shape[0]]:
-        return x, 0, []
-    if not np.allclose(h @ h.T, np.eye(h.shape[0]), atol=1e-5):
-        raise NotReplaced("an input rotation that is not orthonormal")
-    return inner.inputs[0], h.shape[0], [matmul.inputs[1]]
+    return inner is not None and h is not None and h.ndim == 2 and h.shape[0] == h.shape[1]
+
+
+def _bytes(values: torch.Tensor) -> np.ndarray:
+    """A kernel operand's bytes as INT8 (the contract's carrier of packed data)."""
+    return values.contiguous().view(torch.uint8).numpy().view(np.int8)
+
+
+def _scalar_inputs(weights: Int8Weights | Fp8Weights) -> dict[str, np.ndarray]:
+    side = weights.factor if isinstance(weights, Int8Weights) else weights.offset
+    arrays = {"weight": _bytes(weights.codes), "weight_scale": weights.w_scale.float().numpy()}
+    if weights.four_bit:
+        arrays["weight_factor" if isinstance(weights, Int8Weights) else "weight_offset"] = _bytes(side)
+    return arrays
+
+
+def _plugin_weights(layer: str, w: WeightMatch, act_kind: str) -> tuple[PluginContract, dict, dict[str, np.ndarray]]:
+    """The contract, its weight fields and its weight inputs by port."""
+    shape = {"in_features": w.k, "out_features": w.n}
+    if w.vq is not None:
+        if act_kind != "none":
+            raise NotReplaced("codebook weights with quantized activations: the codebook kernel takes FP16 activations")
+        codewords, dim = w.vq.codebook.shape
+        return VQ_GEMM, {**shape, "codewords": codewords, "codeword_dim": dim}, {
+            "indices": _bytes(w.vq.indices), "codebook": w.vq.codebook.numpy()}
+    try:
+        weights = kernel_weights(w.scalar, act_kind, AOT_LAYOUTS)
+    except UserError as e:
+        raise NotReplaced(str(e)) from None
+    contract = FP4_GEMM if isinstance(w.scalar.fmt, Fp4Format) else INT_GEMM
+    return contract, {**shape, "weight_bits": 4 if weights.four_bit else 8}, _scalar_inputs(weights)
 
 
 def match_gemm(matmul: gs.Node, inits: Initializers) -> GemmMatch:
-    contract, fields, weight_inputs = match_weight(matmul.inputs[1], inits)
-    x, act_fields, act_inputs = match_activation(matmul.inputs[0], fields["in_features"])
-    x, block, rotation_inputs = match_rotation(x)
+    weight = match_weight(matmul.name, matmul.inputs[1], inits)
+    x, act_kind, act_fields, act_inputs = match_activation(matmul.inputs[0], weight.k)
+    if is_rotated(x):
+        raise NotReplaced("a Hadamard-rotated input: no kernel rotates")
+    contract, fields, weight_inputs = _plugin_weights(matmul.name, weight, act_kind)
     output, replaced, bias = matmul.outputs[0], [matmul], []
     add = output.outputs[0] if len(output.outputs) == 1 else None
     if add is not None and add.op == "Add":
         other = add.inputs[1] if add.inputs[0] is output else add.inputs[0]
         values = _const(other)
-        if values is not None and values.shape == (fields["out_features"],):
+        if values is not None and values.shape == (weight.n,):
             output, replaced, bias = add.outputs[0], [add], [other]
-    fields = {**fields, **act_fields, "rotation_block": block, "has_bias": int(bool(bias))}
+    fields = {**fields, **(act_fields if "act_mode" in contract.field_names else {}), "has_bias": int(bool(bias))}
     try:
         contract.check(fields)
     except ValueError as e:
         raise NotReplaced(str(e)) from None
-    by_port = {"x": x, "hadamard": (rotation_inputs or [None])[0], "bias": (bias or [None])[0], **act_inputs}
-    ports = [p.name for p in contract.present_inputs(fields)]
-    weights = iter(weight_inputs)
-    inputs = [by_port[p] if p in by_port else next(weights) for p in ports]
+    prefix = matmul.inputs[1].name
+    by_port = {"x": x, "bias": (bias or [None])[0], **act_inputs,
+               **{port: gs.Constant(f"{prefix}.{port}", np.ascontiguousarray(v)) for port, v in weight_inputs.items()}}
+    inputs = [by_port[p.name] for p in contract.present_inputs(fields)]
     return GemmMatch(matmul.name, contract, fields, inputs, output, replaced)
-
-
-def _new_const(source: gs.Tensor, suffix: str, values: np.ndarray) -> gs.Constant:
-    return gs.Constant(f"{source.name}.{suffix}", np.ascontiguousarray(values))

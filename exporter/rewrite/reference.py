@@ -2,32 +2,46 @@
 rewritten graph runs in ONNX Runtime on CPU.
 
 One function per plugin and field values, told apart by the node's ``overload`` (ONNX IR 10):
-the field values are baked into the function body as constants, so each body is the same
-arithmetic as the QDQ subgraph the plugin replaced, built by the same builders
-(exporter/export/qdq.py, fp4_graph.py, vq_graph.py), with the packed inputs of the contract
-(exporter/rewrite/contract.py) unpacked by standard ops:
+the field values are baked into the function body as constants. Each body computes what the
+Triton kernels compute on the contract's layouts (exporter/rewrite/contract.py), in float32:
 
-    4-bit codes   bytes -> (byte mod 16, byte div 16) interleaved -> [K, N]; signed codes c >= 8
-                  become c - 16
-    INT weights   W^T = code * weight_scale[k // group_size]
-    FP4 weights   W^T = decode_table[code] * weight_scale[k // group_size]
-    VQ weights    exporter/export/vq_graph.py's unpack and codebook gather
+    x            FLOAT16 -> float32
+    act          the activation quantizer's codes times its scale, built by the QDQ graph's own
+                 builders (exporter/export/qdq.py, fp4_graph.py): INT8 per token (dynamic, or
+                 the static table row of the sample's timestep bucket), FP4 E2M1 on fine groups
+                 (dynamic)
+    W [N, K]     the kernel's operand times the row scale s[n], rounded once:
+                   INT8 operands      q f                  (weight_bits 8)
+                   INT4 chunks        q * factor per span  (weight_bits 4)
+                   E4M3 operands      v 2^t                (weight_bits 8, FP4 weights)
+                   E2M1 chunks        v * 2^(t_min + offset per span)  (weight_bits 4)
+                   codebook           codebook[indices[n, s]]
+    y            act(x) W^T + b -> FLOAT16
+
+The operand times s is the same single rounding of the same real number as the QDQ graph's code
+times its group scale (s f or s 2^t, exact in float32), so a rewritten graph matches its QDQ graph
+with the same FLOAT16 boundaries to float reordering.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
+import torch
 from onnx import TensorProto, helper
 
-from exporter.export.fp4_graph import expand_blocked, fake_quantize, scale_rows, weight_decode
-from exporter.export.graph_builder import Builder, int64_tensor, onnx_quant_type
-from exporter.export.qdq import dynamic_scale, rotation, static_activation
-from exporter.export.vq_graph import vq_decode
+from exporter.export.fp4_graph import decode_table, expand_blocked, fake_quantize
+from exporter.export.graph_builder import Builder, float_tensor, int64_tensor, onnx_quant_type
+from exporter.export.qdq import dynamic_scale, fine_group_scale, static_activation
+from exporter.kernels.layout import FP4_GROUP, SPAN
+from exporter.kernels.variants import FP4_KIND
 from exporter.quant.fp4 import Fp4Format
-from exporter.quant.primitives import format_from_name
+from exporter.quant.fp4_groups import EXPONENTS
+from exporter.quant.primitives import IntFormat
 from exporter.rewrite.contract import DOMAIN, FP4_GEMM, VQ_GEMM, PluginContract
 
 OUTPUT = "y"
+INT8 = IntFormat(8)
 
 
 def overload_key(fields: dict) -> str:
@@ -35,15 +49,19 @@ def overload_key(fields: dict) -> str:
     return ",".join(f"{name}={fields[name]}" for name in sorted(fields))
 
 
-def _nibbles(b: Builder, packed: str, signed: bool) -> str:
-    """int64 [K, 2 M] codes from bytes [K, M], the low nibble first."""
-    byte = b.node("Mod", [b.node("Cast", [packed], to=TensorProto.INT64), b.const(int64_tensor(b.name("256"), 256))])
+def _unsigned(b: Builder, packed: str) -> str:
+    """int64 values 0..255 of INT8 bytes."""
+    return b.node("Mod", [b.node("Cast", [packed], to=TensorProto.INT64), b.const(int64_tensor(b.name("256"), 256))])
+
+
+def _chunk_codes(b: Builder, packed: str, n: int, k: int, signed: bool) -> str:
+    """int64 codes [N, K] of the 4-bit chunk layout [N, K / 2] (byte j of chunk c: channel 2 SPAN c
+    + j in the low nibble, 2 SPAN c + SPAN + j in the high one)."""
+    byte = b.node("Reshape", [_unsigned(b, packed), b.const(int64_tensor(b.name("chunks"), [n, k // (2 * SPAN), 1,
+                                                                                            SPAN]))])
     sixteen = b.const(int64_tensor(b.name("16"), 16))
-    last = b.const(int64_tensor(b.name("last"), [-1]))
-    low = b.node("Unsqueeze", [b.node("Mod", [byte, sixteen]), last])
-    high = b.node("Unsqueeze", [b.node("Div", [byte, sixteen]), last])
-    codes = b.node("Reshape", [b.node("Concat", [low, high], axis=-1),
-                               b.const(int64_tensor(b.name("rows"), [0, -1]))])
+    halves = b.node("Concat", [b.node("Mod", [byte, sixteen]), b.node("Div", [byte, sixteen])], axis=2)
+    codes = b.node("Reshape", [halves, b.const(int64_tensor(b.name("rows"), [n, k]))])
     if signed:
         negative = b.node("Cast", [b.node("Greater", [codes, b.const(int64_tensor(b.name("7"), 7))])],
                           to=TensorProto.INT64)
@@ -51,51 +69,73 @@ def _nibbles(b: Builder, packed: str, signed: bool) -> str:
     return codes
 
 
-def _weight(b: Builder, contract: PluginContract, f: dict) -> str:
-    k, n = f["in_features"], f["out_features"]
+def _per_span(b: Builder, values: str, n: int, k: int) -> str:
+    """[N, K / SPAN] repeated to [N, K]: each span's value for each of its channels."""
+    column = b.node("Unsqueeze", [values, b.const(int64_tensor(b.name("span_axis"), [2]))])
+    spread = b.node("Expand", [column, b.const(int64_tensor(b.name("span_shape"), [n, k // SPAN, SPAN]))])
+    return b.node("Reshape", [spread, b.const(int64_tensor(b.name("rows"), [n, k]))])
+
+
+def _e4m3_values() -> np.ndarray:
+    """The value of each E4M3 byte (float32 [256])."""
+    return torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn).float().numpy()
+
+
+def _operand(b: Builder, contract: PluginContract, f: dict) -> str:
+    """The kernel's weight operand W / s, float32 [N, K] (exact)."""
+    n, k = f["out_features"], f["in_features"]
     if contract is VQ_GEMM:
-        return vq_decode(b, "assignments", "codebook", n, k, f["codeword_dim"], f["index_bits"])
+        codebook = b.node("Cast", ["codebook"], to=TensorProto.FLOAT)
+        words = b.node("Gather", [codebook, _unsigned(b, "indices")])  # [N, K / D, D]
+        return b.node("Reshape", [words, b.const(int64_tensor(b.name("rows"), [n, k]))])
+    if contract is FP4_GEMM and f["weight_bits"] == 8:
+        table = b.const(float_tensor(b.name("e4m3_values"), _e4m3_values()))
+        return b.node("Gather", [table, _unsigned(b, "weight")])
     if contract is FP4_GEMM:
-        return weight_decode(b, _nibbles(b, "weight", signed=False), Fp4Format(f["weight_format"]), "weight_scale",
-                             f["group_size"], k)
-    codes = _nibbles(b, "weight", signed=True) if f["weight_bits"] == 4 else "weight"
-    values = b.node("Cast", [codes], to=TensorProto.FLOAT)
-    return b.node("Mul", [values, scale_rows(b, "weight_scale", f["group_size"], k)])
+        values = b.const(float_tensor(b.name("fp4_values"), decode_table(Fp4Format(FP4_KIND))))
+        t_min, t_max = EXPONENTS[FP4_KIND]
+        steps = b.const(float_tensor(b.name("pow2"), np.exp2(np.arange(t_min, t_max + 1)).astype(np.float32)))
+        scale = b.node("Gather", [steps, _per_span(b, _unsigned(b, "weight_offset"), n, k)])
+        return b.node("Mul", [b.node("Gather", [values, _chunk_codes(b, "weight", n, k, signed=False)]), scale])
+    if f["weight_bits"] == 8:
+        return b.node("Cast", ["weight"], to=TensorProto.FLOAT)
+    factor = _per_span(b, _unsigned(b, "weight_factor"), n, k)
+    product = b.node("Mul", [_chunk_codes(b, "weight", n, k, signed=True), factor])
+    return b.node("Cast", [product], to=TensorProto.FLOAT)
+
+
+def _weight_t(b: Builder, contract: PluginContract, f: dict) -> str:
+    """W^T [K, N]: the operand times the row scale (codebooks have none)."""
+    w = _operand(b, contract, f)
+    if contract is not VQ_GEMM:
+        w = b.node("Mul", [w, b.node("Unsqueeze", ["weight_scale", b.const(int64_tensor(b.name("col"), [1]))])])
+    return b.node("Transpose", [w], perm=[1, 0])
 
 
 def _activation(b: Builder, x: str, f: dict) -> str:
-    if f["act_mode"] == "none":
+    mode, k = f.get("act_mode", "none"), f["in_features"]
+    if mode == "none":
         return x
-    fmt = format_from_name(f["act_format"])
-    if f["act_mode"] == "static":
-        if isinstance(fmt, Fp4Format):
-            flat = b.node("Reshape", [x, b.const(int64_tensor(b.name("flat"), [0, -1]))])
-            scale = b.node("Unsqueeze", [b.node("Gather", ["act_scale_table", "timestep_bucket"]),
-                                         b.const(int64_tensor(b.name("per_row"), [1]))])
-            return b.node("Reshape", [fake_quantize(b, flat, scale, fmt), b.node("Shape", [x])])
-        k, group = f["in_features"], f["act_group_size"]
-        zero = "act_zero_table" if f["act_format"] == "uint4" else None
-        return static_activation(b, x, "act_scale_table", zero, fmt, "timestep_bucket", k // group if group else 1, k)
-    k = f["in_features"]
-    group = f["act_group_size"] or k
-    scale = dynamic_scale(b, x, fmt, group, k)
-    if isinstance(fmt, Fp4Format):
-        return fake_quantize(b, x, expand_blocked(b, scale, x, -1, group), fmt)
-    q = b.node("QuantizeLinear", [x, scale], output_dtype=onnx_quant_type(fmt), axis=-1, block_size=group)
-    return b.node("DequantizeLinear", [q, scale], axis=-1, block_size=group)
+    if f["act_format"] == "fp4e2m1":
+        fmt = Fp4Format(FP4_KIND)
+        scale = fine_group_scale(b, x, FP4_GROUP, k)
+        return fake_quantize(b, x, expand_blocked(b, scale, x, -1, FP4_GROUP), fmt)
+    if mode == "static":
+        return static_activation(b, x, "act_scale_table", None, INT8, "timestep_bucket", 1, k)
+    scale = dynamic_scale(b, x, INT8, k, k)
+    q = b.node("QuantizeLinear", [x, scale], output_dtype=onnx_quant_type(INT8), axis=-1, block_size=k)
+    return b.node("DequantizeLinear", [q, scale], axis=-1, block_size=k)
 
 
 def reference_function(contract: PluginContract, fields: dict, opset: int) -> onnx.FunctionProto:
     """The function a plugin node with these fields calls in ONNX Runtime (overload_key(fields))."""
     contract.check(fields)
     b = Builder("ref", [], [])
-    x = "x"
-    if fields["rotation_block"]:
-        x = rotation(b, x, "hadamard", fields["rotation_block"])
-    x = _activation(b, x, fields)
-    y = b.node("MatMul", [x, _weight(b, contract, fields)], output=None if fields["has_bias"] else OUTPUT)
+    x = _activation(b, b.node("Cast", ["x"], to=TensorProto.FLOAT), fields)
+    y = b.node("MatMul", [x, _weight_t(b, contract, fields)])
     if fields["has_bias"]:
-        b.node("Add", [y, "bias"], output=OUTPUT)
+        y = b.node("Add", [y, "bias"])
+    b.node("Cast", [y], to=TensorProto.FLOAT16, output=OUTPUT)
     constants = [helper.make_node("Constant", [], [t.name], value=t) for t in b.initializers]
     return helper.make_function(DOMAIN, contract.name, [p.name for p in contract.present_inputs(fields)], [OUTPUT],
                                 constants + b.nodes, [helper.make_opsetid("", opset)],

@@ -8,19 +8,26 @@
 //       static Inputs inputs(Fields const&);                                   // from the contract
 //       template <typename V> static void visit(Fields&, V&&);                 // from the contract
 //       static std::string checkShapes(Fields const&, Inputs const&, nvinfer1::Dims const* dims);
-//       static int32_t run(Fields const&, Inputs const&, DitGemmIO&, void const* const* inputs, cudaStream_t);
+//       static bool quantized(Fields const&);       // whether x is quantized (needs the workspace)
+//       static int32_t run(Fields const&, Inputs const&, GemmLaunch const&);   // a DitTritonStatus
 //   };
 //
-// No exception crosses into TensorRT: every noexcept method catches and logs.
+// Every plugin runs the Triton kernels through their launcher (kernels/tritonLauncher.h): x and y
+// are FLOAT16, quantized activations go through the plugin's workspace (ActivationWorkspace), and
+// a launcher error becomes the enqueue's failure status with the launcher's message logged. No
+// exception crosses into TensorRT: every noexcept method catches and logs.
 #pragma once
 
 #include "NvInferRuntime.h"
 #include "dit_export/plugin_contract.h"
-#include "ditKernels.h"
+#include "tritonLauncher.h"
+
+#include <cuda_runtime_api.h>
 
 #include <cstring>
 #include <exception>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -29,43 +36,129 @@ namespace dit_export
 {
 
 void logPluginError(std::string const& message) noexcept;
+void logPluginWarning(std::string const& message) noexcept;
 
-inline DitGemmIO gemmIO(nvinfer1::Dims const& x, int32_t n, nvinfer1::DataType type)
+// The workspace of a GEMM with quantized activations: each token's 8-bit codes [M, K] and its
+// float32 scale [M], then the zero bias [N] the kernels read when the layer has none.
+struct ActivationWorkspace
 {
-    DitGemmIO io{};
-    io.m = 1;
+    static constexpr size_t kAlignment = 256;
+
+    int64_t m;
+    int32_t k;
+    int32_t n;
+
+    static size_t aligned(size_t bytes)
+    {
+        return (bytes + kAlignment - 1) / kAlignment * kAlignment;
+    }
+    size_t codesBytes() const
+    {
+        return aligned(static_cast<size_t>(m) * static_cast<size_t>(k));
+    }
+    size_t scalesBytes() const
+    {
+        return aligned(static_cast<size_t>(m) * sizeof(float));
+    }
+    size_t biasBytes() const
+    {
+        return aligned(static_cast<size_t>(n) * sizeof(float));
+    }
+    size_t bytes(bool quantized) const
+    {
+        return (quantized ? codesBytes() + scalesBytes() : 0) + biasBytes();
+    }
+    void* codes(void* base) const
+    {
+        return base;
+    }
+    float* scales(void* base) const
+    {
+        return reinterpret_cast<float*>(static_cast<char*>(base) + codesBytes());
+    }
+    float* zeroBias(void* base, bool quantized) const
+    {
+        return reinterpret_cast<float*>(static_cast<char*>(base) + (quantized ? codesBytes() + scalesBytes() : 0));
+    }
+};
+
+// One GEMM call as the plugins' enqueue sees it: FLOAT16 x [M, K] and y [M, N], the inputs in
+// contract order, the bias (the layer's, or zeros in the workspace), the workspace and stream.
+struct GemmLaunch
+{
+    nvinfer1::PluginTensorDesc const* inputDesc;
+    void const* const* inputs;
+    void const* x;
+    void* y;
+    float const* bias;
+    void* workspace;
+    ActivationWorkspace space;
+    cudaStream_t stream;
+};
+
+inline int64_t rowsOf(nvinfer1::Dims const& x)
+{
+    int64_t m = 1;
     for (int32_t d = 0; d + 1 < x.nbDims; ++d)
     {
-        io.m *= x.d[d];
+        m *= x.d[d];
     }
-    io.k = x.nbDims > 0 ? static_cast<int32_t>(x.d[x.nbDims - 1]) : 0;
-    io.n = n;
-    io.io_type = type == nvinfer1::DataType::kHALF ? DIT_FLOAT16 : DIT_FLOAT32;
-    io.rows_per_sample = 1;
-    return io;
+    return m;
 }
 
-// The activation fields of every GEMM contract, into the kernels' arguments.
-template <typename Fields>
-void setActivation(Fields const& f, DitGemmIO& io)
-{
-    io.act_mode = static_cast<int32_t>(f.act_mode);
-    io.act_format = static_cast<int32_t>(f.act_format);
-    io.act_group_size = f.act_group_size;
-    io.rotation_block = f.rotation_block;
-}
-
-inline bool matches(PortType port, nvinfer1::DataType type, nvinfer1::DataType activation)
+inline nvinfer1::DataType dataTypeOf(PortType port)
 {
     switch (port)
     {
-    case PortType::kActivation: return type == activation;
-    case PortType::kInt8: return type == nvinfer1::DataType::kINT8;
-    case PortType::kFloat32: return type == nvinfer1::DataType::kFLOAT;
-    case PortType::kFloat16: return type == nvinfer1::DataType::kHALF;
-    case PortType::kInt64: return type == nvinfer1::DataType::kINT64;
+    case PortType::kInt8: return nvinfer1::DataType::kINT8;
+    case PortType::kFloat32: return nvinfer1::DataType::kFLOAT;
+    case PortType::kFloat16: return nvinfer1::DataType::kHALF;
+    case PortType::kInt64: return nvinfer1::DataType::kINT64;
     }
-    return false;
+    return nvinfer1::DataType::kFLOAT;
+}
+
+// The current device's compute capability as major * 10 + minor, or -1 (and why) on failure.
+inline int32_t deviceArch(std::string& why)
+{
+    int device = 0;
+    int major = 0;
+    int minor = 0;
+    cudaError_t status = cudaGetDevice(&device);
+    if (status == cudaSuccess)
+    {
+        status = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+    }
+    if (status == cudaSuccess)
+    {
+        status = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
+    }
+    if (status != cudaSuccess)
+    {
+        why = std::string("cannot read the device's compute capability: ") + cudaGetErrorString(status);
+        return -1;
+    }
+    return major * 10 + minor;
+}
+
+// Loads every kernel image for the current device once per process (the launcher also loads
+// lazily, per CUDA context, so a failure here is only a warning).
+inline void preloadKernels() noexcept
+{
+    static std::once_flag once;
+    try
+    {
+        std::call_once(once, [] {
+            if (ditTritonPreload() != DIT_TRITON_SUCCESS)
+            {
+                logPluginWarning(std::string("preloading the Triton kernels: ") + ditTritonLastError());
+            }
+        });
+    }
+    catch (std::exception const& e)
+    {
+        logPluginWarning(std::string("preloading the Triton kernels: ") + e.what());
+    }
 }
 
 template <typename Spec>
@@ -143,14 +236,14 @@ public:
         return 1;
     }
 
-    int32_t getOutputDataTypes(nvinfer1::DataType* outputTypes, int32_t nbOutputs,
-        nvinfer1::DataType const* inputTypes, int32_t nbInputs) const noexcept override
+    int32_t getOutputDataTypes(nvinfer1::DataType* outputTypes, int32_t nbOutputs, nvinfer1::DataType const*,
+        int32_t nbInputs) const noexcept override
     {
         if (nbOutputs != 1 || nbInputs != mInputs.count)
         {
             return fail("expects " + std::to_string(mInputs.count) + " inputs and 1 output");
         }
-        outputTypes[0] = inputTypes[mInputs.x];
+        outputTypes[0] = dataTypeOf(Info::kOutputType);
         return 0;
     }
 
@@ -174,17 +267,8 @@ public:
             return false;
         }
         auto const& desc = inOut[pos].desc;
-        if (desc.format != nvinfer1::TensorFormat::kLINEAR)
-        {
-            return false;
-        }
-        nvinfer1::DataType const activation = inOut[mInputs.x].desc.type;
-        if (pos == nbInputs || pos == mInputs.x)
-        {
-            bool const floatType = desc.type == nvinfer1::DataType::kFLOAT || desc.type == nvinfer1::DataType::kHALF;
-            return floatType && (pos == mInputs.x || desc.type == activation);
-        }
-        return matches(Info::kInputTypes[mInputs.port[pos]], desc.type, activation);
+        PortType const port = pos == nbInputs ? Info::kOutputType : Info::kInputTypes[mInputs.port[pos]];
+        return desc.format == nvinfer1::TensorFormat::kLINEAR && desc.type == dataTypeOf(port);
     }
 
     int32_t configurePlugin(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs,
@@ -202,7 +286,7 @@ public:
                 dims[static_cast<size_t>(i)] = in[i].desc.dims;
             }
             std::string const problem = Spec::checkShapes(mFields, mInputs, dims.data());
-            return problem.empty() ? 0 : fail(problem);
+            return problem.empty() ? checkDevice() : fail(problem);
         }
         catch (std::exception const& e)
         {
@@ -213,16 +297,14 @@ public:
     size_t getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* inputs, int32_t,
         nvinfer1::DynamicPluginTensorDesc const*, int32_t) const noexcept override
     {
-        DitGemmIO io = gemmIO(inputs[mInputs.x].max, mFields.out_features, inputs[mInputs.x].desc.type);
-        setActivation(mFields, io);
-        return ditGemmWorkspaceSize(&io);
+        return space(inputs[mInputs.x].max).bytes(quantized());
     }
 
     // IPluginV3OneRuntime
     int32_t onShapeChange(nvinfer1::PluginTensorDesc const*, int32_t, nvinfer1::PluginTensorDesc const*,
         int32_t) noexcept override
     {
-        return 0;
+        return checkDevice();
     }
 
     int32_t enqueue(nvinfer1::PluginTensorDesc const* inputDesc, nvinfer1::PluginTensorDesc const*,
@@ -230,25 +312,24 @@ public:
     {
         try
         {
-            DitGemmIO io = gemmIO(inputDesc[mInputs.x].dims, mFields.out_features, inputDesc[mInputs.x].type);
-            setActivation(mFields, io);
-            io.x = inputs[mInputs.x];
-            io.y = outputs[0];
-            io.workspace = workspace;
-            io.bias = mInputs.bias >= 0 ? static_cast<float const*>(inputs[mInputs.bias]) : nullptr;
-            io.hadamard = mInputs.hadamard >= 0 ? static_cast<float const*>(inputs[mInputs.hadamard]) : nullptr;
-            if (mInputs.act_scale_table >= 0)
+            GemmLaunch launch{inputDesc, inputs, inputs[mInputs.x], outputs[0], nullptr, workspace,
+                space(inputDesc[mInputs.x].dims), stream};
+            if (mFields.has_bias)
             {
-                io.act_scale_table = static_cast<float const*>(inputs[mInputs.act_scale_table]);
-                io.act_zero_table = mInputs.act_zero_table >= 0
-                    ? static_cast<int8_t const*>(inputs[mInputs.act_zero_table])
-                    : nullptr;
-                io.timestep_bucket = static_cast<int64_t const*>(inputs[mInputs.timestep_bucket]);
-                int64_t const samples = inputDesc[mInputs.timestep_bucket].dims.d[0];
-                io.rows_per_sample = samples > 0 ? io.m / samples : 1;
+                launch.bias = static_cast<float const*>(inputs[mInputs.bias]);
             }
-            int32_t const status = Spec::run(mFields, mInputs, io, inputs, stream);
-            return status ? fail(ditLastError()) : 0;
+            else
+            {
+                float* zeros = launch.space.zeroBias(workspace, quantized());
+                size_t const bytes = static_cast<size_t>(mFields.out_features) * sizeof(float);
+                if (cudaError_t const status = cudaMemsetAsync(zeros, 0, bytes, stream))
+                {
+                    return fail(std::string("zeroing the bias: ") + cudaGetErrorString(status));
+                }
+                launch.bias = zeros;
+            }
+            int32_t const status = Spec::run(mFields, mInputs, launch);
+            return status == DIT_TRITON_SUCCESS ? 0 : fail(ditTritonLastError());
         }
         catch (std::exception const& e)
         {
@@ -258,6 +339,7 @@ public:
 
     nvinfer1::IPluginV3* attachToContext(nvinfer1::IPluginResourceContext*) noexcept override
     {
+        preloadKernels();
         return clone();
     }
 
@@ -295,8 +377,46 @@ public:
 private:
     int32_t fail(std::string const& message) const noexcept
     {
-        logPluginError(std::string(Info::kName) + ": " + message);
+        try
+        {
+            logPluginError(std::string(Info::kName) + ": " + message);
+        }
+        catch (std::exception const&)
+        {
+        }
         return -1;
+    }
+
+    bool quantized() const
+    {
+        return Spec::quantized(mFields);
+    }
+
+    ActivationWorkspace space(nvinfer1::Dims const& x) const
+    {
+        return ActivationWorkspace{rowsOf(x), mFields.in_features, mFields.out_features};
+    }
+
+    // The FP8 plugins refuse a device without FP8 tensor cores (kMinArch, from the contract).
+    int32_t checkDevice() const noexcept
+    {
+        if (Info::kMinArch == 0)
+        {
+            return 0;
+        }
+        std::string why;
+        int32_t const arch = deviceArch(why);
+        if (arch < 0)
+        {
+            return fail(why);
+        }
+        if (arch < Info::kMinArch)
+        {
+            return fail("needs FP8 tensor cores, compute capability " + std::to_string(Info::kMinArch / 10) + "."
+                + std::to_string(Info::kMinArch % 10) + " or newer; this device is " + std::to_string(arch / 10) + "."
+                + std::to_string(arch % 10));
+        }
+        return 0;
     }
 
     Fields mFields;
@@ -393,7 +513,7 @@ private:
     nvinfer1::PluginFieldCollection mCollection{};
 };
 
-// Shape checks shared by the plugins: x's last dimension, the optional inputs' shapes.
+// Shape checks shared by the plugins: x's last dimension and the bias.
 template <typename Fields, typename Inputs>
 std::string checkCommonShapes(Fields const& f, Inputs const& in, nvinfer1::Dims const* dims)
 {
@@ -406,47 +526,8 @@ std::string checkCommonShapes(Fields const& f, Inputs const& in, nvinfer1::Dims 
     {
         return "bias must be [" + std::to_string(f.out_features) + "]";
     }
-    if (in.hadamard >= 0
-        && (dims[in.hadamard].nbDims != 2 || dims[in.hadamard].d[0] != f.rotation_block
-            || dims[in.hadamard].d[1] != f.rotation_block || f.in_features % f.rotation_block))
-    {
-        return "hadamard must be [rotation_block, rotation_block] with rotation_block dividing in_features";
-    }
-    if (f.act_group_size > 0 && f.in_features % f.act_group_size)
-    {
-        return "act_group_size must divide in_features";
-    }
-    if (in.act_scale_table >= 0)
-    {
-        nvinfer1::Dims const& table = dims[in.act_scale_table];
-        int32_t const groups = f.act_group_size > 0 ? f.in_features / f.act_group_size : 1;
-        bool const perGroup = f.act_group_size > 0 && f.act_group_size < f.in_features;
-        if (dims[in.timestep_bucket].nbDims != 1 || table.nbDims != (perGroup ? 2 : 1)
-            || (perGroup && table.d[1] != groups))
-        {
-            return "act_scale_table must be [buckets" + (perGroup ? ", " + std::to_string(groups) : std::string())
-                + "] and timestep_bucket 1-D";
-        }
-        if (in.act_zero_table >= 0)
-        {
-            nvinfer1::Dims const& zeros = dims[in.act_zero_table];
-            bool same = zeros.nbDims == table.nbDims;
-            for (int32_t i = 0; same && i < table.nbDims; ++i)
-            {
-                same = zeros.d[i] == table.d[i];
-            }
-            if (!same)
-            {
-                return "act_zero_table must have the shape of act_scale_table";
-            }
-        }
-    }
     return "";
 }
-
-// The group-scale input of scalar-code weights: [ceil(in_features / group_size), out_features].
-template <typename Fields>
-std::string checkGroupScale(Fields const& f, nvinfer1::Dims const& scale);
 
 inline bool isShape(nvinfer1::Dims const& d, std::initializer_list<int64_t> expected)
 {
@@ -465,13 +546,23 @@ inline bool isShape(nvinfer1::Dims const& d, std::initializer_list<int64_t> expe
     return true;
 }
 
+// The weights of the scalar-code plugins: weight [N, K] (8-bit) or [N, K / 2] (4-bit) INT8 bytes,
+// the per-span side bytes [N, K / 32] (4-bit) and the row scales [N].
 template <typename Fields>
-std::string checkGroupScale(Fields const& f, nvinfer1::Dims const& scale)
+std::string checkScalarWeights(Fields const& f, nvinfer1::Dims const& weight, nvinfer1::Dims const* side,
+    nvinfer1::Dims const& scale, char const* sideName)
 {
-    int64_t const groups = (f.in_features + f.group_size - 1) / f.group_size;
-    return isShape(scale, {groups, f.out_features})
-        ? ""
-        : "weight_scale must be [ceil(in_features / group_size), out_features]";
+    int64_t const k = f.in_features;
+    int64_t const n = f.out_features;
+    if (!isShape(weight, {n, f.weight_bits == 4 ? k / 2 : k}))
+    {
+        return "weight must be [out_features, in_features * weight_bits / 8]";
+    }
+    if (side != nullptr && !isShape(*side, {n, k / 32}))
+    {
+        return std::string(sideName) + " must be [out_features, in_features / 32]";
+    }
+    return isShape(scale, {n}) ? "" : "weight_scale must be [out_features]";
 }
 
 } // namespace dit_export

@@ -19,7 +19,10 @@ nvinfer1::ILoggerFinder* gLoggerFinder{nullptr};
 
 } // namespace
 
-void logPluginError(std::string const& message) noexcept
+namespace
+{
+
+void logPlugin(nvinfer1::ILogger::Severity severity, std::string const& message) noexcept
 {
     try
     {
@@ -27,7 +30,7 @@ void logPluginError(std::string const& message) noexcept
         nvinfer1::ILogger* logger = gLoggerFinder ? gLoggerFinder->findLogger() : nullptr;
         if (logger)
         {
-            logger->log(nvinfer1::ILogger::Severity::kERROR, message.c_str());
+            logger->log(severity, message.c_str());
             return;
         }
     }
@@ -35,6 +38,18 @@ void logPluginError(std::string const& message) noexcept
     {
     }
     std::fprintf(stderr, "[dit_export] %s\n", message.c_str());
+}
+
+} // namespace
+
+void logPluginError(std::string const& message) noexcept
+{
+    logPlugin(nvinfer1::ILogger::Severity::kERROR, message);
+}
+
+void logPluginWarning(std::string const& message) noexcept
+{
+    logPlugin(nvinfer1::ILogger::Severity::kWARNING, message);
 }
 
 REGISTER_TENSORRT_PLUGIN(DitIntGemmPluginCreator);

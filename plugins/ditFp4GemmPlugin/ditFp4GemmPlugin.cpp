@@ -10,24 +10,31 @@ std::string DitFp4GemmSpec::checkShapes(Fields const& f, Inputs const& in, nvinf
     {
         return common;
     }
-    int64_t const k = f.in_features;
-    int64_t const n = f.out_features;
-    if (n % 2 || !isShape(dims[in.weight], {k, n / 2}))
-    {
-        return "weight must be [in_features, out_features / 2] with an even out_features";
-    }
-    return checkGroupScale(f, dims[in.weight_scale]);
+    return checkScalarWeights(f, dims[in.weight], in.weight_offset >= 0 ? &dims[in.weight_offset] : nullptr,
+        dims[in.weight_scale], "weight_offset");
 }
 
-int32_t DitFp4GemmSpec::run(Fields const& f, Inputs const& in, DitGemmIO& io, void const* const* inputs,
-    cudaStream_t stream)
+int32_t DitFp4GemmSpec::run(Fields const& f, Inputs const& in, GemmLaunch const& launch)
 {
-    DitScalarWeights w{};
-    w.codes = static_cast<int8_t const*>(inputs[in.weight]);
-    w.scale = static_cast<float const*>(inputs[in.weight_scale]);
-    w.group_size = f.group_size;
-    w.format = DIT_WEIGHT_FP4E2M1 + static_cast<int32_t>(f.weight_format);  // e2m1, e3m0, e1m2 in both orders
-    return ditScalarGemm(&io, &w, stream);
+    void const* const w = launch.inputs[in.weight];
+    auto const* offset = in.weight_offset >= 0 ? static_cast<uint8_t const*>(launch.inputs[in.weight_offset]) : nullptr;
+    auto const* scale = static_cast<float const*>(launch.inputs[in.weight_scale]);
+    auto const m = static_cast<int32_t>(launch.space.m);
+    if (f.act_mode == ActMode::kNone)  // FP16 activations: a NULL activation scale
+    {
+        return ditTritonFp8Gemm(launch.x, nullptr, w, offset, scale, launch.bias, launch.y, m, f.out_features,
+            f.in_features, f.weight_bits, launch.stream);
+    }
+    void* const codes = launch.space.codes(launch.workspace);
+    float* const rowScale = launch.space.scales(launch.workspace);
+    int32_t status = ditTritonQuantizeRows(launch.x, codes, rowScale, nullptr, nullptr, m, f.in_features, 1,
+        DIT_TRITON_QUANT_FP4, launch.stream);
+    if (status == DIT_TRITON_SUCCESS)
+    {
+        status = ditTritonFp8Gemm(codes, rowScale, w, offset, scale, launch.bias, launch.y, m, f.out_features,
+            f.in_features, f.weight_bits, launch.stream);
+    }
+    return status;
 }
 
 } // namespace dit_export

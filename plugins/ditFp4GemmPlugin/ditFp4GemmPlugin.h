@@ -1,5 +1,7 @@
-// DitFp4Gemm: FP4 weights (E2M1, E3M0 or E1M2 codes, two per byte) with group scales;
-// activations as the contract's fields say. Contract: include/dit_export/plugin_contract.h.
+// DitFp4Gemm: FP4 weights on power-of-two groups (E2M1 codes with exponent offsets per 32
+// channels, or their E4M3 operands) with a float scale per output channel; FP4 activations on
+// power-of-two groups (dynamic) or FP16 ones. Runs fp8_gemm (FP8 tensor cores: sm_89 or newer).
+// Contract: include/dit_export/plugin_contract.h.
 #pragma once
 
 #include "gemmPlugin.h"
@@ -26,9 +28,12 @@ struct DitFp4GemmSpec
     {
         visitDitFp4GemmFields(f, v);
     }
+    static bool quantized(Fields const& f)
+    {
+        return f.act_mode != ActMode::kNone;
+    }
     static std::string checkShapes(Fields const& f, Inputs const& in, nvinfer1::Dims const* dims);
-    static int32_t run(Fields const& f, Inputs const& in, DitGemmIO& io, void const* const* inputs,
-        cudaStream_t stream);
+    static int32_t run(Fields const& f, Inputs const& in, GemmLaunch const& launch);
 };
 
 using DitFp4GemmPlugin = GemmPlugin<DitFp4GemmSpec>;

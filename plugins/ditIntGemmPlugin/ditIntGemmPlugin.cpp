@@ -5,33 +5,45 @@ namespace dit_export
 
 std::string DitIntGemmSpec::checkShapes(Fields const& f, Inputs const& in, nvinfer1::Dims const* dims)
 {
-    std::string const common = checkCommonShapes(f, in, dims);
-    if (!common.empty())
+    std::string problem = checkCommonShapes(f, in, dims);
+    if (problem.empty())
     {
-        return common;
+        problem = checkScalarWeights(f, dims[in.weight], in.weight_factor >= 0 ? &dims[in.weight_factor] : nullptr,
+            dims[in.weight_scale], "weight_factor");
     }
-    int64_t const k = f.in_features;
-    int64_t const n = f.out_features;
-    if (f.weight_bits == 4 && n % 2)
+    if (problem.empty() && in.act_scale_table >= 0
+        && (dims[in.act_scale_table].nbDims != 1 || dims[in.timestep_bucket].nbDims != 1))
     {
-        return "4-bit weights need an even out_features";
+        problem = "act_scale_table must be [buckets] and timestep_bucket [B]";
     }
-    if (!isShape(dims[in.weight], {k, n * f.weight_bits / 8}))
-    {
-        return "weight must be [in_features, out_features * weight_bits / 8]";
-    }
-    return checkGroupScale(f, dims[in.weight_scale]);
+    return problem;
 }
 
-int32_t DitIntGemmSpec::run(Fields const& f, Inputs const& in, DitGemmIO& io, void const* const* inputs,
-    cudaStream_t stream)
+int32_t DitIntGemmSpec::run(Fields const& f, Inputs const& in, GemmLaunch const& launch)
 {
-    DitScalarWeights w{};
-    w.codes = static_cast<int8_t const*>(inputs[in.weight]);
-    w.scale = static_cast<float const*>(inputs[in.weight_scale]);
-    w.group_size = f.group_size;
-    w.format = f.weight_bits == 4 ? DIT_WEIGHT_INT4 : DIT_WEIGHT_INT8;
-    return ditScalarGemm(&io, &w, stream);
+    void const* const w = launch.inputs[in.weight];
+    auto const* factor = in.weight_factor >= 0 ? static_cast<uint8_t const*>(launch.inputs[in.weight_factor]) : nullptr;
+    auto const* scale = static_cast<float const*>(launch.inputs[in.weight_scale]);
+    auto const m = static_cast<int32_t>(launch.space.m);
+    if (f.act_mode == ActMode::kNone)
+    {
+        return ditTritonInt8Gemm(launch.x, nullptr, w, factor, scale, launch.bias, launch.y, m, f.out_features,
+            f.in_features, f.weight_bits, DIT_TRITON_ACT_FP16, launch.stream);
+    }
+    bool const isStatic = f.act_mode == ActMode::kStatic;
+    void* const codes = launch.space.codes(launch.workspace);
+    float* const rowScale = launch.space.scales(launch.workspace);
+    int32_t const samples = isStatic ? static_cast<int32_t>(launch.inputDesc[in.timestep_bucket].dims.d[0]) : 1;
+    int32_t status = ditTritonQuantizeRows(launch.x, codes, rowScale,
+        isStatic ? static_cast<float const*>(launch.inputs[in.act_scale_table]) : nullptr,
+        isStatic ? static_cast<int64_t const*>(launch.inputs[in.timestep_bucket]) : nullptr, m, f.in_features,
+        samples, DIT_TRITON_QUANT_INT8, launch.stream);
+    if (status == DIT_TRITON_SUCCESS)
+    {
+        status = ditTritonInt8Gemm(codes, rowScale, w, factor, scale, launch.bias, launch.y, m, f.out_features,
+            f.in_features, f.weight_bits, DIT_TRITON_ACT_INT8, launch.stream);
+    }
+    return status;
 }
 
 } // namespace dit_export

@@ -1,5 +1,6 @@
-// DitIntGemm: integer weights (INT4 two per byte, or INT8) with group scales; activations as the
-// contract's fields say. Contract: include/dit_export/plugin_contract.h.
+// DitIntGemm: INT8 weights, or INT4 codes with integer factors per 32 channels (two-level scales),
+// with a float scale per output channel; INT8 activations with one scale per token (static per
+// timestep bucket or dynamic) or FP16 ones. Runs int8_gemm. Contract: include/dit_export/plugin_contract.h.
 #pragma once
 
 #include "gemmPlugin.h"
@@ -15,12 +16,7 @@ struct DitIntGemmSpec
 
     static std::string parse(FieldView const* entries, int32_t count, Fields& out)
     {
-        std::string problem = parseDitIntGemmFields(entries, count, out);
-        if (problem.empty() && out.weight_bits != 4 && out.weight_bits != 8)
-        {
-            problem = "DitIntGemm: weight_bits must be 4 or 8";
-        }
-        return problem;
+        return parseDitIntGemmFields(entries, count, out);
     }
     static Inputs inputs(Fields const& f)
     {
@@ -31,9 +27,12 @@ struct DitIntGemmSpec
     {
         visitDitIntGemmFields(f, v);
     }
+    static bool quantized(Fields const& f)
+    {
+        return f.act_mode != ActMode::kNone;
+    }
     static std::string checkShapes(Fields const& f, Inputs const& in, nvinfer1::Dims const* dims);
-    static int32_t run(Fields const& f, Inputs const& in, DitGemmIO& io, void const* const* inputs,
-        cudaStream_t stream);
+    static int32_t run(Fields const& f, Inputs const& in, GemmLaunch const& launch);
 };
 
 using DitIntGemmPlugin = GemmPlugin<DitIntGemmSpec>;

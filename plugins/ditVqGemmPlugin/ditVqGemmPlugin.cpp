@@ -14,25 +14,18 @@ std::string DitVqGemmSpec::checkShapes(Fields const& f, Inputs const& in, nvinfe
     {
         return "codebook must be [codewords, codeword_dim]";
     }
-    int64_t const perRow = (f.in_features + f.codeword_dim - 1) / f.codeword_dim;
-    int64_t const indices = static_cast<int64_t>(f.out_features) * perRow;
-    if (!isShape(dims[in.assignments], {(indices + 7) / 8 * f.index_bits}))
+    if (!isShape(dims[in.indices], {f.out_features, f.in_features / f.codeword_dim}))
     {
-        return "assignments must be [ceil(out_features * ceil(in_features / codeword_dim) / 8) * index_bits]";
+        return "indices must be [out_features, in_features / codeword_dim]";
     }
     return "";
 }
 
-int32_t DitVqGemmSpec::run(Fields const& f, Inputs const& in, DitGemmIO& io, void const* const* inputs,
-    cudaStream_t stream)
+int32_t DitVqGemmSpec::run(Fields const& f, Inputs const& in, GemmLaunch const& launch)
 {
-    DitVqWeights w{};
-    w.codebook = inputs[in.codebook];
-    w.assignments = static_cast<uint8_t const*>(inputs[in.assignments]);
-    w.codewords = f.codewords;
-    w.dim = f.codeword_dim;
-    w.index_bits = f.index_bits;
-    return ditVqGemm(&io, &w, stream);
+    return ditTritonVqGemm(launch.x, static_cast<uint8_t const*>(launch.inputs[in.indices]), launch.inputs[in.codebook],
+        launch.bias, launch.y, static_cast<int32_t>(launch.space.m), f.out_features, f.in_features, f.codeword_dim,
+        launch.stream);
 }
 
 } // namespace dit_export

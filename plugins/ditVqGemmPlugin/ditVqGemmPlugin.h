@@ -1,5 +1,5 @@
-// DitVqGemm: codebook weights (FP16 codebook, packed assignment bit stream); activations as the
-// contract's fields say. Contract: include/dit_export/plugin_contract.h.
+// DitVqGemm: codebook weights (FP16 codebook, one index byte per sub-vector) with FP16
+// activations. Runs vq_gemm. Contract: include/dit_export/plugin_contract.h.
 #pragma once
 
 #include "gemmPlugin.h"
@@ -15,12 +15,7 @@ struct DitVqGemmSpec
 
     static std::string parse(FieldView const* entries, int32_t count, Fields& out)
     {
-        std::string problem = parseDitVqGemmFields(entries, count, out);
-        if (problem.empty() && (out.index_bits > 16 || out.codewords > (1 << out.index_bits)))
-        {
-            problem = "DitVqGemm: index_bits must be 1 to 16 and address every codeword";
-        }
-        return problem;
+        return parseDitVqGemmFields(entries, count, out);
     }
     static Inputs inputs(Fields const& f)
     {
@@ -31,9 +26,12 @@ struct DitVqGemmSpec
     {
         visitDitVqGemmFields(f, v);
     }
+    static bool quantized(Fields const&)
+    {
+        return false;
+    }
     static std::string checkShapes(Fields const& f, Inputs const& in, nvinfer1::Dims const* dims);
-    static int32_t run(Fields const& f, Inputs const& in, DitGemmIO& io, void const* const* inputs,
-        cudaStream_t stream);
+    static int32_t run(Fields const& f, Inputs const& in, GemmLaunch const& launch);
 };
 
 using DitVqGemmPlugin = GemmPlugin<DitVqGemmSpec>;

@@ -102,8 +102,10 @@ int32_t ditTritonInt8Gemm(void const* a,          // int8 [M, K] (ACT_INT8) or f
                           DitTritonStream stream);
 
 // exporter/kernels/fp8_gemm.py (sm_89 and newer):  y = (a @ w^T) * a_scale[m] * w_scale[n] + bias[n]
-int32_t ditTritonFp8Gemm(void const* a,          // float8_e4m3fn [M, K]
-                         float const* aScale,    // float32 [M]
+// With aScale NULL, a is float16 and the weights E4M3 (weightBits 8): y = (a @ w^T) * w_scale[n] + bias[n]
+// on int8_gemm's FP16-activation path (the E4M3 operands of FP4 weights with FP activations).
+int32_t ditTritonFp8Gemm(void const* a,          // float8_e4m3fn [M, K]; float16 [M, K] when aScale is NULL
+                         float const* aScale,    // float32 [M], or NULL (float16 a)
                          void const* w,          // weightBits 8: float8_e4m3fn [N, K]; 4: FP4 E2M1 uint8 [N, K / 2] chunk layout
                          uint8_t const* offset,  // weightBits 4: uint8 [N, K / 32], exponent t - t_min; 8: NULL
                          float const* wScale,    // float32 [N]

@@ -263,16 +263,22 @@ DitTritonStatus planFp8Gemm(void const* a, float const* aScale, void const* w, u
 {
     static char const* const kFunction = "ditTritonFp8Gemm";
     plan = LaunchPlan{};
+    bool const fp16 = aScale == nullptr;  // float16 activations: int8_gemm's FP16 path on E4M3 weights
     if (weightBits != 8 && weightBits != 4)
     {
         return invalid(kFunction, "weightBits must be 8 (E4M3) or 4 (FP4 E2M1), not " + std::to_string(weightBits),
             why);
     }
+    if (fp16 && weightBits != 8)
+    {
+        return invalid(kFunction, "float16 activations (aScale NULL) take E4M3 weights (weightBits 8)", why);
+    }
     if (DitTritonStatus const status = checkGemmShape(kFunction, m, n, k, why))
     {
         return status;
     }
-    plan.variant = tiledVariant(weightBits == 8 ? "fp8_gemm.w8" : "fp8_gemm.fp4", m);
+    plan.variant = fp16 ? embeddedVariant("fp8_gemm.w8.a16.small")
+                        : tiledVariant(weightBits == 8 ? "fp8_gemm.w8" : "fp8_gemm.fp4", m);
     setShape(plan, m, n, k);
     if (DitTritonStatus const status = checkVariant(kFunction, plan, why))
     {
@@ -288,16 +294,16 @@ DitTritonStatus planFp8Gemm(void const* a, float const* aScale, void const* w, u
         return invalid(kFunction, "offset must be NULL with E4M3 weights", why);
     }
     if (DitTritonStatus const status = checkPointers(kFunction,
-            {{"a", a}, {"aScale", aScale}, {"w", w}, {weightBits == 4 ? "offset" : nullptr, offset}, {"wScale", wScale},
-                {"bias", bias}, {"y", y}},
+            {{"a", a}, {fp16 ? nullptr : "aScale", aScale}, {"w", w}, {weightBits == 4 ? "offset" : nullptr, offset},
+                {"wScale", wScale}, {"bias", bias}, {"y", y}},
             why))
     {
         return status;
     }
     plan.pointer("a_ptr", a);
-    plan.pointer("a_scale_ptr", aScale);
+    plan.pointer("a_scale_ptr", fp16 ? wScale : aScale);  // unused with float16 activations
     plan.pointer("w_ptr", w);
-    plan.pointer("offset_ptr", weightBits == 4 ? static_cast<void const*>(offset) : wScale);
+    plan.pointer(fp16 ? "factor_ptr" : "offset_ptr", weightBits == 4 ? static_cast<void const*>(offset) : wScale);
     plan.pointer("w_scale_ptr", wScale);
     plan.pointer("bias_ptr", bias);
     plan.pointer("y_ptr", y);

@@ -228,6 +228,14 @@ void otherPlanChecks()
         && why.find("offset must be NULL") != std::string::npos);
     CHECK(planFp8Gemm(a, aScale, w, nullptr, wScale, bias, y, 16, 64, 128, 16, plan, why)
         == DIT_TRITON_INVALID_ARGUMENT);
+    // float16 activations (aScale NULL) on E4M3 weights: int8_gemm's FP16 path, whatever M
+    CHECK(planFp8Gemm(a, nullptr, w, nullptr, wScale, bias, y, 512, 64, 128, 8, plan, why) == DIT_TRITON_SUCCESS
+        && std::strcmp(plan.variant, "fp8_gemm.w8.a16.small") == 0
+        && names(plan) == "a_ptr,a_scale_ptr,w_ptr,factor_ptr,w_scale_ptr,bias_ptr,y_ptr,M,N,K"
+        && plan.params[1].address == 0x5000 && plan.params[3].address == 0x5000);
+    CHECK(planFp8Gemm(a, nullptr, w, offset, wScale, bias, y, 16, 64, 128, 4, plan, why)
+            == DIT_TRITON_INVALID_ARGUMENT
+        && why.find("aScale NULL") != std::string::npos);
 
     auto const indices = bytes(0x8000);
     auto const codebook = address(0x9000);

@@ -12,8 +12,8 @@ namespace dit_export
 // The field types the plugins read (TensorRT's PluginFieldType kINT32 and kCHAR).
 enum class FieldType : int32_t { kInt32, kChar };
 
-// Element types of plugin inputs; kActivation is float32 or float16, the same as the output.
-enum class PortType : int32_t { kActivation, kInt8, kFloat32, kFloat16, kInt64 };
+// Element types of plugin inputs and outputs.
+enum class PortType : int32_t { kInt8, kFloat32, kFloat16, kInt64 };
 
 // One plugin field as the creator receives it: a view, no ownership.
 struct FieldView
@@ -51,16 +51,13 @@ inline char const* toString(ActMode value)
     return "";
 }
 
-enum class ActFormat : int32_t { kNone = 0, kInt8 = 1, kFp8e4m3 = 2, kFp4e2m1 = 3, kInt4 = 4, kUint4 = 5 };
+enum class ActFormat : int32_t { kNone = 0, kInt8 = 1, kFp4e2m1 = 2 };
 
 inline bool parseActFormat(std::string_view text, ActFormat& out)
 {
     if (text == "none") { out = ActFormat::kNone; return true; }
     if (text == "int8") { out = ActFormat::kInt8; return true; }
-    if (text == "fp8e4m3") { out = ActFormat::kFp8e4m3; return true; }
     if (text == "fp4e2m1") { out = ActFormat::kFp4e2m1; return true; }
-    if (text == "int4") { out = ActFormat::kInt4; return true; }
-    if (text == "uint4") { out = ActFormat::kUint4; return true; }
     return false;
 }
 
@@ -70,75 +67,49 @@ inline char const* toString(ActFormat value)
     {
     case ActFormat::kNone: return "none";
     case ActFormat::kInt8: return "int8";
-    case ActFormat::kFp8e4m3: return "fp8e4m3";
     case ActFormat::kFp4e2m1: return "fp4e2m1";
-    case ActFormat::kInt4: return "int4";
-    case ActFormat::kUint4: return "uint4";
-    }
-    return "";
-}
-
-enum class WeightFormat : int32_t { kE2m1 = 0, kE3m0 = 1, kE1m2 = 2 };
-
-inline bool parseWeightFormat(std::string_view text, WeightFormat& out)
-{
-    if (text == "e2m1") { out = WeightFormat::kE2m1; return true; }
-    if (text == "e3m0") { out = WeightFormat::kE3m0; return true; }
-    if (text == "e1m2") { out = WeightFormat::kE1m2; return true; }
-    return false;
-}
-
-inline char const* toString(WeightFormat value)
-{
-    switch (value)
-    {
-    case WeightFormat::kE2m1: return "e2m1";
-    case WeightFormat::kE3m0: return "e3m0";
-    case WeightFormat::kE1m2: return "e1m2";
     }
     return "";
 }
 
 // ---- DitIntGemm ----
-// Integer weights (4 or 8 bits, symmetric) with one scale per group of input channels and output
-// channel.
+// INT8 or INT4 weights with a float scale per output channel (INT4: times an integer factor 1..16
+// per group, two-level scales), INT8 activations with one scale per token (static per timestep
+// bucket, or dynamic) or FP16 activations: int8_gemm.
 
 struct DitIntGemmInfo
 {
     static constexpr char const* kName = "DitIntGemm";
-    static constexpr char const* kVersion = "1";
+    static constexpr char const* kVersion = "2";
     static constexpr char const* kNamespace = "dit_export";
-    static constexpr int32_t kNbFields = 9;
-    static constexpr char const* kFieldNames[kNbFields] = {"in_features", "out_features", "weight_bits", "group_size", "act_mode", "act_format", "act_group_size", "rotation_block", "has_bias"};
-    static constexpr FieldType kFieldTypes[kNbFields] = {FieldType::kInt32, FieldType::kInt32, FieldType::kInt32, FieldType::kInt32, FieldType::kChar, FieldType::kChar, FieldType::kInt32, FieldType::kInt32, FieldType::kInt32};
-    static constexpr int32_t kMaxInputs = 8;
-    static constexpr char const* kInputNames[kMaxInputs] = {"x", "weight", "weight_scale", "hadamard", "act_scale_table", "act_zero_table", "timestep_bucket", "bias"};
-    static constexpr PortType kInputTypes[kMaxInputs] = {PortType::kActivation, PortType::kInt8, PortType::kFloat32, PortType::kFloat32, PortType::kFloat32, PortType::kInt8, PortType::kInt64, PortType::kFloat32};
+    // Compute capability (major * 10 + minor) the plugin's kernels need at least.
+    static constexpr int32_t kMinArch = 0;
+    static constexpr int32_t kNbFields = 6;
+    static constexpr char const* kFieldNames[kNbFields] = {"in_features", "out_features", "weight_bits", "act_mode", "act_format", "has_bias"};
+    static constexpr FieldType kFieldTypes[kNbFields] = {FieldType::kInt32, FieldType::kInt32, FieldType::kInt32, FieldType::kChar, FieldType::kChar, FieldType::kInt32};
+    static constexpr int32_t kMaxInputs = 7;
+    static constexpr char const* kInputNames[kMaxInputs] = {"x", "weight", "weight_factor", "weight_scale", "act_scale_table", "timestep_bucket", "bias"};
+    static constexpr PortType kInputTypes[kMaxInputs] = {PortType::kFloat16, PortType::kInt8, PortType::kInt8, PortType::kFloat32, PortType::kFloat32, PortType::kInt64, PortType::kFloat32};
     static constexpr int32_t kNbOutputs = 1;
+    static constexpr PortType kOutputType = PortType::kFloat16;
 };
 
 struct DitIntGemmFields
 {
-    // K, input channels
+    // K, input channels (the kernels take multiples of 16): an integer >= 16, a multiple of 16
     int32_t in_features{};
-    // N, output channels
+    // N, output channels (the kernels take multiples of 16): an integer >= 16, a multiple of 16
     int32_t out_features{};
-    // bits per weight code: 4 or 8
+    // 4: the packed layout (K a multiple of the kernels' K step, 128); 8: one byte per weight: one
+    // of 4, 8
     int32_t weight_bits{};
-    // input channels per weight scale (K: one scale per output channel)
-    int32_t group_size{};
-    // none: x as it is; static: the scales of sample b are row timestep_bucket[b] of
-    // act_scale_table; dynamic: scale = max|x| / qmax per token, or per act_group_size channels of
-    // each token
+    // none: FP16 x as it is; static: the scale of sample b's tokens is
+    // act_scale_table[timestep_bucket[b]]; dynamic: max|x| / 127 per token: one of none, static,
+    // dynamic
     ActMode act_mode{};
-    // number format of the quantized activations (int8 / int4 symmetric, FP8 E4M3, FP4 E2M1;
-    // uint4: asymmetric static, code = clamp(round(x / s) + z, 0, 15), value (code - z) s)
+    // int8 (symmetric, round to nearest even) or none: one of none, int8
     ActFormat act_format{};
-    // channels per activation scale within a token (0: the whole token)
-    int32_t act_group_size{};
-    // Hadamard block of the input rotation x H before quantization (0: none)
-    int32_t rotation_block{};
-    // 1 when the bias input is present
+    // 1 when the bias input is present: one of 0, 1
     int32_t has_bias{};
 };
 
@@ -154,9 +125,10 @@ inline std::string parseDitIntGemmFields(FieldView const* entries, int32_t count
         {
             if (e.type != FieldType::kInt32 || e.length != 1)
                 return "DitIntGemm: field in_features must be one int32";
-            out.in_features = *static_cast<int32_t const*>(e.data);
-            if (out.in_features < 1)
-                return "DitIntGemm: field in_features must be >= 1";
+            int32_t const v = *static_cast<int32_t const*>(e.data);
+            if (v < 16 || v % 16 != 0)
+                return "DitIntGemm: field in_features must be an integer >= 16, a multiple of 16";
+            out.in_features = v;
             seen[0] = true;
             continue;
         }
@@ -164,9 +136,10 @@ inline std::string parseDitIntGemmFields(FieldView const* entries, int32_t count
         {
             if (e.type != FieldType::kInt32 || e.length != 1)
                 return "DitIntGemm: field out_features must be one int32";
-            out.out_features = *static_cast<int32_t const*>(e.data);
-            if (out.out_features < 1)
-                return "DitIntGemm: field out_features must be >= 1";
+            int32_t const v = *static_cast<int32_t const*>(e.data);
+            if (v < 16 || v % 16 != 0)
+                return "DitIntGemm: field out_features must be an integer >= 16, a multiple of 16";
+            out.out_features = v;
             seen[1] = true;
             continue;
         }
@@ -174,64 +147,38 @@ inline std::string parseDitIntGemmFields(FieldView const* entries, int32_t count
         {
             if (e.type != FieldType::kInt32 || e.length != 1)
                 return "DitIntGemm: field weight_bits must be one int32";
-            out.weight_bits = *static_cast<int32_t const*>(e.data);
-            if (out.weight_bits < 4)
-                return "DitIntGemm: field weight_bits must be >= 4";
+            int32_t const v = *static_cast<int32_t const*>(e.data);
+            if (v < 0 || !(v == 4 || v == 8))
+                return "DitIntGemm: field weight_bits must be one of 4, 8";
+            out.weight_bits = v;
             seen[2] = true;
-            continue;
-        }
-        if (name == "group_size")
-        {
-            if (e.type != FieldType::kInt32 || e.length != 1)
-                return "DitIntGemm: field group_size must be one int32";
-            out.group_size = *static_cast<int32_t const*>(e.data);
-            if (out.group_size < 1)
-                return "DitIntGemm: field group_size must be >= 1";
-            seen[3] = true;
             continue;
         }
         if (name == "act_mode")
         {
-            if (e.type != FieldType::kChar || !parseActMode(e.text(), out.act_mode))
+            if (e.type != FieldType::kChar || !(e.text() == "none" || e.text() == "static" || e.text() == "dynamic")
+                || !parseActMode(e.text(), out.act_mode))
                 return "DitIntGemm: field act_mode must be one of none, static, dynamic";
-            seen[4] = true;
+            seen[3] = true;
             continue;
         }
         if (name == "act_format")
         {
-            if (e.type != FieldType::kChar || !parseActFormat(e.text(), out.act_format))
-                return "DitIntGemm: field act_format must be one of none, int8, fp8e4m3, fp4e2m1, int4, uint4";
-            seen[5] = true;
-            continue;
-        }
-        if (name == "act_group_size")
-        {
-            if (e.type != FieldType::kInt32 || e.length != 1)
-                return "DitIntGemm: field act_group_size must be one int32";
-            out.act_group_size = *static_cast<int32_t const*>(e.data);
-            if (out.act_group_size < 0)
-                return "DitIntGemm: field act_group_size must be >= 0";
-            seen[6] = true;
-            continue;
-        }
-        if (name == "rotation_block")
-        {
-            if (e.type != FieldType::kInt32 || e.length != 1)
-                return "DitIntGemm: field rotation_block must be one int32";
-            out.rotation_block = *static_cast<int32_t const*>(e.data);
-            if (out.rotation_block < 0)
-                return "DitIntGemm: field rotation_block must be >= 0";
-            seen[7] = true;
+            if (e.type != FieldType::kChar || !(e.text() == "none" || e.text() == "int8")
+                || !parseActFormat(e.text(), out.act_format))
+                return "DitIntGemm: field act_format must be one of none, int8";
+            seen[4] = true;
             continue;
         }
         if (name == "has_bias")
         {
             if (e.type != FieldType::kInt32 || e.length != 1)
                 return "DitIntGemm: field has_bias must be one int32";
-            out.has_bias = *static_cast<int32_t const*>(e.data);
-            if (out.has_bias < 0)
-                return "DitIntGemm: field has_bias must be >= 0";
-            seen[8] = true;
+            int32_t const v = *static_cast<int32_t const*>(e.data);
+            if (v < 0 || !(v == 0 || v == 1))
+                return "DitIntGemm: field has_bias must be one of 0, 1";
+            out.has_bias = v;
+            seen[5] = true;
             continue;
         }
         return std::string("DitIntGemm: unknown field ") + std::string(name);
@@ -239,12 +186,12 @@ inline std::string parseDitIntGemmFields(FieldView const* entries, int32_t count
     for (int32_t i = 0; i < DitIntGemmInfo::kNbFields; ++i)
         if (!seen[i])
             return std::string("DitIntGemm: missing field ") + DitIntGemmInfo::kFieldNames[i];
-    if ((out.act_mode == ActMode::kNone) != (out.act_format == ActFormat::kNone))
-        return "DitIntGemm: act_mode and act_format must both be none or neither";
-    if (out.act_format == ActFormat::kUint4 && out.act_mode != ActMode::kStatic)
-        return "DitIntGemm: uint4 (asymmetric) activations need static zero points";
-    if (out.act_group_size != 0 && out.in_features % out.act_group_size != 0)
-        return "DitIntGemm: act_group_size does not divide in_features";
+    if ((out.act_mode == ActMode::kNone) && (!(out.act_format == ActFormat::kNone)))
+        return "DitIntGemm: act_mode none takes act_format none";
+    if ((out.act_mode == ActMode::kStatic || out.act_mode == ActMode::kDynamic) && (!(out.act_format == ActFormat::kInt8)))
+        return "DitIntGemm: quantized activations are int8";
+    if ((out.weight_bits == 4) && (out.in_features % 128 != 0))
+        return "DitIntGemm: 4-bit weights need in_features a multiple of the kernels' K step, 128";
     return "";
 }
 
@@ -252,21 +199,19 @@ inline std::string parseDitIntGemmFields(FieldView const* entries, int32_t count
 // (index into kInputNames / kInputTypes) of each input position.
 struct DitIntGemmInputs
 {
-    // T [..., K]: activations, float32 or float16
+    // FLOAT16 [..., K]: activations
     int32_t x{-1};
-    // INT8 [K, N * weight_bits / 8]: codes of W^T [K, N], row-major; 4-bit codes two per byte,
-    // element 2i in the low nibble, two's complement
+    // INT8 [N, K] or [N, K / 2]: weight_bits 8: the INT8 operands q f [N, K]; 4: the INT4 codes q
+    // (two's complement) [N, K / 2], K in chunks of 64, byte j of chunk c holding channel 64 c + j
+    // in its low nibble and 64 c + 32 + j in its high one
     int32_t weight{-1};
-    // FLOAT [ceil(K / group_size), N]: W^T[k, n] = code[k, n] * weight_scale[k / group_size, n]
+    // INT8 [N, K / 32]: weight_bits 4: the factor f (1..16) of each 32 channels; W[n, k] = s[n]
+    // f[n, k / 32] q[n, k]
+    int32_t weight_factor{-1};
+    // FLOAT [N]: the row scale s[n] of each output channel
     int32_t weight_scale{-1};
-    // FLOAT [rotation_block, rotation_block]: the orthonormal Hadamard block
-    int32_t hadamard{-1};
-    // FLOAT [buckets] or [buckets, K / act_group_size]: activation scales of each timestep bucket
-    // (per channel group when act_group_size is set)
+    // FLOAT [buckets]: activation scale of each timestep bucket
     int32_t act_scale_table{-1};
-    // INT8 the shape of act_scale_table: zero points (0 to 15) of each timestep bucket and channel
-    // group
-    int32_t act_zero_table{-1};
     // INT64 [B]: bucket of each sample's timestep (its row in act_scale_table)
     int32_t timestep_bucket{-1};
     // FLOAT [N]: bias
@@ -282,31 +227,26 @@ inline DitIntGemmInputs ditIntGemmInputs(DitIntGemmFields const& f)
     in.x = in.count++;
     in.port[in.count] = 1;
     in.weight = in.count++;
-    in.port[in.count] = 2;
-    in.weight_scale = in.count++;
-    if (f.rotation_block != 0)
+    if (f.weight_bits == 4)
     {
-        in.port[in.count] = 3;
-        in.hadamard = in.count++;
+        in.port[in.count] = 2;
+        in.weight_factor = in.count++;
     }
+    in.port[in.count] = 3;
+    in.weight_scale = in.count++;
     if (f.act_mode == ActMode::kStatic)
     {
         in.port[in.count] = 4;
         in.act_scale_table = in.count++;
     }
-    if (f.act_format == ActFormat::kUint4)
-    {
-        in.port[in.count] = 5;
-        in.act_zero_table = in.count++;
-    }
     if (f.act_mode == ActMode::kStatic)
     {
-        in.port[in.count] = 6;
+        in.port[in.count] = 5;
         in.timestep_bucket = in.count++;
     }
     if (f.has_bias != 0)
     {
-        in.port[in.count] = 7;
+        in.port[in.count] = 6;
         in.bias = in.count++;
     }
     return in;
@@ -319,53 +259,49 @@ inline void visitDitIntGemmFields(DitIntGemmFields& f, Visitor&& visit)
     visit("in_features", f.in_features);
     visit("out_features", f.out_features);
     visit("weight_bits", f.weight_bits);
-    visit("group_size", f.group_size);
     visit("act_mode", f.act_mode);
     visit("act_format", f.act_format);
-    visit("act_group_size", f.act_group_size);
-    visit("rotation_block", f.rotation_block);
     visit("has_bias", f.has_bias);
 }
 
 // ---- DitFp4Gemm ----
-// FP4 weights (E2M1, E3M0 or E1M2) with one scale per group of input channels and output channel.
+// FP4 weights on power-of-two groups: W[n, k] = s[n] 2^t[n, g] v[n, k] with v an FP4 value and g =
+// k / 32, exact E4M3 operands v 2^t; FP4 E2M1 activations on fine groups of 32 channels, a float
+// per token times m 2^t, m 1, 1.25 or 1.5 (dynamic, exact E4M3 operands with one float scale per
+// token: fp8_gemm, FP8 tensor cores, sm_89 or newer) or FP16 activations (the E4M3 operands
+// converted to FP16 on int8_gemm's FP16 path, sm_89 or newer).
 
 struct DitFp4GemmInfo
 {
     static constexpr char const* kName = "DitFp4Gemm";
-    static constexpr char const* kVersion = "1";
+    static constexpr char const* kVersion = "2";
     static constexpr char const* kNamespace = "dit_export";
-    static constexpr int32_t kNbFields = 9;
-    static constexpr char const* kFieldNames[kNbFields] = {"in_features", "out_features", "weight_format", "group_size", "act_mode", "act_format", "act_group_size", "rotation_block", "has_bias"};
-    static constexpr FieldType kFieldTypes[kNbFields] = {FieldType::kInt32, FieldType::kInt32, FieldType::kChar, FieldType::kInt32, FieldType::kChar, FieldType::kChar, FieldType::kInt32, FieldType::kInt32, FieldType::kInt32};
-    static constexpr int32_t kMaxInputs = 8;
-    static constexpr char const* kInputNames[kMaxInputs] = {"x", "weight", "weight_scale", "hadamard", "act_scale_table", "act_zero_table", "timestep_bucket", "bias"};
-    static constexpr PortType kInputTypes[kMaxInputs] = {PortType::kActivation, PortType::kInt8, PortType::kFloat32, PortType::kFloat32, PortType::kFloat32, PortType::kInt8, PortType::kInt64, PortType::kFloat32};
+    // Compute capability (major * 10 + minor) the plugin's kernels need at least.
+    static constexpr int32_t kMinArch = 89;
+    static constexpr int32_t kNbFields = 6;
+    static constexpr char const* kFieldNames[kNbFields] = {"in_features", "out_features", "weight_bits", "act_mode", "act_format", "has_bias"};
+    static constexpr FieldType kFieldTypes[kNbFields] = {FieldType::kInt32, FieldType::kInt32, FieldType::kInt32, FieldType::kChar, FieldType::kChar, FieldType::kInt32};
+    static constexpr int32_t kMaxInputs = 5;
+    static constexpr char const* kInputNames[kMaxInputs] = {"x", "weight", "weight_offset", "weight_scale", "bias"};
+    static constexpr PortType kInputTypes[kMaxInputs] = {PortType::kFloat16, PortType::kInt8, PortType::kInt8, PortType::kFloat32, PortType::kFloat32};
     static constexpr int32_t kNbOutputs = 1;
+    static constexpr PortType kOutputType = PortType::kFloat16;
 };
 
 struct DitFp4GemmFields
 {
-    // K, input channels
+    // K, input channels (the kernels take multiples of 16): an integer >= 16, a multiple of 16
     int32_t in_features{};
-    // N, output channels
+    // N, output channels (the kernels take multiples of 16): an integer >= 16, a multiple of 16
     int32_t out_features{};
-    // FP4 format of the weight codes
-    WeightFormat weight_format{};
-    // input channels per weight scale (K: one scale per output channel)
-    int32_t group_size{};
-    // none: x as it is; static: the scales of sample b are row timestep_bucket[b] of
-    // act_scale_table; dynamic: scale = max|x| / qmax per token, or per act_group_size channels of
-    // each token
+    // 4: the packed layout (K a multiple of the kernels' K step, 128); 8: one byte per weight: one
+    // of 4, 8
+    int32_t weight_bits{};
+    // none: FP16 x as it is; dynamic: per token, from the token itself: one of none, dynamic
     ActMode act_mode{};
-    // number format of the quantized activations (int8 / int4 symmetric, FP8 E4M3, FP4 E2M1;
-    // uint4: asymmetric static, code = clamp(round(x / s) + z, 0, 15), value (code - z) s)
+    // fp4e2m1 (fine groups of 32 channels) or none: one of none, fp4e2m1
     ActFormat act_format{};
-    // channels per activation scale within a token (0: the whole token)
-    int32_t act_group_size{};
-    // Hadamard block of the input rotation x H before quantization (0: none)
-    int32_t rotation_block{};
-    // 1 when the bias input is present
+    // 1 when the bias input is present: one of 0, 1
     int32_t has_bias{};
 };
 
@@ -381,9 +317,10 @@ inline std::string parseDitFp4GemmFields(FieldView const* entries, int32_t count
         {
             if (e.type != FieldType::kInt32 || e.length != 1)
                 return "DitFp4Gemm: field in_features must be one int32";
-            out.in_features = *static_cast<int32_t const*>(e.data);
-            if (out.in_features < 1)
-                return "DitFp4Gemm: field in_features must be >= 1";
+            int32_t const v = *static_cast<int32_t const*>(e.data);
+            if (v < 16 || v % 16 != 0)
+                return "DitFp4Gemm: field in_features must be an integer >= 16, a multiple of 16";
+            out.in_features = v;
             seen[0] = true;
             continue;
         }
@@ -391,71 +328,49 @@ inline std::string parseDitFp4GemmFields(FieldView const* entries, int32_t count
         {
             if (e.type != FieldType::kInt32 || e.length != 1)
                 return "DitFp4Gemm: field out_features must be one int32";
-            out.out_features = *static_cast<int32_t const*>(e.data);
-            if (out.out_features < 1)
-                return "DitFp4Gemm: field out_features must be >= 1";
+            int32_t const v = *static_cast<int32_t const*>(e.data);
+            if (v < 16 || v % 16 != 0)
+                return "DitFp4Gemm: field out_features must be an integer >= 16, a multiple of 16";
+            out.out_features = v;
             seen[1] = true;
             continue;
         }
-        if (name == "weight_format")
-        {
-            if (e.type != FieldType::kChar || !parseWeightFormat(e.text(), out.weight_format))
-                return "DitFp4Gemm: field weight_format must be one of e2m1, e3m0, e1m2";
-            seen[2] = true;
-            continue;
-        }
-        if (name == "group_size")
+        if (name == "weight_bits")
         {
             if (e.type != FieldType::kInt32 || e.length != 1)
-                return "DitFp4Gemm: field group_size must be one int32";
-            out.group_size = *static_cast<int32_t const*>(e.data);
-            if (out.group_size < 1)
-                return "DitFp4Gemm: field group_size must be >= 1";
-            seen[3] = true;
+                return "DitFp4Gemm: field weight_bits must be one int32";
+            int32_t const v = *static_cast<int32_t const*>(e.data);
+            if (v < 0 || !(v == 4 || v == 8))
+                return "DitFp4Gemm: field weight_bits must be one of 4, 8";
+            out.weight_bits = v;
+            seen[2] = true;
             continue;
         }
         if (name == "act_mode")
         {
-            if (e.type != FieldType::kChar || !parseActMode(e.text(), out.act_mode))
-                return "DitFp4Gemm: field act_mode must be one of none, static, dynamic";
-            seen[4] = true;
+            if (e.type != FieldType::kChar || !(e.text() == "none" || e.text() == "dynamic")
+                || !parseActMode(e.text(), out.act_mode))
+                return "DitFp4Gemm: field act_mode must be one of none, dynamic";
+            seen[3] = true;
             continue;
         }
         if (name == "act_format")
         {
-            if (e.type != FieldType::kChar || !parseActFormat(e.text(), out.act_format))
-                return "DitFp4Gemm: field act_format must be one of none, int8, fp8e4m3, fp4e2m1, int4, uint4";
-            seen[5] = true;
-            continue;
-        }
-        if (name == "act_group_size")
-        {
-            if (e.type != FieldType::kInt32 || e.length != 1)
-                return "DitFp4Gemm: field act_group_size must be one int32";
-            out.act_group_size = *static_cast<int32_t const*>(e.data);
-            if (out.act_group_size < 0)
-                return "DitFp4Gemm: field act_group_size must be >= 0";
-            seen[6] = true;
-            continue;
-        }
-        if (name == "rotation_block")
-        {
-            if (e.type != FieldType::kInt32 || e.length != 1)
-                return "DitFp4Gemm: field rotation_block must be one int32";
-            out.rotation_block = *static_cast<int32_t const*>(e.data);
-            if (out.rotation_block < 0)
-                return "DitFp4Gemm: field rotation_block must be >= 0";
-            seen[7] = true;
+            if (e.type != FieldType::kChar || !(e.text() == "none" || e.text() == "fp4e2m1")
+                || !parseActFormat(e.text(), out.act_format))
+                return "DitFp4Gemm: field act_format must be one of none, fp4e2m1";
+            seen[4] = true;
             continue;
         }
         if (name == "has_bias")
         {
             if (e.type != FieldType::kInt32 || e.length != 1)
                 return "DitFp4Gemm: field has_bias must be one int32";
-            out.has_bias = *static_cast<int32_t const*>(e.data);
-            if (out.has_bias < 0)
-                return "DitFp4Gemm: field has_bias must be >= 0";
-            seen[8] = true;
+            int32_t const v = *static_cast<int32_t const*>(e.data);
+            if (v < 0 || !(v == 0 || v == 1))
+                return "DitFp4Gemm: field has_bias must be one of 0, 1";
+            out.has_bias = v;
+            seen[5] = true;
             continue;
         }
         return std::string("DitFp4Gemm: unknown field ") + std::string(name);
@@ -463,12 +378,14 @@ inline std::string parseDitFp4GemmFields(FieldView const* entries, int32_t count
     for (int32_t i = 0; i < DitFp4GemmInfo::kNbFields; ++i)
         if (!seen[i])
             return std::string("DitFp4Gemm: missing field ") + DitFp4GemmInfo::kFieldNames[i];
-    if ((out.act_mode == ActMode::kNone) != (out.act_format == ActFormat::kNone))
-        return "DitFp4Gemm: act_mode and act_format must both be none or neither";
-    if (out.act_format == ActFormat::kUint4 && out.act_mode != ActMode::kStatic)
-        return "DitFp4Gemm: uint4 (asymmetric) activations need static zero points";
-    if (out.act_group_size != 0 && out.in_features % out.act_group_size != 0)
-        return "DitFp4Gemm: act_group_size does not divide in_features";
+    if ((out.act_mode == ActMode::kNone) && (!(out.act_format == ActFormat::kNone)))
+        return "DitFp4Gemm: act_mode none takes act_format none";
+    if ((out.act_mode == ActMode::kDynamic) && (!(out.act_format == ActFormat::kFp4e2m1)))
+        return "DitFp4Gemm: quantized activations are fp4e2m1";
+    if ((out.act_format == ActFormat::kFp4e2m1) && (out.in_features % 32 != 0))
+        return "DitFp4Gemm: FP4 activations need in_features a multiple of their group, 32";
+    if ((out.weight_bits == 4) && (out.in_features % 128 != 0))
+        return "DitFp4Gemm: 4-bit weights need in_features a multiple of the kernels' K step, 128";
     return "";
 }
 
@@ -476,24 +393,16 @@ inline std::string parseDitFp4GemmFields(FieldView const* entries, int32_t count
 // (index into kInputNames / kInputTypes) of each input position.
 struct DitFp4GemmInputs
 {
-    // T [..., K]: activations, float32 or float16
+    // FLOAT16 [..., K]: activations
     int32_t x{-1};
-    // INT8 [K, N / 2]: codes of W^T [K, N], row-major, two per byte, element 2i in the low nibble;
-    // a code is sign << 3 | index of the magnitude in the format's ascending list
+    // INT8 [N, K] or [N, K / 2]: weight_bits 8: the E4M3 operands v 2^t [N, K]; 4: the E2M1 codes
+    // (sign << 3 | magnitude index) [N, K / 2], K in chunks of 64, byte j of chunk c holding
+    // channel 64 c + j in its low nibble and 64 c + 32 + j in its high one
     int32_t weight{-1};
-    // FLOAT [ceil(K / group_size), N]: W^T[k, n] = value(code[k, n]) * weight_scale[k /
-    // group_size, n]
+    // INT8 [N, K / 32]: weight_bits 4: t - t_min (t_min = -5 for E2M1) of each 32 channels
+    int32_t weight_offset{-1};
+    // FLOAT [N]: the row scale s[n] of each output channel
     int32_t weight_scale{-1};
-    // FLOAT [rotation_block, rotation_block]: the orthonormal Hadamard block
-    int32_t hadamard{-1};
-    // FLOAT [buckets] or [buckets, K / act_group_size]: activation scales of each timestep bucket
-    // (per channel group when act_group_size is set)
-    int32_t act_scale_table{-1};
-    // INT8 the shape of act_scale_table: zero points (0 to 15) of each timestep bucket and channel
-    // group
-    int32_t act_zero_table{-1};
-    // INT64 [B]: bucket of each sample's timestep (its row in act_scale_table)
-    int32_t timestep_bucket{-1};
     // FLOAT [N]: bias
     int32_t bias{-1};
     int32_t count{0};
@@ -507,31 +416,16 @@ inline DitFp4GemmInputs ditFp4GemmInputs(DitFp4GemmFields const& f)
     in.x = in.count++;
     in.port[in.count] = 1;
     in.weight = in.count++;
-    in.port[in.count] = 2;
+    if (f.weight_bits == 4)
+    {
+        in.port[in.count] = 2;
+        in.weight_offset = in.count++;
+    }
+    in.port[in.count] = 3;
     in.weight_scale = in.count++;
-    if (f.rotation_block != 0)
-    {
-        in.port[in.count] = 3;
-        in.hadamard = in.count++;
-    }
-    if (f.act_mode == ActMode::kStatic)
-    {
-        in.port[in.count] = 4;
-        in.act_scale_table = in.count++;
-    }
-    if (f.act_format == ActFormat::kUint4)
-    {
-        in.port[in.count] = 5;
-        in.act_zero_table = in.count++;
-    }
-    if (f.act_mode == ActMode::kStatic)
-    {
-        in.port[in.count] = 6;
-        in.timestep_bucket = in.count++;
-    }
     if (f.has_bias != 0)
     {
-        in.port[in.count] = 7;
+        in.port[in.count] = 4;
         in.bias = in.count++;
     }
     return in;
@@ -543,58 +437,44 @@ inline void visitDitFp4GemmFields(DitFp4GemmFields& f, Visitor&& visit)
 {
     visit("in_features", f.in_features);
     visit("out_features", f.out_features);
-    visit("weight_format", f.weight_format);
-    visit("group_size", f.group_size);
+    visit("weight_bits", f.weight_bits);
     visit("act_mode", f.act_mode);
     visit("act_format", f.act_format);
-    visit("act_group_size", f.act_group_size);
-    visit("rotation_block", f.rotation_block);
     visit("has_bias", f.has_bias);
 }
 
 // ---- DitVqGemm ----
-// Codebook weights (VQ4DiT): W [N, K] cut row by row into S = ceil(K / codeword_dim) sub-vectors,
-// each the codeword its index names; the last sub-vector of a row is cut to the K - (S - 1) d it
-// covers.
+// Codebook weights (VQ4DiT): row n of W is K / D sub-vectors, sub-vector s the codeword indices[n,
+// s] of an FP16 codebook; FP16 activations: vq_gemm.
 
 struct DitVqGemmInfo
 {
     static constexpr char const* kName = "DitVqGemm";
-    static constexpr char const* kVersion = "1";
+    static constexpr char const* kVersion = "2";
     static constexpr char const* kNamespace = "dit_export";
-    static constexpr int32_t kNbFields = 10;
-    static constexpr char const* kFieldNames[kNbFields] = {"in_features", "out_features", "codewords", "codeword_dim", "index_bits", "act_mode", "act_format", "act_group_size", "rotation_block", "has_bias"};
-    static constexpr FieldType kFieldTypes[kNbFields] = {FieldType::kInt32, FieldType::kInt32, FieldType::kInt32, FieldType::kInt32, FieldType::kInt32, FieldType::kChar, FieldType::kChar, FieldType::kInt32, FieldType::kInt32, FieldType::kInt32};
-    static constexpr int32_t kMaxInputs = 8;
-    static constexpr char const* kInputNames[kMaxInputs] = {"x", "codebook", "assignments", "hadamard", "act_scale_table", "act_zero_table", "timestep_bucket", "bias"};
-    static constexpr PortType kInputTypes[kMaxInputs] = {PortType::kActivation, PortType::kFloat16, PortType::kInt8, PortType::kFloat32, PortType::kFloat32, PortType::kInt8, PortType::kInt64, PortType::kFloat32};
+    // Compute capability (major * 10 + minor) the plugin's kernels need at least.
+    static constexpr int32_t kMinArch = 0;
+    static constexpr int32_t kNbFields = 5;
+    static constexpr char const* kFieldNames[kNbFields] = {"in_features", "out_features", "codewords", "codeword_dim", "has_bias"};
+    static constexpr FieldType kFieldTypes[kNbFields] = {FieldType::kInt32, FieldType::kInt32, FieldType::kInt32, FieldType::kInt32, FieldType::kInt32};
+    static constexpr int32_t kMaxInputs = 4;
+    static constexpr char const* kInputNames[kMaxInputs] = {"x", "indices", "codebook", "bias"};
+    static constexpr PortType kInputTypes[kMaxInputs] = {PortType::kFloat16, PortType::kInt8, PortType::kFloat16, PortType::kFloat32};
     static constexpr int32_t kNbOutputs = 1;
+    static constexpr PortType kOutputType = PortType::kFloat16;
 };
 
 struct DitVqGemmFields
 {
-    // K, input channels
+    // K, input channels (the kernels take multiples of 16): an integer >= 16, a multiple of 16
     int32_t in_features{};
-    // N, output channels
+    // N, output channels (the kernels take multiples of 16): an integer >= 16, a multiple of 16
     int32_t out_features{};
-    // codebook size, 2^index_bits
+    // codebook size (at most 256: one byte per index): an integer >= 2 and <= 256
     int32_t codewords{};
-    // d, weights per codeword
+    // D, weights per codeword: one of 2, 4
     int32_t codeword_dim{};
-    // bits per index
-    int32_t index_bits{};
-    // none: x as it is; static: the scales of sample b are row timestep_bucket[b] of
-    // act_scale_table; dynamic: scale = max|x| / qmax per token, or per act_group_size channels of
-    // each token
-    ActMode act_mode{};
-    // number format of the quantized activations (int8 / int4 symmetric, FP8 E4M3, FP4 E2M1;
-    // uint4: asymmetric static, code = clamp(round(x / s) + z, 0, 15), value (code - z) s)
-    ActFormat act_format{};
-    // channels per activation scale within a token (0: the whole token)
-    int32_t act_group_size{};
-    // Hadamard block of the input rotation x H before quantization (0: none)
-    int32_t rotation_block{};
-    // 1 when the bias input is present
+    // 1 when the bias input is present: one of 0, 1
     int32_t has_bias{};
 };
 
@@ -610,9 +490,10 @@ inline std::string parseDitVqGemmFields(FieldView const* entries, int32_t count,
         {
             if (e.type != FieldType::kInt32 || e.length != 1)
                 return "DitVqGemm: field in_features must be one int32";
-            out.in_features = *static_cast<int32_t const*>(e.data);
-            if (out.in_features < 1)
-                return "DitVqGemm: field in_features must be >= 1";
+            int32_t const v = *static_cast<int32_t const*>(e.data);
+            if (v < 16 || v % 16 != 0)
+                return "DitVqGemm: field in_features must be an integer >= 16, a multiple of 16";
+            out.in_features = v;
             seen[0] = true;
             continue;
         }
@@ -620,9 +501,10 @@ inline std::string parseDitVqGemmFields(FieldView const* entries, int32_t count,
         {
             if (e.type != FieldType::kInt32 || e.length != 1)
                 return "DitVqGemm: field out_features must be one int32";
-            out.out_features = *static_cast<int32_t const*>(e.data);
-            if (out.out_features < 1)
-                return "DitVqGemm: field out_features must be >= 1";
+            int32_t const v = *static_cast<int32_t const*>(e.data);
+            if (v < 16 || v % 16 != 0)
+                return "DitVqGemm: field out_features must be an integer >= 16, a multiple of 16";
+            out.out_features = v;
             seen[1] = true;
             continue;
         }
@@ -630,9 +512,10 @@ inline std::string parseDitVqGemmFields(FieldView const* entries, int32_t count,
         {
             if (e.type != FieldType::kInt32 || e.length != 1)
                 return "DitVqGemm: field codewords must be one int32";
-            out.codewords = *static_cast<int32_t const*>(e.data);
-            if (out.codewords < 2)
-                return "DitVqGemm: field codewords must be >= 2";
+            int32_t const v = *static_cast<int32_t const*>(e.data);
+            if (v < 2 || v > 256)
+                return "DitVqGemm: field codewords must be an integer >= 2 and <= 256";
+            out.codewords = v;
             seen[2] = true;
             continue;
         }
@@ -640,64 +523,22 @@ inline std::string parseDitVqGemmFields(FieldView const* entries, int32_t count,
         {
             if (e.type != FieldType::kInt32 || e.length != 1)
                 return "DitVqGemm: field codeword_dim must be one int32";
-            out.codeword_dim = *static_cast<int32_t const*>(e.data);
-            if (out.codeword_dim < 1)
-                return "DitVqGemm: field codeword_dim must be >= 1";
+            int32_t const v = *static_cast<int32_t const*>(e.data);
+            if (v < 0 || !(v == 2 || v == 4))
+                return "DitVqGemm: field codeword_dim must be one of 2, 4";
+            out.codeword_dim = v;
             seen[3] = true;
-            continue;
-        }
-        if (name == "index_bits")
-        {
-            if (e.type != FieldType::kInt32 || e.length != 1)
-                return "DitVqGemm: field index_bits must be one int32";
-            out.index_bits = *static_cast<int32_t const*>(e.data);
-            if (out.index_bits < 1)
-                return "DitVqGemm: field index_bits must be >= 1";
-            seen[4] = true;
-            continue;
-        }
-        if (name == "act_mode")
-        {
-            if (e.type != FieldType::kChar || !parseActMode(e.text(), out.act_mode))
-                return "DitVqGemm: field act_mode must be one of none, static, dynamic";
-            seen[5] = true;
-            continue;
-        }
-        if (name == "act_format")
-        {
-            if (e.type != FieldType::kChar || !parseActFormat(e.text(), out.act_format))
-                return "DitVqGemm: field act_format must be one of none, int8, fp8e4m3, fp4e2m1, int4, uint4";
-            seen[6] = true;
-            continue;
-        }
-        if (name == "act_group_size")
-        {
-            if (e.type != FieldType::kInt32 || e.length != 1)
-                return "DitVqGemm: field act_group_size must be one int32";
-            out.act_group_size = *static_cast<int32_t const*>(e.data);
-            if (out.act_group_size < 0)
-                return "DitVqGemm: field act_group_size must be >= 0";
-            seen[7] = true;
-            continue;
-        }
-        if (name == "rotation_block")
-        {
-            if (e.type != FieldType::kInt32 || e.length != 1)
-                return "DitVqGemm: field rotation_block must be one int32";
-            out.rotation_block = *static_cast<int32_t const*>(e.data);
-            if (out.rotation_block < 0)
-                return "DitVqGemm: field rotation_block must be >= 0";
-            seen[8] = true;
             continue;
         }
         if (name == "has_bias")
         {
             if (e.type != FieldType::kInt32 || e.length != 1)
                 return "DitVqGemm: field has_bias must be one int32";
-            out.has_bias = *static_cast<int32_t const*>(e.data);
-            if (out.has_bias < 0)
-                return "DitVqGemm: field has_bias must be >= 0";
-            seen[9] = true;
+            int32_t const v = *static_cast<int32_t const*>(e.data);
+            if (v < 0 || !(v == 0 || v == 1))
+                return "DitVqGemm: field has_bias must be one of 0, 1";
+            out.has_bias = v;
+            seen[4] = true;
             continue;
         }
         return std::string("DitVqGemm: unknown field ") + std::string(name);
@@ -705,12 +546,6 @@ inline std::string parseDitVqGemmFields(FieldView const* entries, int32_t count,
     for (int32_t i = 0; i < DitVqGemmInfo::kNbFields; ++i)
         if (!seen[i])
             return std::string("DitVqGemm: missing field ") + DitVqGemmInfo::kFieldNames[i];
-    if ((out.act_mode == ActMode::kNone) != (out.act_format == ActFormat::kNone))
-        return "DitVqGemm: act_mode and act_format must both be none or neither";
-    if (out.act_format == ActFormat::kUint4 && out.act_mode != ActMode::kStatic)
-        return "DitVqGemm: uint4 (asymmetric) activations need static zero points";
-    if (out.act_group_size != 0 && out.in_features % out.act_group_size != 0)
-        return "DitVqGemm: act_group_size does not divide in_features";
     return "";
 }
 
@@ -718,23 +553,12 @@ inline std::string parseDitVqGemmFields(FieldView const* entries, int32_t count,
 // (index into kInputNames / kInputTypes) of each input position.
 struct DitVqGemmInputs
 {
-    // T [..., K]: activations, float32 or float16
+    // FLOAT16 [..., K]: activations
     int32_t x{-1};
-    // FLOAT16 [codewords, codeword_dim]: the codewords
+    // INT8 [N, K / D]: codeword of each sub-vector, one unsigned byte each
+    int32_t indices{-1};
+    // FLOAT16 [codewords, D]: the codewords
     int32_t codebook{-1};
-    // INT8 [ceil(N S / 8) * index_bits]: index of sub-vector (n, s) at position i = n S + s of a
-    // little-endian bit stream: bits [i b, (i + 1) b), b = index_bits; zero padding
-    int32_t assignments{-1};
-    // FLOAT [rotation_block, rotation_block]: the orthonormal Hadamard block
-    int32_t hadamard{-1};
-    // FLOAT [buckets] or [buckets, K / act_group_size]: activation scales of each timestep bucket
-    // (per channel group when act_group_size is set)
-    int32_t act_scale_table{-1};
-    // INT8 the shape of act_scale_table: zero points (0 to 15) of each timestep bucket and channel
-    // group
-    int32_t act_zero_table{-1};
-    // INT64 [B]: bucket of each sample's timestep (its row in act_scale_table)
-    int32_t timestep_bucket{-1};
     // FLOAT [N]: bias
     int32_t bias{-1};
     int32_t count{0};
@@ -747,32 +571,12 @@ inline DitVqGemmInputs ditVqGemmInputs(DitVqGemmFields const& f)
     in.port[in.count] = 0;
     in.x = in.count++;
     in.port[in.count] = 1;
-    in.codebook = in.count++;
+    in.indices = in.count++;
     in.port[in.count] = 2;
-    in.assignments = in.count++;
-    if (f.rotation_block != 0)
-    {
-        in.port[in.count] = 3;
-        in.hadamard = in.count++;
-    }
-    if (f.act_mode == ActMode::kStatic)
-    {
-        in.port[in.count] = 4;
-        in.act_scale_table = in.count++;
-    }
-    if (f.act_format == ActFormat::kUint4)
-    {
-        in.port[in.count] = 5;
-        in.act_zero_table = in.count++;
-    }
-    if (f.act_mode == ActMode::kStatic)
-    {
-        in.port[in.count] = 6;
-        in.timestep_bucket = in.count++;
-    }
+    in.codebook = in.count++;
     if (f.has_bias != 0)
     {
-        in.port[in.count] = 7;
+        in.port[in.count] = 3;
         in.bias = in.count++;
     }
     return in;
@@ -786,11 +590,6 @@ inline void visitDitVqGemmFields(DitVqGemmFields& f, Visitor&& visit)
     visit("out_features", f.out_features);
     visit("codewords", f.codewords);
     visit("codeword_dim", f.codeword_dim);
-    visit("index_bits", f.index_bits);
-    visit("act_mode", f.act_mode);
-    visit("act_format", f.act_format);
-    visit("act_group_size", f.act_group_size);
-    visit("rotation_block", f.rotation_block);
     visit("has_bias", f.has_bias);
 }
 
