@@ -61,7 +61,7 @@ def wide_graphs(tmp_path_factory):
     wide = load_dit(str(save_tiny_pipeline(folder / "pipe", num_layers=1, attention_head_dim=64)))
     calib = collect_calibration_set(wide, SAMPLER, trajectories=1, seed=0, progress=False)
     graphs = {}
-    for precision, overrides in (("w4a8", {}), ("fp4", {"weight_fp4_format": "e2m1"})):  # E2M1: the packed layout
+    for precision, overrides in (("w4a8", {}), ("fp4", {})):
         qdit = _quantize(wide.transformer, calib, precision, **overrides)
         graphs[precision] = (write_onnx(qdq_onnx(qdit), folder / f"{precision}.qdq.onnx"), qdit, wide)
     return graphs
@@ -241,8 +241,12 @@ def test_contract_rejects_fields_that_do_not_fit():
         INT_GEMM.check({**good, "in_features": 64})
     with pytest.raises(ValueError, match="out_features must be an integer >= 16, a multiple of 16"):
         INT_GEMM.check({**good, "out_features": 4})
+    fp4 = {**good, "weight_format": "e1m2", "act_format": "fp4e2m1"}
+    FP4_GEMM.check(fp4)
     with pytest.raises(ValueError, match="act_mode must be one of none, dynamic"):
-        FP4_GEMM.check({**good, "act_mode": "static", "act_format": "fp4e2m1"})
+        FP4_GEMM.check({**fp4, "act_mode": "static"})
+    with pytest.raises(ValueError, match="weight_format must be one of e2m1, e3m0, e1m2"):
+        FP4_GEMM.check({**fp4, "weight_format": "e5m2"})
     assert [p.name for p in INT_GEMM.present_inputs({**good, "act_mode": "static"})] == [
         "x", "weight", "weight_factor", "weight_scale", "act_scale_table", "timestep_bucket", "bias"]
 

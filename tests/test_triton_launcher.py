@@ -107,6 +107,16 @@ def test_embedded_source_is_deterministic_and_holds_every_image(built, tmp_path)
     assert rows == expected
 
 
+def test_fp4_formats_are_in_one_order_in_python_the_launcher_and_the_contract():
+    from exporter.kernels.variants import FP4_KINDS
+    from exporter.quant.fp4_groups import EXPONENTS
+    from exporter.rewrite.contract import ENUMS
+
+    header = (ROOT / "plugins" / "kernels" / "tritonLauncher.h").read_text()
+    launcher = {int(i): kind.lower() for kind, i in re.findall(r"DIT_TRITON_FP4_(\w+) = (\d)", header)}
+    assert [launcher[i] for i in sorted(launcher)] == list(EXPONENTS) == list(FP4_KINDS) == list(ENUMS["weight_format"])
+
+
 def test_embed_refuses_a_folder_without_a_manifest(tmp_path):
     from exporter.kernels.embed import embed
 
@@ -226,7 +236,7 @@ def _library(built: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(built / "libdit_export_triton.so"))
     p, i32 = ctypes.c_void_p, ctypes.c_int32
     lib.ditTritonInt8Gemm.argtypes = [p, p, p, p, p, p, p, i32, i32, i32, i32, i32, p]
-    lib.ditTritonFp8Gemm.argtypes = [p, p, p, p, p, p, p, i32, i32, i32, i32, p]
+    lib.ditTritonFp8Gemm.argtypes = [p, p, p, p, p, p, p, i32, i32, i32, i32, i32, p]
     lib.ditTritonVqGemm.argtypes = [p, p, p, p, p, i32, i32, i32, i32, p]
     lib.ditTritonQuantizeRows.argtypes = [p, p, p, p, p, i32, i32, i32, i32, p]
     for name in ("ditTritonInt8Gemm", "ditTritonFp8Gemm", "ditTritonVqGemm", "ditTritonQuantizeRows",
@@ -312,5 +322,5 @@ def test_launches_match_the_python_wrappers_on_a_gpu(built):
             a, a_scale = quantize_rows(x, "fp8")
             w8 = (torch.randn(n, k, device="cuda", generator=g) * 50).to(torch.float8_e4m3fn)
             assert lib.ditTritonFp8Gemm(ptr(a), ptr(a_scale), ptr(w8), None, ptr(w_scale), ptr(bias), ptr(y), m, n, k,
-                                        8, stream) == 0, lib.ditTritonLastError()
+                                        8, 0, stream) == 0, lib.ditTritonLastError()
             same(y, fp8_gemm(a, a_scale, Fp8Weights(w8, w_scale), bias), f"fp8 M={m}")

@@ -25,12 +25,12 @@ from exporter.kernels.layout import ALIGNMENT, FP4_GROUP, K_STEP
 from exporter.kernels.linear import PackedLayouts
 from exporter.kernels.tiles import LARGE_TILES_ABOVE, Tiles, gemm_tiles
 from exporter.kernels.vq_gemm import VQ_BLOCK_K, vq_gemm_kernel
-from exporter.quant.fp4_groups import e4m3_byte_table
+from exporter.quant.fp4_groups import EXPONENTS, e4m3_byte_table
 
 ALL_ARCHS = (80, 89, 90)
 FP8_ARCHS = (89, 90)  # FP8 tensor cores: Ada and Hopper
 ALIGNED = ("N", "K")  # integer arguments compiled as multiples of ALIGNMENT
-FP4_KIND = "e2m1"  # the FP4 format the FP8 variants decode (and the activation quantizer writes)
+FP4_KINDS = tuple(EXPONENTS)  # an FP8 variant per FP4 weight format: the decode table is compiled in
 
 GEMM_POINTERS = {"a_ptr": "*i8", "a_scale_ptr": "*fp32", "w_ptr": "*u8", "factor_ptr": "*u8", "w_scale_ptr": "*fp32",
                  "bias_ptr": "*fp32", "y_ptr": "*fp16"}
@@ -75,7 +75,7 @@ def _gemm(name: str, family: str, kernel, pointers: dict[str, str], constants: d
 # The variants' tiles: "large" for more rows than LARGE_TILES_ABOVE, "small" for fewer; K step K_STEP
 # (DiT widths are multiples of 128; 4-bit weights need the step to divide K).
 TILES = {"large": gemm_tiles(LARGE_TILES_ABOVE + 1, K_STEP), "small": gemm_tiles(1, K_STEP)}
-AOT_LAYOUTS = PackedLayouts(K_STEP, (FP4_KIND,))  # the 4-bit layouts the plugins' kernels take
+AOT_LAYOUTS = PackedLayouts(K_STEP, FP4_KINDS)  # the 4-bit layouts the plugins' kernels take
 
 
 def _variants() -> list[KernelVariant]:
@@ -92,11 +92,11 @@ def _variants() -> list[KernelVariant]:
             if size == "small":  # FP activations (adaLN's modulation): M is the batch
                 out.append(_gemm(f"int8_gemm.w{bits}.a16.{size}", "fp16", int8_gemm_kernel,
                                  weights | {"a_ptr": "*fp16"}, {"W4": bits == 4, "A_FP16": True}, tiles, ALL_ARCHS))
-            weights = {"w_ptr": "*fp8e4nv"} if bits == 8 else {}
-            out.append(_gemm(f"fp8_gemm.{'w8' if bits == 8 else 'fp4'}.{size}", "fp8", fp8_gemm_kernel,
-                             fp8_pointers | weights,
-                             {"W4": bits == 4, "TABLE": e4m3_byte_table(FP4_KIND), "FP4_PTX": fp4_ptx(FP4_KIND)},
-                             tiles, FP8_ARCHS))
+            for kind in FP4_KINDS if bits == 4 else FP4_KINDS[:1]:  # E4M3 weights: the table is unused
+                name = f"fp8_gemm.fp4.{kind}.{size}" if bits == 4 else f"fp8_gemm.w8.{size}"
+                out.append(_gemm(name, "fp8", fp8_gemm_kernel, fp8_pointers | ({"w_ptr": "*fp8e4nv"} if bits == 8 else {}),
+                                 {"W4": bits == 4, "TABLE": e4m3_byte_table(kind), "FP4_PTX": fp4_ptx(kind)},
+                                 tiles, FP8_ARCHS))
             if size == "small" and bits == 8:  # E4M3 weights (FP4's operands) with FP activations: FP16 MMA, sm_89+
                 out.append(_gemm("fp8_gemm.w8.a16.small", "fp16", int8_gemm_kernel,
                                  GEMM_POINTERS | {"a_ptr": "*fp16", "w_ptr": "*fp8e4nv"}, {"W4": False, "A_FP16": True},

@@ -22,13 +22,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from exporter.kernels.layout import ALIGNMENT, FP4_GROUP, K_STEP, SPAN
+from exporter.quant.fp4_groups import EXPONENTS
 
 NAMESPACE = "dit_export"
 DOMAIN = "dit_export"  # ONNX domain of the plugin nodes and of their reference functions
 VERSION = "2"
 
 # The values of the string fields, in the order of their C++ enums; a contract may allow fewer.
-ENUMS = {"act_mode": ("none", "static", "dynamic"), "act_format": ("none", "int8", "fp4e2m1")}
+ENUMS = {"act_mode": ("none", "static", "dynamic"), "act_format": ("none", "int8", "fp4e2m1"),
+         "weight_format": tuple(EXPONENTS)}
 NONZERO = "nonzero"
 
 
@@ -200,14 +202,16 @@ FP4_GEMM = PluginContract(
     "FP16 activations (the E4M3 operands converted to FP16 on int8_gemm's FP16 path, sm_89 or newer).",
     _SHAPE_FIELDS + (
         _WEIGHT_BITS,
+        Field("weight_format", "the FP4 format of the weights (E2M1, E3M0, E1M2: HQ-DiT's choice per layer), the "
+              "table its 4-bit codes are decoded by", ENUMS["weight_format"]),
         Field("act_mode", "none: FP16 x as it is; dynamic: per token, from the token itself", ("none", "dynamic")),
         Field("act_format", f"fp4e2m1 (fine groups of {FP4_GROUP} channels) or none", ("none", "fp4e2m1")),
         _HAS_BIAS),
     (_X,
-     Port("weight", "INT8", "[N, K] or [N, K / 2]", "weight_bits 8: the E4M3 operands v 2^t [N, K]; 4: the E2M1 codes "
+     Port("weight", "INT8", "[N, K] or [N, K / 2]", "weight_bits 8: the E4M3 operands v 2^t [N, K]; 4: the FP4 codes "
           f"(sign << 3 | magnitude index) [N, K / 2], {_CHUNKS}"),
-     Port("weight_offset", "INT8", f"[N, K / {SPAN}]", f"weight_bits 4: t - t_min (t_min = -5 for E2M1) of each {SPAN} "
-          "channels", ("weight_bits", (4,))),
+     Port("weight_offset", "INT8", f"[N, K / {SPAN}]", f"weight_bits 4: t - t_min of each {SPAN} channels (t_min of "
+          "the weight format: " + ", ".join(f"{k} {t[0]}" for k, t in EXPONENTS.items()) + ")", ("weight_bits", (4,))),
      _WEIGHT_SCALE,
      _BIAS),
     _Y,

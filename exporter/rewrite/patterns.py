@@ -359,8 +359,10 @@ def _plugin_weights(layer: str, w: WeightMatch, act_kind: str) -> tuple[PluginCo
         weights = kernel_weights(w.scalar, act_kind, AOT_LAYOUTS)
     except UserError as e:
         raise NotReplaced(str(e)) from None
-    contract = FP4_GEMM if isinstance(w.scalar.fmt, Fp4Format) else INT_GEMM
-    return contract, {**shape, "weight_bits": 4 if weights.four_bit else 8}, _scalar_inputs(weights)
+    fields = {**shape, "weight_bits": 4 if weights.four_bit else 8}
+    if isinstance(w.scalar.fmt, Fp4Format):
+        return FP4_GEMM, {**fields, "weight_format": w.scalar.fmt.kind}, _scalar_inputs(weights)
+    return INT_GEMM, fields, _scalar_inputs(weights)
 
 
 def match_gemm(matmul: gs.Node, inits: Initializers) -> GemmMatch:

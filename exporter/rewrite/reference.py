@@ -14,7 +14,7 @@ Triton kernels compute on the contract's layouts (exporter/rewrite/contract.py),
                    INT8 operands      q f                  (weight_bits 8)
                    INT4 chunks        q * factor per span  (weight_bits 4)
                    E4M3 operands      v 2^t                (weight_bits 8, FP4 weights)
-                   E2M1 chunks        v * 2^(t_min + offset per span)  (weight_bits 4)
+                   FP4 chunks         v * 2^(t_min + offset per span)  (weight_bits 4; t_min of the format)
                    codebook           codebook[indices[n, s]]
     y            act(x) W^T + b -> FLOAT16
 
@@ -34,7 +34,7 @@ from exporter.export.fp4_graph import decode_table, expand_blocked, fake_quantiz
 from exporter.export.graph_builder import Builder, float_tensor, int64_tensor, onnx_quant_type
 from exporter.export.qdq import dynamic_scale, fine_group_scale, static_activation
 from exporter.kernels.layout import FP4_GROUP, SPAN
-from exporter.kernels.variants import FP4_KIND
+from exporter.quant import fp4_fine_groups
 from exporter.quant.fp4 import Fp4Format
 from exporter.quant.fp4_groups import EXPONENTS
 from exporter.quant.primitives import IntFormat
@@ -92,8 +92,9 @@ def _operand(b: Builder, contract: PluginContract, f: dict) -> str:
         table = b.const(float_tensor(b.name("e4m3_values"), _e4m3_values()))
         return b.node("Gather", [table, _unsigned(b, "weight")])
     if contract is FP4_GEMM:
-        values = b.const(float_tensor(b.name("fp4_values"), decode_table(Fp4Format(FP4_KIND))))
-        t_min, t_max = EXPONENTS[FP4_KIND]
+        kind = f["weight_format"]
+        values = b.const(float_tensor(b.name("fp4_values"), decode_table(Fp4Format(kind))))
+        t_min, t_max = EXPONENTS[kind]
         steps = b.const(float_tensor(b.name("pow2"), np.exp2(np.arange(t_min, t_max + 1)).astype(np.float32)))
         scale = b.node("Gather", [steps, _per_span(b, _unsigned(b, "weight_offset"), n, k)])
         return b.node("Mul", [b.node("Gather", [values, _chunk_codes(b, "weight", n, k, signed=False)]), scale])
@@ -117,7 +118,7 @@ def _activation(b: Builder, x: str, f: dict) -> str:
     if mode == "none":
         return x
     if f["act_format"] == "fp4e2m1":
-        fmt = Fp4Format(FP4_KIND)
+        fmt = fp4_fine_groups.FORMAT
         scale = fine_group_scale(b, x, FP4_GROUP, k)
         return fake_quantize(b, x, expand_blocked(b, scale, x, -1, FP4_GROUP), fmt)
     if mode == "static":

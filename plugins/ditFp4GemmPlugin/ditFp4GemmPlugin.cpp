@@ -3,6 +3,19 @@
 namespace dit_export
 {
 
+namespace
+{
+static_assert(static_cast<int32_t>(WeightFormat::kE2m1) == DIT_TRITON_FP4_E2M1
+        && static_cast<int32_t>(WeightFormat::kE3m0) == DIT_TRITON_FP4_E3M0
+        && static_cast<int32_t>(WeightFormat::kE1m2) == DIT_TRITON_FP4_E1M2,
+    "the contract's weight formats are the launcher's FP4 formats, in one order");
+
+int32_t fp4Format(DitFp4GemmFields const& f)
+{
+    return static_cast<int32_t>(f.weight_format);
+}
+} // namespace
+
 std::string DitFp4GemmSpec::checkShapes(Fields const& f, Inputs const& in, nvinfer1::Dims const* dims)
 {
     std::string const common = checkCommonShapes(f, in, dims);
@@ -23,7 +36,7 @@ int32_t DitFp4GemmSpec::run(Fields const& f, Inputs const& in, GemmLaunch const&
     if (f.act_mode == ActMode::kNone)  // FP16 activations: a NULL activation scale
     {
         return ditTritonFp8Gemm(launch.x, nullptr, w, offset, scale, launch.bias, launch.y, m, f.out_features,
-            f.in_features, f.weight_bits, launch.stream);
+            f.in_features, f.weight_bits, fp4Format(f), launch.stream);
     }
     void* const codes = launch.space.codes(launch.workspace);
     float* const rowScale = launch.space.scales(launch.workspace);
@@ -32,7 +45,7 @@ int32_t DitFp4GemmSpec::run(Fields const& f, Inputs const& in, GemmLaunch const&
     if (status == DIT_TRITON_SUCCESS)
     {
         status = ditTritonFp8Gemm(codes, rowScale, w, offset, scale, launch.bias, launch.y, m, f.out_features,
-            f.in_features, f.weight_bits, launch.stream);
+            f.in_features, f.weight_bits, fp4Format(f), launch.stream);
     }
     return status;
 }

@@ -468,13 +468,13 @@ extern "C" int32_t ditTritonInt8Gemm(void const* a, float const* aScale, void co
 
 extern "C" int32_t ditTritonFp8Gemm(void const* a, float const* aScale, void const* w, uint8_t const* offset,
     float const* wScale, float const* bias, void* y, int32_t m, int32_t n, int32_t k, int32_t weightBits,
-    DitTritonStream stream)
+    int32_t fp4Format, DitTritonStream stream)
 {
     return guarded([&]() -> int32_t {
         LaunchPlan plan;
         std::string why;
         DitTritonStatus const planned
-            = planFp8Gemm(a, aScale, w, offset, wScale, bias, y, m, n, k, weightBits, plan, why);
+            = planFp8Gemm(a, aScale, w, offset, wScale, bias, y, m, n, k, weightBits, fp4Format, plan, why);
         return run(planned, why, plan, stream);
     });
 }

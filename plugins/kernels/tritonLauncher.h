@@ -101,18 +101,28 @@ int32_t ditTritonInt8Gemm(void const* a,          // int8 [M, K] (ACT_INT8) or f
                           int32_t activation,     // DitTritonActivation
                           DitTritonStream stream);
 
+// FP4 weight formats of the FP8 family, in the order of exporter/quant/fp4_groups.py's EXPONENTS (a test
+// checks it): each has its own ahead-of-time variants, whose E4M3 byte table is compiled in.
+typedef enum
+{
+    DIT_TRITON_FP4_E2M1 = 0,
+    DIT_TRITON_FP4_E3M0 = 1,
+    DIT_TRITON_FP4_E1M2 = 2
+} DitTritonFp4Format;
+
 // exporter/kernels/fp8_gemm.py (sm_89 and newer):  y = (a @ w^T) * a_scale[m] * w_scale[n] + bias[n]
 // With aScale NULL, a is float16 and the weights E4M3 (weightBits 8): y = (a @ w^T) * w_scale[n] + bias[n]
 // on int8_gemm's FP16-activation path (the E4M3 operands of FP4 weights with FP activations).
 int32_t ditTritonFp8Gemm(void const* a,          // float8_e4m3fn [M, K]; float16 [M, K] when aScale is NULL
                          float const* aScale,    // float32 [M], or NULL (float16 a)
-                         void const* w,          // weightBits 8: float8_e4m3fn [N, K]; 4: FP4 E2M1 uint8 [N, K / 2] chunk layout
+                         void const* w,          // weightBits 8: float8_e4m3fn [N, K]; 4: FP4 uint8 [N, K / 2] chunk layout
                          uint8_t const* offset,  // weightBits 4: uint8 [N, K / 32], exponent t - t_min; 8: NULL
                          float const* wScale,    // float32 [N]
                          float const* bias,      // float32 [N]
                          void* y,                // float16 [M, N]
                          int32_t m, int32_t n, int32_t k,
-                         int32_t weightBits,     // 8 (E4M3) or 4 (FP4 E2M1; K a multiple of the K step, 128)
+                         int32_t weightBits,     // 8 (E4M3) or 4 (FP4; K a multiple of the K step, 128)
+                         int32_t fp4Format,      // weightBits 4: DitTritonFp4Format of the codes; 8: ignored
                          DitTritonStream stream);
 
 // exporter/kernels/vq_gemm.py:  y = a @ W^T + bias[n], W[n, s D + j] = codebook[indices[n, s], j]

@@ -259,15 +259,20 @@ DitTritonStatus planInt8Gemm(void const* a, float const* aScale, void const* w, 
 
 DitTritonStatus planFp8Gemm(void const* a, float const* aScale, void const* w, uint8_t const* offset,
     float const* wScale, float const* bias, void* y, int32_t m, int32_t n, int32_t k, int32_t weightBits,
-    LaunchPlan& plan, std::string& why)
+    int32_t fp4Format, LaunchPlan& plan, std::string& why)
 {
     static char const* const kFunction = "ditTritonFp8Gemm";
+    static char const* const kFp4Formats[] = {"e2m1", "e3m0", "e1m2"};  // DitTritonFp4Format
     plan = LaunchPlan{};
     bool const fp16 = aScale == nullptr;  // float16 activations: int8_gemm's FP16 path on E4M3 weights
     if (weightBits != 8 && weightBits != 4)
     {
-        return invalid(kFunction, "weightBits must be 8 (E4M3) or 4 (FP4 E2M1), not " + std::to_string(weightBits),
-            why);
+        return invalid(kFunction, "weightBits must be 8 (E4M3) or 4 (FP4), not " + std::to_string(weightBits), why);
+    }
+    if (weightBits == 4 && (fp4Format < DIT_TRITON_FP4_E2M1 || fp4Format > DIT_TRITON_FP4_E1M2))
+    {
+        return invalid(kFunction, "fp4Format must be a DitTritonFp4Format (0 E2M1, 1 E3M0, 2 E1M2), not "
+                + std::to_string(fp4Format), why);
     }
     if (fp16 && weightBits != 8)
     {
@@ -278,7 +283,8 @@ DitTritonStatus planFp8Gemm(void const* a, float const* aScale, void const* w, u
         return status;
     }
     plan.variant = fp16 ? embeddedVariant("fp8_gemm.w8.a16.small")
-                        : tiledVariant(weightBits == 8 ? "fp8_gemm.w8" : "fp8_gemm.fp4", m);
+                        : tiledVariant(weightBits == 8 ? std::string("fp8_gemm.w8")
+                                                       : std::string("fp8_gemm.fp4.") + kFp4Formats[fp4Format], m);
     setShape(plan, m, n, k);
     if (DitTritonStatus const status = checkVariant(kFunction, plan, why))
     {

@@ -61,7 +61,7 @@ DitTritonStatus planInt8Gemm(void const* a, float const* aScale, void const* w, 
     int32_t activation, LaunchPlan& plan, std::string& why);
 DitTritonStatus planFp8Gemm(void const* a, float const* aScale, void const* w, uint8_t const* offset,
     float const* wScale, float const* bias, void* y, int32_t m, int32_t n, int32_t k, int32_t weightBits,
-    LaunchPlan& plan, std::string& why);
+    int32_t fp4Format, LaunchPlan& plan, std::string& why);
 DitTritonStatus planVqGemm(void const* a, uint8_t const* indices, void const* codebook, float const* bias, void* y,
     int32_t m, int32_t n, int32_t k, int32_t dim, LaunchPlan& plan, std::string& why);
 DitTritonStatus planQuantizeRows(void const* x, void* codes, float* scale, float const* table, int64_t const* bucket,

@@ -127,6 +127,7 @@ int main()
     DitFp4GemmPluginCreator fp4Creator;
     auto* fp4 = create(fp4Creator, {{"in_features", &k, PluginFieldType::kINT32, 1},
         {"out_features", &n, PluginFieldType::kINT32, 1}, {"weight_bits", &four, PluginFieldType::kINT32, 1},
+        {"weight_format", "e1m2", PluginFieldType::kCHAR, 5},
         {"act_mode", "dynamic", PluginFieldType::kCHAR, 8}, {"act_format", "fp4e2m1", PluginFieldType::kCHAR, 8},
         {"has_bias", &one, PluginFieldType::kINT32, 1}});
     report("fp4 w4 dynamic", fp4,

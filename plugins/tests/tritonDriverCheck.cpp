@@ -148,7 +148,7 @@ void otherDevices()
     // Ampere has no FP8 kernels.
     device(4, 8, 6);
     CHECK(ditTritonFp8Gemm(at<void const>(0x100000), at<float const>(0x200000), at<void const>(0x300000), nullptr,
-              at<float const>(0x500000), at<float const>(0x600000), at<void>(0x700000), 64, 64, 64, 8, kStream)
+              at<float const>(0x500000), at<float const>(0x600000), at<void>(0x700000), 64, 64, 64, 8, 0, kStream)
         == DIT_TRITON_NO_KERNEL);
     CHECK(std::strstr(ditTritonLastError(), "no image of fp8_gemm.w8.small runs on compute capability 8.6")
         != nullptr);

@@ -215,25 +215,37 @@ void otherPlanChecks()
     auto const bias = floats(0x6000);
     void* const y = reinterpret_cast<void*>(0x7000);
 
-    CHECK(planFp8Gemm(a, aScale, w, nullptr, wScale, bias, y, 512, 64, 64, 8, plan, why) == DIT_TRITON_SUCCESS
+    CHECK(planFp8Gemm(a, aScale, w, nullptr, wScale, bias, y, 512, 64, 64, 8, 7, plan, why) == DIT_TRITON_SUCCESS
         && std::strcmp(plan.variant, "fp8_gemm.w8.large") == 0
         && names(plan) == "a_ptr,a_scale_ptr,w_ptr,offset_ptr,w_scale_ptr,bias_ptr,y_ptr,M,N,K"
         && plan.params[3].address == 0x5000);
-    CHECK(planFp8Gemm(a, aScale, w, offset, wScale, bias, y, 16, 64, 128, 4, plan, why) == DIT_TRITON_SUCCESS
-        && std::strcmp(plan.variant, "fp8_gemm.fp4.small") == 0 && plan.kStepDividesK
+    CHECK(planFp8Gemm(a, aScale, w, offset, wScale, bias, y, 16, 64, 128, 4, DIT_TRITON_FP4_E2M1, plan, why)
+            == DIT_TRITON_SUCCESS
+        && std::strcmp(plan.variant, "fp8_gemm.fp4.e2m1.small") == 0 && plan.kStepDividesK
         && plan.params[3].address == 0x4000);
-    CHECK(planFp8Gemm(a, aScale, w, nullptr, wScale, bias, y, 16, 64, 128, 4, plan, why) == DIT_TRITON_INVALID_ARGUMENT
+    CHECK(planFp8Gemm(a, aScale, w, offset, wScale, bias, y, 512, 64, 128, 4, DIT_TRITON_FP4_E1M2, plan, why)
+            == DIT_TRITON_SUCCESS
+        && std::strcmp(plan.variant, "fp8_gemm.fp4.e1m2.large") == 0);
+    CHECK(planFp8Gemm(a, aScale, w, offset, wScale, bias, y, 16, 64, 128, 4, DIT_TRITON_FP4_E3M0, plan, why)
+            == DIT_TRITON_SUCCESS
+        && std::strcmp(plan.variant, "fp8_gemm.fp4.e3m0.small") == 0);
+    CHECK(planFp8Gemm(a, aScale, w, offset, wScale, bias, y, 16, 64, 128, 4, 3, plan, why)
+            == DIT_TRITON_INVALID_ARGUMENT
+        && why.find("fp4Format must be") != std::string::npos);
+    CHECK(planFp8Gemm(a, aScale, w, nullptr, wScale, bias, y, 16, 64, 128, 4, 0, plan, why)
+            == DIT_TRITON_INVALID_ARGUMENT
         && why.find("offset is NULL") != std::string::npos);
-    CHECK(planFp8Gemm(a, aScale, w, offset, wScale, bias, y, 16, 64, 128, 8, plan, why) == DIT_TRITON_INVALID_ARGUMENT
+    CHECK(planFp8Gemm(a, aScale, w, offset, wScale, bias, y, 16, 64, 128, 8, 0, plan, why)
+            == DIT_TRITON_INVALID_ARGUMENT
         && why.find("offset must be NULL") != std::string::npos);
-    CHECK(planFp8Gemm(a, aScale, w, nullptr, wScale, bias, y, 16, 64, 128, 16, plan, why)
+    CHECK(planFp8Gemm(a, aScale, w, nullptr, wScale, bias, y, 16, 64, 128, 16, 0, plan, why)
         == DIT_TRITON_INVALID_ARGUMENT);
     // float16 activations (aScale NULL) on E4M3 weights: int8_gemm's FP16 path, whatever M
-    CHECK(planFp8Gemm(a, nullptr, w, nullptr, wScale, bias, y, 512, 64, 128, 8, plan, why) == DIT_TRITON_SUCCESS
+    CHECK(planFp8Gemm(a, nullptr, w, nullptr, wScale, bias, y, 512, 64, 128, 8, 0, plan, why) == DIT_TRITON_SUCCESS
         && std::strcmp(plan.variant, "fp8_gemm.w8.a16.small") == 0
         && names(plan) == "a_ptr,a_scale_ptr,w_ptr,factor_ptr,w_scale_ptr,bias_ptr,y_ptr,M,N,K"
         && plan.params[1].address == 0x5000 && plan.params[3].address == 0x5000);
-    CHECK(planFp8Gemm(a, nullptr, w, offset, wScale, bias, y, 16, 64, 128, 4, plan, why)
+    CHECK(planFp8Gemm(a, nullptr, w, offset, wScale, bias, y, 16, 64, 128, 4, 0, plan, why)
             == DIT_TRITON_INVALID_ARGUMENT
         && why.find("aScale NULL") != std::string::npos);
 

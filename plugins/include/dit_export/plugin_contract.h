@@ -72,6 +72,27 @@ inline char const* toString(ActFormat value)
     return "";
 }
 
+enum class WeightFormat : int32_t { kE2m1 = 0, kE3m0 = 1, kE1m2 = 2 };
+
+inline bool parseWeightFormat(std::string_view text, WeightFormat& out)
+{
+    if (text == "e2m1") { out = WeightFormat::kE2m1; return true; }
+    if (text == "e3m0") { out = WeightFormat::kE3m0; return true; }
+    if (text == "e1m2") { out = WeightFormat::kE1m2; return true; }
+    return false;
+}
+
+inline char const* toString(WeightFormat value)
+{
+    switch (value)
+    {
+    case WeightFormat::kE2m1: return "e2m1";
+    case WeightFormat::kE3m0: return "e3m0";
+    case WeightFormat::kE1m2: return "e1m2";
+    }
+    return "";
+}
+
 // ---- DitIntGemm ----
 // INT8 or INT4 weights with a float scale per output channel (INT4: times an integer factor 1..16
 // per group, two-level scales), INT8 activations with one scale per token (static per timestep
@@ -278,9 +299,9 @@ struct DitFp4GemmInfo
     static constexpr char const* kNamespace = "dit_export";
     // Compute capability (major * 10 + minor) the plugin's kernels need at least.
     static constexpr int32_t kMinArch = 89;
-    static constexpr int32_t kNbFields = 6;
-    static constexpr char const* kFieldNames[kNbFields] = {"in_features", "out_features", "weight_bits", "act_mode", "act_format", "has_bias"};
-    static constexpr FieldType kFieldTypes[kNbFields] = {FieldType::kInt32, FieldType::kInt32, FieldType::kInt32, FieldType::kChar, FieldType::kChar, FieldType::kInt32};
+    static constexpr int32_t kNbFields = 7;
+    static constexpr char const* kFieldNames[kNbFields] = {"in_features", "out_features", "weight_bits", "weight_format", "act_mode", "act_format", "has_bias"};
+    static constexpr FieldType kFieldTypes[kNbFields] = {FieldType::kInt32, FieldType::kInt32, FieldType::kInt32, FieldType::kChar, FieldType::kChar, FieldType::kChar, FieldType::kInt32};
     static constexpr int32_t kMaxInputs = 5;
     static constexpr char const* kInputNames[kMaxInputs] = {"x", "weight", "weight_offset", "weight_scale", "bias"};
     static constexpr PortType kInputTypes[kMaxInputs] = {PortType::kFloat16, PortType::kInt8, PortType::kInt8, PortType::kFloat32, PortType::kFloat32};
@@ -297,6 +318,9 @@ struct DitFp4GemmFields
     // 4: the packed layout (K a multiple of the kernels' K step, 128); 8: one byte per weight: one
     // of 4, 8
     int32_t weight_bits{};
+    // the FP4 format of the weights (E2M1, E3M0, E1M2: HQ-DiT's choice per layer), the table its
+    // 4-bit codes are decoded by: one of e2m1, e3m0, e1m2
+    WeightFormat weight_format{};
     // none: FP16 x as it is; dynamic: per token, from the token itself: one of none, dynamic
     ActMode act_mode{};
     // fp4e2m1 (fine groups of 32 channels) or none: one of none, fp4e2m1
@@ -346,12 +370,20 @@ inline std::string parseDitFp4GemmFields(FieldView const* entries, int32_t count
             seen[2] = true;
             continue;
         }
+        if (name == "weight_format")
+        {
+            if (e.type != FieldType::kChar || !(e.text() == "e2m1" || e.text() == "e3m0" || e.text() == "e1m2")
+                || !parseWeightFormat(e.text(), out.weight_format))
+                return "DitFp4Gemm: field weight_format must be one of e2m1, e3m0, e1m2";
+            seen[3] = true;
+            continue;
+        }
         if (name == "act_mode")
         {
             if (e.type != FieldType::kChar || !(e.text() == "none" || e.text() == "dynamic")
                 || !parseActMode(e.text(), out.act_mode))
                 return "DitFp4Gemm: field act_mode must be one of none, dynamic";
-            seen[3] = true;
+            seen[4] = true;
             continue;
         }
         if (name == "act_format")
@@ -359,7 +391,7 @@ inline std::string parseDitFp4GemmFields(FieldView const* entries, int32_t count
             if (e.type != FieldType::kChar || !(e.text() == "none" || e.text() == "fp4e2m1")
                 || !parseActFormat(e.text(), out.act_format))
                 return "DitFp4Gemm: field act_format must be one of none, fp4e2m1";
-            seen[4] = true;
+            seen[5] = true;
             continue;
         }
         if (name == "has_bias")
@@ -370,7 +402,7 @@ inline std::string parseDitFp4GemmFields(FieldView const* entries, int32_t count
             if (v < 0 || !(v == 0 || v == 1))
                 return "DitFp4Gemm: field has_bias must be one of 0, 1";
             out.has_bias = v;
-            seen[5] = true;
+            seen[6] = true;
             continue;
         }
         return std::string("DitFp4Gemm: unknown field ") + std::string(name);
@@ -395,11 +427,12 @@ struct DitFp4GemmInputs
 {
     // FLOAT16 [..., K]: activations
     int32_t x{-1};
-    // INT8 [N, K] or [N, K / 2]: weight_bits 8: the E4M3 operands v 2^t [N, K]; 4: the E2M1 codes
+    // INT8 [N, K] or [N, K / 2]: weight_bits 8: the E4M3 operands v 2^t [N, K]; 4: the FP4 codes
     // (sign << 3 | magnitude index) [N, K / 2], K in chunks of 64, byte j of chunk c holding
     // channel 64 c + j in its low nibble and 64 c + 32 + j in its high one
     int32_t weight{-1};
-    // INT8 [N, K / 32]: weight_bits 4: t - t_min (t_min = -5 for E2M1) of each 32 channels
+    // INT8 [N, K / 32]: weight_bits 4: t - t_min of each 32 channels (t_min of the weight format:
+    // e2m1 -5, e3m0 -4, e1m2 -4)
     int32_t weight_offset{-1};
     // FLOAT [N]: the row scale s[n] of each output channel
     int32_t weight_scale{-1};
@@ -438,6 +471,7 @@ inline void visitDitFp4GemmFields(DitFp4GemmFields& f, Visitor&& visit)
     visit("in_features", f.in_features);
     visit("out_features", f.out_features);
     visit("weight_bits", f.weight_bits);
+    visit("weight_format", f.weight_format);
     visit("act_mode", f.act_mode);
     visit("act_format", f.act_format);
     visit("has_bias", f.has_bias);
