@@ -47,20 +47,21 @@ def _multipliers() -> tuple[float, ...]:
 
 MULTIPLIERS = _multipliers()
 REACH = float(np.float32(6 / 7))  # a group's maximum over its step lands at most at 7 = 6 + 1
+_MU, _REACH = torch.tensor(MULTIPLIERS), torch.tensor(REACH)
+_STEPS = _MU * 2.0 ** EXPONENTS[KIND][1]  # exact: m 2**t
 MANTISSAS = tuple(sorted({float(torch.frexp(torch.tensor(mu)).mantissa) * 2 for mu in MULTIPLIERS}))
 
 
 def group_levels(group_amax: torch.Tensor, row_amax: torch.Tensor) -> torch.Tensor:
     """j [R, G] int32: the index in MULTIPLIERS of the smallest multiplier >= amax(g) / amax(row) * 6/7
     (the last, smallest, when none is that small)."""
-    reach = group_amax.float() / row_amax.float().clamp_min(TINY)[:, None] * torch.tensor(REACH)
-    below = torch.tensor(MULTIPLIERS[1:])
-    return (below >= reach[..., None]).sum(-1).to(torch.int32)
+    reach = group_amax.float() / row_amax.float().clamp_min(TINY)[:, None] * _REACH.to(group_amax.device)
+    return (_MU[1:].to(group_amax.device) >= reach[..., None]).sum(-1).to(torch.int32)
 
 
 def steps(level: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """[R, G] float32: each group's scale s * (2**t_max * mu), the product rounded once as the kernel does."""
-    return s[:, None] * (torch.tensor(MULTIPLIERS) * 2.0 ** EXPONENTS[KIND][1])[level.long()]
+    return s[:, None] * _STEPS.to(s.device)[level.long()]
 
 
 def quantize(x: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -84,4 +85,5 @@ def dequantize(codes: torch.Tensor, level: torch.Tensor, s: torch.Tensor) -> tor
 
 def e4m3_operand(codes: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
     """The E4M3 operand bytes uint8 [R, K]: v * 2**t_max * mu, exactly (dequantize without s)."""
-    return dequantize(codes, level, torch.ones(len(codes))).to(torch.float8_e4m3fn).view(torch.uint8)
+    operand = dequantize(codes, level, torch.ones(len(codes), device=codes.device))
+    return operand.to(torch.float8_e4m3fn).view(torch.uint8)

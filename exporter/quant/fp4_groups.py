@@ -29,7 +29,8 @@ from __future__ import annotations
 import torch
 
 from exporter.quant.fp4 import FP4_FORMATS, MAGNITUDES, Fp4Format
-from exporter.quant.primitives import choose_qparams, fake_quantize, group_view, search_clip_ratio
+from exporter.quant.primitives import (choose_qparams, fake_quantize, first_valid_candidate, group_view,
+                                      search_clip_ratio)
 
 # (t_min, t_max): every nonzero magnitude times 2**t lies in E4M3's normal range [2**-6, 448].
 EXPONENTS = {"e2m1": (-5, 6), "e3m0": (-4, 4), "e1m2": (-4, 8)}
@@ -176,10 +177,7 @@ def split_pow2(w_scale: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Te
     valid = ((s > 0) & torch.isfinite(s) & (s.double() * torch.exp2(tops) == p.amax(1, keepdim=True))
              & ((mantissa == 0.5) & (t >= t_min) & (t <= t_max)).all(-1)
              & (s[:, :, None] * torch.exp2(t.float()) == w_scale[:, None, :]).all(-1))
-    if not bool(valid.any(1).all()):
-        rows = (~valid.any(1)).nonzero().flatten()
-        raise ValueError(f"scales are not FP4 power-of-two groups (s * 2**t, t in {t_min}..{t_max} for {kind}): "
-                         f"{len(rows)} of {len(p)} rows, first row {int(rows[0])}")
-    pick = valid.int().argmax(1)  # first valid: the largest t of the row's largest scale
+    what = f"FP4 power-of-two groups (s * 2**t, t in {t_min}..{t_max} for {kind})"
+    pick = first_valid_candidate(valid, what)  # the largest t of the row's largest scale
     rows = torch.arange(len(p))
     return s[rows, pick], t[rows, pick].to(torch.int32)

@@ -202,3 +202,13 @@ def sqnr_db(reference: torch.Tensor, approximation: torch.Tensor) -> float:
     if noise == 0:
         return math.inf
     return float(20 * torch.log10(reference.double().norm() / noise))
+
+
+def first_valid_candidate(valid: torch.Tensor, what: str) -> torch.Tensor:
+    """Per row of ``valid`` [N, C], the index of its first True candidate; ValueError naming ``what``
+    (the grid the scales are not on) and the rows with none."""
+    if not bool(valid.any(1).all()):
+        rows = (~valid.any(1)).nonzero().flatten()
+        raise ValueError(f"scales are not {what}: {len(rows)} of {len(valid)} rows, first row {int(rows[0])}")
+    return valid.int().argmax(1)
+

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from exporter.quant.primitives import IntFormat, choose_qparams, group_view, search_clip_ratio
+from exporter.quant.primitives import IntFormat, choose_qparams, first_valid_candidate, group_view, search_clip_ratio
 
 INT4_GROUP_FACTORS = (1, 16)  # smallest and largest integer group factor f
 CLEARED_BITS = 5  # f <= 16 = 2^4 needs 5 bits: s keeps 24 - 5 = 19 significant bits
@@ -89,11 +89,8 @@ def split_two_level(w_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     valid = ((clear_low_mantissa(s) == s) & (s > 0)
              & ((f == f.round()) & (f >= lo) & (f <= hi)).all(-1)
              & (s.double()[:, :, None] * f.round() == p[:, None, :]).all(-1))
-    if not bool(valid.any(1).all()):
-        rows = (~valid.any(1)).nonzero().flatten()
-        raise ValueError(f"scales are not two-level (s * f, f in {lo}..{hi}, s with {CLEARED_BITS} low mantissa "
-                         f"bits cleared): {len(rows)} of {len(p)} rows, first row {int(rows[0])}")
-    pick = valid.int().argmax(1)  # first valid: the largest factor of the row's largest scale
+    what = f"two-level (s * f, f in {lo}..{hi}, s with {CLEARED_BITS} low mantissa bits cleared)"
+    pick = first_valid_candidate(valid, what)  # the largest factor of the row's largest scale
     rows = torch.arange(len(p))
     return s[rows, pick], f[rows, pick].round().long()
 
