@@ -12,6 +12,8 @@ from exporter.quant.checkpoint import load_checkpoint, save_checkpoint
 from exporter.quant.dilation import DILATED_INPUTS, channel_maxima, dilate_block
 from exporter.quant.quantize import quantize_model
 from exporter.quant.recipes import get_recipe
+from exporter.quant.two_level import split_two_level
+from exporter.quant.two_level_activations import ACT_GROUP_FACTORS
 
 
 def _inputs(calib, n=32):
@@ -77,6 +79,23 @@ def test_w4a4_round_trips_through_the_checkpoint_and_exports(tiny, calib, tmp_pa
         assert torch.equal(loaded.transformer(x, t, y).sample, qdit.transformer(x, t, y).sample)
     result = run_export(loaded, tiny.transformer, tmp_path, calib.timesteps[:3])
     assert result["qdq_vs_simulated"]["max_abs"] < 1e-3 * result["qdq_vs_simulated"]["reference_max_abs"]
+
+
+def test_distilled_two_level_scales_stay_on_the_grid(tiny, calib):
+    """w4a4's activation scales, trained through their projection, end on the two-level grid (and
+    differ from the undistilled ones: the training moved them)."""
+    recipe = get_recipe("w4a4").with_overrides(dilation=False)
+    plain = quantize_model(tiny.transformer, recipe.with_overrides(kd_iterations=0), calib, 1000, progress=False)
+    distilled = quantize_model(tiny.transformer, recipe.with_overrides(kd_iterations=20), calib, 1000, progress=False)
+    moved = 0
+    for name, layer in distilled.quant_linears().items():
+        if layer.act is None:
+            continue
+        assert layer.act.two_level
+        s, f = split_two_level(layer.act.scale, ACT_GROUP_FACTORS)
+        assert torch.equal(s[:, None] * f.float(), layer.act.scale)
+        moved += int(not torch.equal(layer.act.scale, plain.quant_linears()[name].act.scale))
+    assert moved > 0
 
 
 def test_distillation_needs_static_integer_activations():

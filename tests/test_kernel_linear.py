@@ -34,7 +34,7 @@ def _batch(calib):
     return calib.x[:16], calib.t[:16], calib.y[:16]
 
 
-@pytest.mark.parametrize("precision", ["w4a8", "w8a8", "fp4", "vq2-a8", "vq2"])
+@pytest.mark.parametrize("precision", ["w4a8", "w8a8", "w4a4", "fp4", "vq2-a8", "vq2"])
 def test_kernels_compute_the_simulated_layers(wide, precision):
     """Each layer on the kernels, fed what its simulated twin was fed: the same codes, so the same
     output to float reordering; FP16 rounding where the activations stay FP (adaLN, VQ without A8)."""

@@ -21,15 +21,16 @@ from exporter.model_loading import load_dit
 from exporter.quant.calibration import collect_calibration_set
 from exporter.quant.packing import pack_int4
 from exporter.quant.quantize import quantize_model
-from exporter.quant.recipes import get_recipe
+from exporter.quant.recipes import DEPLOY_INSTEAD, get_recipe
+from exporter.quant.two_level_activations import kernel_tables
 from exporter.rewrite.contract import CONTRACTS, DOMAIN, FP4_GEMM, INT_GEMM
 from exporter.rewrite.header import HEADER, generate
 from exporter.rewrite.rewrite import check_deployable, rewrite_graph, run_rewrite
 from exporter.validate import run_rewrite_validation
 from tests.conftest import SAMPLER, save_tiny_pipeline
 
-PRECISIONS = ["w8a8", "w4a8", "w4a8-naive", "fp4", "vq3", "vq2"]  # the deployable ones
-REFERENCES = ["w4a4", "fp4-g32"]
+PRECISIONS = ["w8a8", "w4a8", "w4a8-naive", "w4a4", "fp4", "vq3", "vq2"]  # the deployable ones
+REFERENCES = ["w4a4-g32", "fp4-g32"]
 
 
 def _quantize(transformer, calib, precision, **overrides):
@@ -61,7 +62,7 @@ def wide_graphs(tmp_path_factory):
     wide = load_dit(str(save_tiny_pipeline(folder / "pipe", num_layers=1, attention_head_dim=64)))
     calib = collect_calibration_set(wide, SAMPLER, trajectories=1, seed=0, progress=False)
     graphs = {}
-    for precision, overrides in (("w4a8", {}), ("fp4", {})):
+    for precision, overrides in (("w4a8", {}), ("w4a4", {}), ("fp4", {})):
         qdit = _quantize(wide.transformer, calib, precision, **overrides)
         graphs[precision] = (write_onnx(qdq_onnx(qdit), folder / f"{precision}.qdq.onnx"), qdit, wide)
     return graphs
@@ -124,7 +125,7 @@ def _initializers(trt) -> dict[str, np.ndarray]:
     return {t.name: numpy_helper.to_array(t) for t in trt.graph.initializer}
 
 
-@pytest.mark.parametrize("precision", ["w4a8", "fp4"])
+@pytest.mark.parametrize("precision", ["w4a8", "w4a4", "fp4"])
 def test_plugin_inputs_are_the_kernels_operands_of_the_checkpoint(wide_graphs, precision):
     """Read back from the QDQ graph, the plugins' weights are byte for byte what the kernels'
     mapping (exporter/kernels/linear.py) makes of the calibrated layers, in the 4-bit layouts."""
@@ -152,7 +153,7 @@ def test_plugin_inputs_are_the_kernels_operands_of_the_checkpoint(wide_graphs, p
 def test_reference_precisions_get_no_plugins(qdq_graphs, precision):
     path, qdit = qdq_graphs[precision]
     with pytest.raises(UserError, match=f"precision {precision} is an accuracy reference with no plugin kernel: "
-                                        f"deploy fp4 instead") as e:
+                                        f"deploy {DEPLOY_INSTEAD[precision]} instead") as e:
         check_deployable(qdit.recipe)
     assert "\n" not in str(e.value)
     # The graph alone: no layer whose activations or scales no kernel takes becomes a plugin.
@@ -165,8 +166,8 @@ def test_reference_precisions_get_no_plugins(qdq_graphs, precision):
     assert len(result.not_replaced) >= len(with_act) > 0
 
 
-def test_static_tables_reach_the_plugins_unchanged(qdq_graphs):
-    path, qdit = qdq_graphs["w8a8"]
+def _static_plugin_inputs(path, qdit, act_format: str):
+    """For each layer with static activations: the layer and its plugin's inputs by port."""
     trt = rewrite_graph(onnx.load(str(path))).tensorrt
     tensors = _initializers(trt)
     nodes = {n.name.split(".MatMul")[0]: n for n in trt.graph.node if n.domain == DOMAIN}
@@ -174,10 +175,28 @@ def test_static_tables_reach_the_plugins_unchanged(qdq_graphs):
     assert static
     for name, layer in static.items():
         fields = _fields(nodes[name])
-        assert (fields["act_mode"], fields["act_format"]) == ("static", "int8")
+        assert (fields["act_mode"], fields["act_format"]) == ("static", act_format)
         ports = [p.name for p in INT_GEMM.present_inputs(fields)]
-        np.testing.assert_array_equal(tensors[nodes[name].input[ports.index("act_scale_table")]],
-                                      layer.act.scale.numpy())
+        inputs = dict(zip(ports, nodes[name].input))
+        yield layer, {port: tensors[tensor] for port, tensor in inputs.items() if tensor in tensors}
+
+
+def test_static_tables_reach_the_plugins_unchanged(qdq_graphs):
+    for layer, inputs in _static_plugin_inputs(*qdq_graphs["w8a8"], "int8"):
+        np.testing.assert_array_equal(inputs["act_scale_table"], layer.act.scale.numpy())
+
+
+def test_two_level_uint4_tables_reach_the_plugins_as_the_kernel_takes_them(wide_graphs):
+    """w4a4's static UINT4 groups: the plugin's bucket scales and (factor, zero point) bytes are
+    the checkpoint's tables split as the kernels' mapping splits them, s f the checkpoint's scale."""
+    path, qdit, _ = wide_graphs["w4a4"]
+    for layer, inputs in _static_plugin_inputs(path, qdit, "uint4"):
+        s, groups = kernel_tables(layer.act.scale, layer.act.zero)
+        got_s, got_groups = inputs["act_scale_table"], inputs["act_groups"].view(np.uint8)
+        np.testing.assert_array_equal(got_s, s.numpy())
+        np.testing.assert_array_equal(got_groups, groups.numpy())
+        np.testing.assert_array_equal(got_s[:, None] * got_groups[..., 0].astype(np.float32), layer.act.scale.numpy())
+        assert got_groups.shape == (len(s), layer.in_features // 32, 2)
 
 
 def test_rewrite_validation_passes_and_catches_a_wrong_plugin_input(qdq_graphs, tiny, calib, tmp_path):

@@ -15,8 +15,9 @@ from exporter.kernels.activation_quant import quantize_rows
 from exporter.kernels.fp8_gemm import Fp8Weights, fp8_gemm
 from exporter.kernels.int8_gemm import Int8Weights, Tiles, int8_gemm, pack_int4_chunks, unpack_int4_chunks
 from exporter.kernels.vq_gemm import VqWeights, vq_gemm
-from exporter.quant import fp4_fine_groups, fp4_groups
+from exporter.quant import fp4_fine_groups, fp4_groups, two_level_activations
 from exporter.quant.primitives import PER_CHANNEL, Fp8E4M3Format, IntFormat, choose_qparams, quantize
+from exporter.quant.qlinear import StaticActivationQuant, TimestepContext
 from exporter.quant.vq import pack_indices
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -170,6 +171,36 @@ def test_static_codes_use_each_samples_table_row(fmt):
     expected = (y.round().clamp(-128, 127).to(torch.int8) if fmt == "int8"
                 else Fp8E4M3Format().round(y).to(torch.float8_e4m3fn).view(torch.int8))
     assert torch.equal(codes.cpu().view(torch.int8), expected)
+
+
+def _two_level_tables(buckets: int, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Group scales on the two-level grid and UINT4 zero points [buckets, k / 32]: scales spread
+    over more than the factors' range of 8, so some groups take the factor 1."""
+    gen = torch.Generator().manual_seed(seed)
+    raw = torch.exp(torch.randn(buckets, k // 32, generator=gen) * 1.2) * 0.3
+    return two_level_activations.project(raw), torch.randint(0, 16, raw.shape, generator=gen).float()
+
+
+@pytest.mark.parametrize("m,k,samples", [(4, 32, 1), (12, 256, 3), (6, 1152, 2), (2, 2048 + 64, 2)])
+def test_static_int4_codes_are_the_simulated_quantizers(m, k, samples):
+    """quantize_rows(x, "int4"): (q - z) f as INT8 with the bucket's s, so that code * s is the value
+    StaticActivationQuant gives on two-level scales, bit for bit."""
+    x = _activations(m, k)
+    scale, zero = _two_level_tables(4, k)
+    bucket = torch.tensor([3, 0, 2][:samples])
+    s, groups = two_level_activations.kernel_tables(scale, zero)
+    codes, row_scale = quantize_rows(x.to(DEVICE), "int4", s.to(DEVICE), bucket.to(DEVICE), 32, groups.to(DEVICE))
+    assert torch.equal(row_scale.cpu(), s[bucket].repeat_interleave(m // samples))
+    context = TimestepContext()
+    context.timestep = bucket
+    quantizer = StaticActivationQuant(IntFormat(4, symmetric=False), scale, zero, torch.arange(4), context,
+                                      two_level=True)
+    expected = quantizer(x.reshape(samples, m // samples, k)).reshape(m, k)
+    codes = codes.cpu()
+    assert codes.abs().max() <= 120
+    factor = groups[..., 0][bucket].repeat_interleave(m // samples, 0).repeat_interleave(32, 1).long()
+    assert not (codes.long() % factor).any()
+    assert torch.equal(codes.float() * row_scale.cpu()[:, None], expected)
 
 
 @pytest.mark.parametrize("m,k", [(1, 32), (77, 256), (3, 1152), (4, 2048 + 64)])

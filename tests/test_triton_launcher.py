@@ -149,7 +149,7 @@ def test_headers_compile_in_cuda_sources_without_warnings(tmp_path):
     source = tmp_path / "includes.cu"
     source.write_text('#include "tritonLauncher.h"\n#include "tritonLauncherLogic.h"\n#include <cuda_runtime_api.h>\n'
                       "int32_t quantize(cudaStream_t s)\n{\n    return ditTritonQuantizeRows(nullptr, nullptr, nullptr, "
-                      "nullptr, nullptr, 0, 16, 1, DIT_TRITON_QUANT_INT8, s);\n}\n")
+                      "nullptr, nullptr, nullptr, 0, 16, 1, DIT_TRITON_QUANT_INT8, s);\n}\n")
     run = subprocess.run(["nvcc", "-std=c++17", f"-I{PLUGINS / 'kernels'}", "-Xcompiler=-Wall,-Wextra",
                           "-Werror=all-warnings", "-c", str(source), "-o", str(tmp_path / "includes.o")],
                          check=False, capture_output=True, text=True)
@@ -238,7 +238,7 @@ def _library(built: Path) -> ctypes.CDLL:
     lib.ditTritonInt8Gemm.argtypes = [p, p, p, p, p, p, p, i32, i32, i32, i32, i32, p]
     lib.ditTritonFp8Gemm.argtypes = [p, p, p, p, p, p, p, i32, i32, i32, i32, i32, p]
     lib.ditTritonVqGemm.argtypes = [p, p, p, p, p, i32, i32, i32, i32, p]
-    lib.ditTritonQuantizeRows.argtypes = [p, p, p, p, p, i32, i32, i32, i32, p]
+    lib.ditTritonQuantizeRows.argtypes = [p, p, p, p, p, p, i32, i32, i32, i32, p]
     for name in ("ditTritonInt8Gemm", "ditTritonFp8Gemm", "ditTritonVqGemm", "ditTritonQuantizeRows",
                  "ditTritonPreload"):
         getattr(lib, name).restype = i32
@@ -294,7 +294,7 @@ def test_launches_match_the_python_wrappers_on_a_gpu(built):
         codes, scale = quantize_rows(x, "int8")
         out_codes = torch.empty_like(codes)
         out_scale = torch.empty_like(scale)
-        assert lib.ditTritonQuantizeRows(ptr(x), ptr(out_codes), ptr(out_scale), None, None, m, k, 1, 0, stream) == 0
+        assert lib.ditTritonQuantizeRows(ptr(x), ptr(out_codes), ptr(out_scale), None, None, None, m, k, 1, 0, stream) == 0
         torch.cuda.synchronize()
         assert torch.equal(out_codes, codes) and torch.equal(out_scale, scale)
 

@@ -130,7 +130,7 @@ def test_two_level_needs_symmetric_int4_groups_and_decides_deployability():
     assert w4a8.activation == get_recipe("w4a8-g32").activation
     assert {n: r.deployable for n, r in RECIPES.items()} == {
         "w8a8": True, "w4a8": True, "w4a8-g32": False, "w4a8-naive": True, "w4a8-fp4": False, "fp4": True,
-        "fp4-g32": False, "w4a4": False, "vq2": True, "vq3": True, "vq2-a8": False, "vq3-a8": False}
+        "fp4-g32": False, "w4a4": True, "w4a4-g32": False, "vq2": True, "vq3": True, "vq2-a8": False, "vq3-a8": False}
     assert not w4a8.with_overrides(activation_group_size=32).deployable
     assert not w4a8.with_overrides(activation_mode="static", activation_group_size=32).deployable
     assert w4a8.with_overrides(activation_mode="static").deployable

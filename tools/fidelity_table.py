@@ -10,6 +10,7 @@
     python tools/fidelity_table.py --rows 6,26           # W4A4-FP4: FP32 group scales vs the deployable grid
     python tools/fidelity_table.py --rows 27-29          # deployable W4A4-FP4: activation groups, formats, dilation
     python tools/fidelity_table.py --rows 7,30,31        # W4A4-FP4 without Hadamard: which grid costs what
+    python tools/fidelity_table.py --rows 17,32          # W4A4 DilateQuant: FP32 group scales vs deployable
 
 
 Each row is calibrated from scratch (its time is reported), then evaluated with
@@ -53,7 +54,8 @@ W4A8_G32 = "W4A8-g32 reference (g32 GPTQ + clip search W4, FP32 group scales, dy
 
 # (row label, precision or recipe, recipe overrides); rows 2, 3, 9, 23 and 24 were measured with
 # `w4a8` before it took two-level scales: today's `w4a8-g32`; rows 6, 7 and 8 with `fp4` before it
-# took power-of-two groups: today's `fp4-g32`.
+# took power-of-two groups: today's `fp4-g32`; rows 17-22 name `w4a4-g32`, which was `w4a4` until
+# `w4a4` took two-level scales (row 32).
 ROWS = [
     ("W8A8 (per-channel W8 RTN, static per-timestep A8)", "w8a8", {}),
     (W4A8_G32, "w4a8-g32", {}),
@@ -73,14 +75,14 @@ ROWS = [
     ("INT2 RTN baseline (per-channel W2, FP activations)", _weight_only_rtn(2), {}),
     ("vq2-a8 (vq2 weights, dynamic per-token INT8 activations)", "vq2-a8", {}),
     ("W4A4 DilateQuant (dilation, g32 GPTQ W4, asymmetric static INT4 A4 per timestep and 32 channels, "
-     "clipped, distilled per block)", "w4a4", {}),
-    ("W4A4 without DilateQuant (the same static A4 grid and clip search; no dilation, no distillation)", "w4a4",
+     "clipped, distilled per block)", "w4a4-g32", {}),
+    ("W4A4 without DilateQuant (the same static A4 grid and clip search; no dilation, no distillation)", "w4a4-g32",
      {"dilation": False, "kd_iterations": 0}),
-    ("W4A4 with weight dilation only", "w4a4", {"kd_iterations": 0}),
-    ("W4A4 with distilled scales only", "w4a4", {"dilation": False}),
-    ("W4A4 DilateQuant with symmetric static INT4 A4, one scale per timestep (first design)", "w4a4",
+    ("W4A4 with weight dilation only", "w4a4-g32", {"kd_iterations": 0}),
+    ("W4A4 with distilled scales only", "w4a4-g32", {"dilation": False}),
+    ("W4A4 DilateQuant with symmetric static INT4 A4, one scale per timestep (first design)", "w4a4-g32",
      PER_TENSOR_SYMMETRIC),
-    ("W4A4 symmetric static INT4 A4, one scale per timestep, without DilateQuant", "w4a4",
+    ("W4A4 symmetric static INT4 A4, one scale per timestep, without DilateQuant", "w4a4-g32",
      {**PER_TENSOR_SYMMETRIC, "dilation": False, "kd_iterations": 0}),
     ("W4A8 with searched per-layer group sizes (budget: mean group >= 64; 6 epochs x 12)", "w4a8-g32",
      {SEARCH: SearchOptions(budget=64.0)}),
@@ -98,6 +100,8 @@ ROWS = [
      {"activation_scales": "float"}),
     ("W4A4-FP4 with fine activation groups only (FP32 weight group scales, no Hadamard)", "fp4",
      {"weight_scales": "float"}),
+    ("W4A4 DilateQuant deployable (two-level scales for W4 and for the static A4 groups: a float per row or "
+     "timestep bucket x an integer per group; INT8 operands)", "w4a4", {}),
 ]
 
 

@@ -98,7 +98,7 @@ def _gemm_candidates(m: int, k: int, n: int, fp8: bool):
     from exporter.kernels.fp8_gemm import Fp8Weights, fp8_gemm
     from exporter.kernels.int8_gemm import Int8Weights, int8_gemm
     from exporter.kernels.vq_gemm import VqWeights, vq_gemm
-    from exporter.quant import fp4_groups
+    from exporter.quant import fp4_groups, two_level_activations
 
     dev = "cuda"
     x = torch.randn(m, k, device=dev, dtype=torch.float16)
@@ -109,9 +109,15 @@ def _gemm_candidates(m: int, k: int, n: int, fp8: bool):
     w4 = Int8Weights.four_bit_from_codes(q, torch.randint(1, 17, (n, k // 32), dtype=torch.uint8),
                                          torch.rand(n) * 1e-3, 32)
     w4 = Int8Weights(w4.codes.to(dev), w4.w_scale.to(dev), w4.factor.to(dev), 32)
+    raw = torch.exp(torch.randn(1, k // 32)) * 1e-2  # one timestep bucket of static UINT4 group scales
+    s4, groups = two_level_activations.kernel_tables(two_level_activations.project(raw),
+                                                     torch.randint(0, 16, raw.shape).float())
+    s4, groups, bucket = s4.to(dev), groups.to(dev), torch.zeros(1, dtype=torch.int64, device=dev)
     out = [("int8 W8A8", lambda: int8_gemm(a_codes, a_scale, w8)),
            ("int8 W4A8 (two-level)", lambda: int8_gemm(a_codes, a_scale, w4)),
-           ("quantize + int8 W4A8", lambda: int8_gemm(*quantize_rows(x, "int8"), w4))]
+           ("quantize + int8 W4A8", lambda: int8_gemm(*quantize_rows(x, "int8"), w4)),
+           ("quantize + int8 W4A4 (static UINT4)",
+            lambda: int8_gemm(*quantize_rows(x, "int4", s4, bucket, 32, groups), w4))]
     if fp8:
         a8 = x.to(torch.float8_e4m3fn)
         codes, t, s = fp4_groups.quantize(torch.randn(n, k), 32)

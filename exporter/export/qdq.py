@@ -77,14 +77,14 @@ def _weight(b: Builder, q: QuantLinear) -> str:
 
 
 def static_activation(b: Builder, x: str, scale_table: str, zero_table: str | None, fmt: QuantFormat,
-                      bucket: str, groups: int = 1, k: int = 0) -> str:
-    """x quantized per sample with the scales of its timestep bucket. One group: x flattened to
-    [B, F], Q/DQ along axis 0 with scale_table[bucket] [B]. ``groups`` groups of k / groups
-    channels: x viewed as [B, tokens, k], blocked Q/DQ along the last axis with
-    scale_table[bucket] [B, groups] expanded over the tokens."""
+                      bucket: str, groups: int = 0, k: int = 0) -> str:
+    """x quantized per sample with the scales of its timestep bucket. No groups (0): x flattened
+    to [B, F], Q/DQ along axis 0 with scale_table[bucket] [B]. ``groups`` groups of k / groups
+    channels (tables [buckets, groups], even one group): x viewed as [B, tokens, k], blocked Q/DQ
+    along the last axis with scale_table[bucket] [B, groups] expanded over the tokens."""
     tables = [scale_table] if zero_table is None else [scale_table, zero_table]
     params = [b.node("Gather", [table, bucket]) for table in tables]
-    if groups == 1:
+    if not groups:
         flat = b.node("Reshape", [x, b.const(int64_tensor(b.name("flat_shape"), [0, -1]))])
         axes: dict = {"axis": 0}
     else:
@@ -172,7 +172,7 @@ def _replacement(b: Builder, x: str, y: str, q: QuantLinear | VqLinear) -> None:
         if not q.act.fmt.symmetric:
             zero = b.const(numpy_helper.from_array(q.act.zero.round().numpy().astype(np.uint8), b.name("act_zero")))
         x = static_activation(b, x, b.const(float_tensor(b.name("act_scale"), q.act.scale)), zero, q.act.fmt,
-                              BUCKET, q.act.groups, q.in_features)
+                              BUCKET, q.act.groups if q.act.scale.dim() == 2 else 0, q.in_features)
     elif isinstance(q.act, DynamicActivationQuant):
         x = _dynamic_activation(b, x, q.act, q.in_features)
     elif isinstance(q.act, FineGroupActivationQuant):

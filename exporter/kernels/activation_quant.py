@@ -7,8 +7,12 @@ scale per row that the GEMM families take.
              (rounded in float32 first, so the conversion itself is exact)
     FP4      float8_e4m3fn [M, K]: E2M1 on fine groups of GROUP channels as exact E4M3 operands
              (exporter/quant/fp4_fine_groups.py)
+    INT4     int8 [M, K] (static only): UINT4 on two-level group scales as exact INT8 operands
+             (q - z) f, q = clamp(round(x / (s f) + z), 0, 15), with s the row's scale and f, z
+             the group's bytes in `groups` [buckets, K / GROUP, 2]
+             (exporter/quant/two_level_activations.py)
     scale    float32 [M]: dynamic, max|x| / qmax of the row (at least TINY); static, the row of
-             the per-timestep table `table[bucket[row // rows_per_sample]]` (INT8, FP8)
+             the per-timestep table `table[bucket[row // rows_per_sample]]` (INT8, FP8, INT4)
 
 The same arithmetic as the simulated quantizers (exporter/quant/qlinear.py, fp4_fine_groups.py),
 division rounded to nearest as there, so the codes agree exactly. One program per row walks the
@@ -31,10 +35,12 @@ from exporter.quant.fp4_groups import EXPONENTS, TINY
 INT8: tl.constexpr = tl.constexpr(0)
 FP8: tl.constexpr = tl.constexpr(1)
 FP4: tl.constexpr = tl.constexpr(2)
-FORMATS = {"int8": 0, "fp8": 1, "fp4": 2}
+INT4: tl.constexpr = tl.constexpr(3)
+FORMATS = {"int8": 0, "fp8": 1, "fp4": 2, "int4": 3}
+STATIC_ONLY, DYNAMIC_ONLY = ("int4",), ("fp4",)
 BLOCK = 1024  # channels per step along a row
 TOP = 2.0 ** EXPONENTS[fp4_fine_groups.KIND][1]  # the row's largest group scale, over s
-QMAX = {"int8": 127.0, "fp8": 448.0, "fp4": fp4_fine_groups.FORMAT.qmax * TOP}
+QMAX = {"int8": 127.0, "fp8": 448.0, "fp4": fp4_fine_groups.FORMAT.qmax * TOP, "int4": 15.0}  # int4: UINT4
 ROUNDING = 12582912.0  # 1.5 * 2**23: adding and subtracting it rounds |y| < 2**22 to an integer, ties to even
 
 
@@ -83,7 +89,7 @@ def round_to_e4m3(y, ROUNDING: tl.constexpr):
 
 
 @triton.jit
-def quantize_rows_kernel(x_ptr, codes_ptr, scale_ptr, table_ptr, bucket_ptr, K, rows_per_sample, table_row,
+def quantize_rows_kernel(x_ptr, codes_ptr, scale_ptr, table_ptr, bucket_ptr, groups_ptr, K, rows_per_sample, table_row,
                          FORMAT: tl.constexpr, STATIC: tl.constexpr, QMAX: tl.constexpr, BLOCK: tl.constexpr,
                          GROUP: tl.constexpr, TOP: tl.constexpr, REACH: tl.constexpr, MID: tl.constexpr,
                          HIGH: tl.constexpr, LOG2_LOWEST: tl.constexpr, TINY: tl.constexpr,
@@ -92,8 +98,10 @@ def quantize_rows_kernel(x_ptr, codes_ptr, scale_ptr, table_ptr, bucket_ptr, K, 
     offs = tl.arange(0, BLOCK)
     x_row = x_ptr + row * K
     if STATIC:
-        scale = tl.load(table_ptr + tl.load(bucket_ptr + row // rows_per_sample) * table_row)
+        bucket = tl.load(bucket_ptr + row // rows_per_sample)
+        scale = tl.load(table_ptr + bucket * table_row)
         row_max = scale
+        group_row = groups_ptr + bucket * (K // GROUP) * 2
     else:
         row_max = tl.zeros((), dtype=tl.float32)
         for k0 in range(0, K, BLOCK):
@@ -111,6 +119,15 @@ def quantize_rows_kernel(x_ptr, codes_ptr, scale_ptr, table_ptr, bucket_ptr, K, 
             index = e2m1_index(tl.abs(y))
             value = e2m1_value(index) * group_top[:, None]  # exact in E4M3, so the conversion is too
             codes = tl.reshape(tl.where((y < 0) & (index > 0), -value, value).to(tl.float8e4nv), (BLOCK,))
+        elif FORMAT == INT4:
+            group = k0 // GROUP + tl.arange(0, BLOCK // GROUP)
+            present = group < K // GROUP
+            factor = tl.load(group_row + 2 * group, mask=present, other=1).to(tl.int32)[:, None]
+            zero = tl.load(group_row + 2 * group + 1, mask=present, other=0).to(tl.int32)[:, None]
+            grouped = tl.reshape(x, (BLOCK // GROUP, GROUP))
+            y = tl.math.div_rn(grouped, scale * factor.to(tl.float32)) + zero.to(tl.float32)  # s f: exact
+            q = tl.minimum(tl.maximum((y + ROUNDING) - ROUNDING, 0.0), QMAX).to(tl.int32)
+            codes = tl.reshape(((q - zero) * factor).to(tl.int8), (BLOCK,))
         else:
             y = tl.minimum(tl.maximum(tl.math.div_rn(x, scale), -QMAX - (FORMAT == INT8)), QMAX)
             if FORMAT == INT8:
@@ -131,21 +148,29 @@ def constants(fmt: str, static: bool, group_size: int) -> dict[str, object]:
 
 
 def quantize_rows(x: torch.Tensor, fmt: str, table: torch.Tensor | None = None, bucket: torch.Tensor | None = None,
-                  group_size: int = FP4_GROUP) -> tuple[torch.Tensor, torch.Tensor]:
+                  group_size: int = FP4_GROUP, groups: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(codes [M, K], scale float32 [M]) of x [M, K]; ``table`` [buckets] and ``bucket`` [samples]
-    (each sample's table row, M a multiple of the samples) make the scales static."""
+    (each sample's table row, M a multiple of the samples) make the scales static; ``groups``
+    uint8 [buckets, K / group_size, 2] holds INT4's factor and zero point of each group."""
     m, k = x.shape
     static = table is not None
-    if fmt not in FORMATS or (static and (fmt == "fp4" or bucket is None or m % max(len(bucket), 1))):
-        raise ValueError(f"format {fmt}: int8, fp8 or fp4 (dynamic only); static scales need each sample's bucket")
-    if fmt == "fp4" and (k % group_size or BLOCK % group_size):
-        raise ValueError(f"FP4 groups of {group_size} do not divide {k} channels")
-    codes = torch.empty(m, k, dtype=torch.int8 if fmt == "int8" else torch.float8_e4m3fn, device=x.device)
+    if (fmt not in FORMATS or (static and fmt in DYNAMIC_ONLY) or (not static and fmt in STATIC_ONLY)
+            or (static and (bucket is None or m % max(len(bucket), 1)))):
+        raise ValueError(f"format {fmt}: int8, fp8, fp4 (dynamic only) or int4 (static only); static scales need "
+                         "each sample's bucket")
+    grouped = fmt in ("fp4", "int4")
+    if grouped and (k % group_size or BLOCK % group_size):
+        raise ValueError(f"groups of {group_size} do not divide {k} channels")
+    if fmt == "int4" and (groups is None or tuple(groups.shape) != (len(table), k // group_size, 2)):
+        raise ValueError(f"INT4 activations need each group's factor and zero point [{len(table)}, "
+                         f"{k // group_size}, 2]")
+    codes = torch.empty(m, k, dtype=torch.float8_e4m3fn if fmt in ("fp8", "fp4") else torch.int8, device=x.device)
     scale = torch.empty(m, dtype=torch.float32, device=x.device)
     if m == 0:
         return codes, scale
     quantize_rows_kernel[(m,)](
-        x.contiguous(), codes, scale, table if static else scale, bucket if static else scale, k,
+        x.contiguous(), codes, scale, table if static else scale, bucket if static else scale,
+        groups.contiguous() if groups is not None else scale, k,
         m // len(bucket) if static else 1, 1, **constants(fmt, static, group_size))
     return codes, scale
 

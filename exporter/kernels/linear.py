@@ -8,7 +8,8 @@ the CPU.
 
 Only deployable layers have a kernel (exporter/quant/recipes.py, Recipe.deployable): INT8
 per-channel or two-level INT4 weights with symmetric INT8 activations, one scale per token
-(dynamic, or a static per-timestep table without channel groups), or with FP activations
+(dynamic, or a static per-timestep table without channel groups), or static UINT4 activations on
+two-level groups of 32 (quantize_rows(x, "int4"): INT8 operands (q - z) f), or with FP activations
 (adaLN's modulation: an FP16 GEMM); FP4 weights on power-of-two groups with FP4 activations on
 fine groups (fp8_gemm fed by quantize_rows(x, "fp4"): E4M3 operands, FP8 tensor cores,
 sm_89 or newer), or with FP activations (their E4M3 operands, one byte per weight, converted to
@@ -29,6 +30,7 @@ from exporter.errors import UserError
 from exporter.kernels.activation_quant import BLOCK, quantize_rows
 from exporter.kernels.fp8_gemm import Fp8Weights, fp8_gemm
 from exporter.kernels.int8_gemm import SPAN, Int8Weights, check_spans, int8_gemm
+from exporter.kernels.layout import INT4_GROUP
 from exporter.kernels.vq_gemm import VqWeights, vq_gemm
 from exporter.quant.fp4 import Fp4Format
 from exporter.quant.fp4_groups import EXPONENTS, e4m3_operand, split_pow2
@@ -40,11 +42,13 @@ from exporter.quant.qlinear import (
     StaticActivationQuant,
     TimestepContext,
 )
+from exporter.quant import two_level_activations
 from exporter.quant.two_level import split_two_level
 from exporter.quant.vq_linear import VqLinear
 
-INT8 = IntFormat(8)
-ACT_KINDS = ("none", "int8", "fp4")  # FP16 activations, INT8 per token, FP4 on fine groups
+INT8, UINT4 = IntFormat(8), IntFormat(4, symmetric=False)
+ACT_KINDS = ("none", "int8", "fp4", "int4")  # FP16 activations, INT8 per token, FP4 on fine groups,
+# static UINT4 on two-level groups (INT8 operands (q - z) f for int8_gemm)
 
 
 @dataclass(frozen=True)
@@ -131,8 +135,8 @@ def _fp4_weights(w: QuantizedWeight, act: str, layouts: PackedLayouts) -> Int8We
     and exponent offsets where the layouts allow, else the E4M3 operands v 2^t [N, K]); with FP
     activations the E4M3 operands with the row scales, for int8_gemm's FP16-activation path
     (converted to FP16 exactly)."""
-    if act == "int8":
-        raise UserError(f"layer {w.name}: FP4 weights with INT8 activations have no kernel; fp8_gemm takes FP4 "
+    if act in ("int8", "int4"):
+        raise UserError(f"layer {w.name}: FP4 weights with integer activations have no kernel; fp8_gemm takes FP4 "
                         "activations on fine groups")
     try:
         s, t = split_pow2(w.w_scale.float(), w.fmt.kind)
@@ -169,6 +173,8 @@ def activation_kind(layer: QuantLinear | VqLinear) -> str:
     """The layer's activations as ACT_KINDS names them."""
     if layer.act is None:
         return "none"
+    if isinstance(layer.act, StaticActivationQuant) and layer.act.two_level:
+        return "int4"
     return "fp4" if isinstance(layer.act, FineGroupActivationQuant) else "int8"
 
 
@@ -180,8 +186,9 @@ class KernelLinear(nn.Module):
         self.context = context
         self.in_features, self.out_features = layer.in_features, layer.out_features
         self.quantized_input = layer.act is not None
-        table, bucket_of_t = _activation_tables(name, layer.act)
+        table, groups, bucket_of_t = _activation_tables(name, layer.act, layer.in_features)
         self.register_buffer("static_table", table)
+        self.register_buffer("static_groups", groups)
         self.register_buffer("bucket_of_t", bucket_of_t)
         self.register_buffer("bias", None if layer.bias is None else layer.bias.float().clone())
         for unset in ("codebook", "indices", "codes", "w_scale", "factor", "offset"):
@@ -233,7 +240,8 @@ class KernelLinear(nn.Module):
             table, bucket = None, None
             if self.static_table is not None:
                 table, bucket = self.static_table, self.bucket_of_t[self.context.current(x.shape[0]).to(x.device)]
-            codes, scale = quantize_rows(rows, "int8", table, bucket)
+            fmt = "int8" if self.static_groups is None else "int4"
+            codes, scale = quantize_rows(rows, fmt, table, bucket, INT4_GROUP, self.static_groups)
             if vq is not None:
                 y = vq_gemm(codes, vq, a_scale=scale, bias=self.bias, out_dtype=out_dtype)
             else:
@@ -241,20 +249,28 @@ class KernelLinear(nn.Module):
         return y.reshape(*x.shape[:-1], self.out_features)
 
 
-def _activation_tables(name: str, act: nn.Module | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """The static scale table [buckets] and timestep -> bucket map, or (None, None) when dynamic."""
-    if act is None:
-        return None, None
+def _activation_tables(name: str, act: nn.Module | None, in_features: int) -> tuple[torch.Tensor | None, ...]:
+    """The static scale table [buckets], INT4's group table [buckets, G, 2] (None for INT8) and the
+    timestep -> bucket map, or all None when the activations are dynamic or FP."""
+    if act is None or isinstance(act, FineGroupActivationQuant):
+        return None, None, None
     if isinstance(act, DynamicActivationQuant) and act.fmt == INT8 and act.group_size < 0:
-        return None, None
+        return None, None, None
     if isinstance(act, StaticActivationQuant) and act.fmt == INT8 and act.groups == 1 and not act.zero.any():
-        return act.scale.float().contiguous(), act.bucket_of_t
-    if isinstance(act, FineGroupActivationQuant):
-        return None, None
+        return act.scale.float().contiguous(), None, act.bucket_of_t
+    if isinstance(act, StaticActivationQuant) and act.two_level and act.fmt == UINT4:
+        if act.groups * INT4_GROUP != in_features:
+            raise UserError(f"layer {name}: the INT4 activation quantizer takes groups of {INT4_GROUP} channels, "
+                            f"not {in_features // act.groups}")
+        try:
+            s, groups = two_level_activations.kernel_tables(act.scale, act.zero)
+        except ValueError as e:
+            raise UserError(f"layer {name}: {e}") from None
+        return s, groups, act.bucket_of_t
     fmt = getattr(act, "fmt", None)
     raise UserError(f"layer {name}: activations {fmt.name if fmt is not None else type(act).__name__} have no "
-                    "kernel; the kernels take symmetric INT8 activations with one scale per token, or FP4 on "
-                    "fine groups")
+                    "kernel; the kernels take symmetric INT8 activations with one scale per token, static UINT4 "
+                    "on two-level groups, or FP4 on fine groups")
 
 
 def _check_fp8_device(layers: dict) -> None:

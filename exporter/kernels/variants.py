@@ -17,11 +17,11 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from exporter.kernels.activation_quant import FORMATS, quantize_rows_kernel
+from exporter.kernels.activation_quant import DYNAMIC_ONLY, FORMATS, STATIC_ONLY, quantize_rows_kernel
 from exporter.kernels.activation_quant import constants as quantize_constants
 from exporter.kernels.fp8_gemm import fp4_ptx, fp8_gemm_kernel
 from exporter.kernels.int8_gemm import int8_gemm_kernel
-from exporter.kernels.layout import ALIGNMENT, FP4_GROUP, K_STEP
+from exporter.kernels.layout import ALIGNMENT, FP4_GROUP, INT4_GROUP, K_STEP
 from exporter.kernels.linear import PackedLayouts
 from exporter.kernels.tiles import LARGE_TILES_ABOVE, Tiles, gemm_tiles
 from exporter.kernels.vq_gemm import VQ_BLOCK_K, vq_gemm_kernel
@@ -106,14 +106,15 @@ def _variants() -> list[KernelVariant]:
             out.append(_gemm(f"vq_gemm.d{d}.{size}", "fp16", vq_gemm_kernel, vq_pointers,
                              {"D": d, "INT8_A": False}, vq_tiles, ALL_ARCHS))
     for fmt in FORMATS:
-        for static in (False, True) if fmt != "fp4" else (False,):
+        integer = fmt in ("int8", "int4")
+        for static in (True,) if fmt in STATIC_ONLY else (False,) if fmt in DYNAMIC_ONLY else (False, True):
             out.append(KernelVariant(
                 f"quantize.{fmt}.{'static' if static else 'dynamic'}", "quantize", quantize_rows_kernel,
-                {"x_ptr": "*fp16", "codes_ptr": "*i8" if fmt == "int8" else "*fp8e4nv", "scale_ptr": "*fp32",
-                 "table_ptr": "*fp32", "bucket_ptr": "*i64", "K": "i32", "rows_per_sample": "i32",
-                 "table_row": "i32"},
-                quantize_constants(fmt, static, FP4_GROUP),
-                archs=FP8_ARCHS if fmt != "int8" else ALL_ARCHS, aligned=("K",)))
+                {"x_ptr": "*fp16", "codes_ptr": "*i8" if integer else "*fp8e4nv", "scale_ptr": "*fp32",
+                 "table_ptr": "*fp32", "bucket_ptr": "*i64", "groups_ptr": "*u8", "K": "i32",
+                 "rows_per_sample": "i32", "table_row": "i32"},
+                quantize_constants(fmt, static, INT4_GROUP if fmt == "int4" else FP4_GROUP),
+                archs=ALL_ARCHS if integer else FP8_ARCHS, aligned=("K",)))
     return out
 
 

@@ -14,7 +14,9 @@
                                       recovers
                           L.w_zero    float32 [N, groups] (asymmetric formats only)
                           L.bias      float32 [N] (if the layer has one)
-                          L.a_scale, L.a_zero   float32 [buckets] (static activations only)
+                          L.a_scale, L.a_zero   float32 [buckets] or [buckets, groups] (static
+                                      activations only); with two-level scales exactly s[b] * f[b, g]
+                                      (exporter/quant/two_level_activations.py)
                         VQ layers instead of codes and scales:
                           L.codebook     float16 [codewords, dim]
                           L.assignments  uint8: the codeword index of each sub-vector, row-major
@@ -56,6 +58,7 @@ from exporter.quant.qlinear import (
 from exporter.quant.quantize import QuantizedDiT, TimestepBuckets, _set_module
 from exporter.quant.recipes import ACTIVATION_SCALES, ActivationSpec, Recipe, WeightSpec
 from exporter.quant.two_level import split_two_level
+from exporter.quant.two_level_activations import ACT_GROUP_FACTORS
 from exporter.quant.vq import VqFormat, pack_indices, unpack_indices
 from exporter.quant.vq_linear import VqLinear
 
@@ -124,6 +127,7 @@ def _save_activation(name: str, act: nn.Module | None, tensors: dict[str, torch.
         tensors[f"{name}.a_zero"] = act.zero.contiguous()
         return {"mode": "static", "format": act.fmt.name, "bits": act.fmt.bits,
                 "symmetric": act.fmt.symmetric, "groups": act.groups,
+                "scales": "two-level" if act.two_level else "float",
                 "granularity": "per timestep bucket, "
                 + ("per token" if act.groups == 1 else f"{act.groups} channel groups")}
     if isinstance(act, DynamicActivationQuant):
@@ -138,11 +142,17 @@ def _save_activation(name: str, act: nn.Module | None, tensors: dict[str, torch.
 def _load_activation(layer: dict[str, Any], tensors: dict[str, torch.Tensor], bucket_of_t: torch.Tensor,
                      context: TimestepContext) -> nn.Module | None:
     name, a = layer["name"], layer["activation"]
-    if a["mode"] == "static":
-        return StaticActivationQuant(format_from_name(a["format"]), tensors[f"{name}.a_scale"],
-                                     tensors[f"{name}.a_zero"], bucket_of_t, context)
     if a.get("scales", "float") not in ACTIVATION_SCALES:
         raise ValueError(f"{name}: unknown activation scales {a['scales']!r}; valid: {', '.join(ACTIVATION_SCALES)}")
+    if a["mode"] == "static":
+        scale, two_level = tensors[f"{name}.a_scale"], a.get("scales", "float") == "two-level"
+        if two_level:
+            try:
+                split_two_level(scale, ACT_GROUP_FACTORS)
+            except ValueError as e:
+                raise ValueError(f"{name}.a_scale: {e}") from None
+        return StaticActivationQuant(format_from_name(a["format"]), scale, tensors[f"{name}.a_zero"], bucket_of_t,
+                                     context, two_level=two_level)
     if a["mode"] == "dynamic" and a.get("scales", "float") == "e4m3-groups":
         if a["format"] != fp4_fine_groups.FORMAT.name:
             raise ValueError(f"{name}: fine group activations are FP4 E2M1, not {a['format']}")

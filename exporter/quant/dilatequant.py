@@ -4,7 +4,8 @@ block trained together, all timesteps in every step, by distillation against the
 For each block, after its weights are quantized and its static activation scales set from the
 calibration ranges, the scales (log-parametrised, one per timestep bucket and layer) minimise
 the relative MSE between the quantized block's output and the FP block's on the same inputs,
-with straight-through rounding (qlinear.StaticActivationQuant). The weights stay as quantized.
+with straight-through rounding (qlinear.StaticActivationQuant; two-level scales also through their
+projection onto the grid, two_level_activations.py). The weights stay as quantized.
 
 Memory: the block's calibration inputs and the FP block's outputs are held at once. For the
 embedded model (1,600 inputs of 64 tokens x 128 channels) that is 100 MB; for DiT-XL/2 (256
@@ -20,6 +21,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from exporter.quant import two_level_activations
 from exporter.quant.qlinear import StaticActivationQuant
 
 LEARNING_RATE = 5e-3
@@ -53,6 +55,7 @@ def train_activation_scales(block: nn.Module, targets: list[torch.Tensor], forwa
                     advance()
     finally:
         for q in quantizers:
-            q.scale.copy_(q.learned_log_scale.detach().exp())
+            learned = q.learned_log_scale.detach().exp()
+            q.scale.copy_(two_level_activations.project(learned) if q.two_level else learned)
             q.learned_log_scale = None
     return losses

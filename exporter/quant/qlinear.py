@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from exporter.quant import fp4_fine_groups
+from exporter.quant import fp4_fine_groups, two_level_activations
 from exporter.quant.hadamard import rotate
 from exporter.quant.primitives import QuantFormat, activation_group, choose_qparams, dequantize, fake_quantize
 
@@ -43,15 +43,19 @@ class TimestepContext:
 
 class StaticActivationQuant(nn.Module):
     """Scale and zero-point per timestep bucket, for the whole token (tables [n_buckets]) or per
-    group of channels (tables [n_buckets, groups], groups dividing the channels evenly)."""
+    group of channels (tables [n_buckets, groups], groups dividing the channels evenly).
+    ``two_level``: the group scales are on the two-level grid s[b] f[b, g]
+    (exporter/quant/two_level_activations.py), trained through it."""
 
     def __init__(self, fmt: QuantFormat, scale: torch.Tensor, zero: torch.Tensor, bucket_of_t: torch.Tensor,
-                 context: TimestepContext) -> None:
+                 context: TimestepContext, two_level: bool = False) -> None:
         super().__init__()
         if scale.shape != zero.shape or scale.dim() not in (1, 2):
             raise ValueError(f"static activation tables must be [buckets] or [buckets, groups], got "
                              f"{tuple(scale.shape)} and {tuple(zero.shape)}")
-        self.fmt, self.context = fmt, context
+        if two_level and scale.dim() != 2:
+            raise ValueError("two-level activation scales need channel groups: tables [buckets, groups]")
+        self.fmt, self.context, self.two_level = fmt, context, two_level
         self.register_buffer("scale", scale.float())
         self.register_buffer("zero", zero.float())
         self.register_buffer("bucket_of_t", bucket_of_t.long())
@@ -69,7 +73,8 @@ class StaticActivationQuant(nn.Module):
         z = self.zero[bucket].reshape(shape)
         if self.learned_log_scale is not None:
             # Straight-through rounding, gradients to the scale as in LSQ (clamped values: the bound).
-            s = self.learned_log_scale.exp()[bucket].reshape(shape)
+            table = self.learned_log_scale.exp()
+            s = (two_level_activations.straight_through(table) if self.two_level else table)[bucket].reshape(shape)
             y = grouped / s + z
             q = torch.clamp(y + (torch.round(y) - y).detach(), self.fmt.qmin, self.fmt.qmax)
         else:

@@ -17,6 +17,7 @@ from torch import nn
 
 from exporter.errors import UserError
 from exporter.progress import Progress
+from exporter.quant import two_level_activations
 from exporter.quant.calibration import CalibrationSet
 from exporter.quant.dilatequant import train_activation_scales
 from exporter.quant.dilation import channel_maxima, dilate_block
@@ -173,7 +174,11 @@ def quantize_linear(linear: nn.Linear, recipe: Recipe, stats: LayerStats, quanti
         else:
             lo, hi = act_range if act_range is not None else stats.ranges(act_group, a.per_timestep)
             a_scale, a_zero = qparams_from_range(lo, hi, a.format)
-            act = StaticActivationQuant(a.format, a_scale, a_zero, buckets.bucket_of_t, context)
+            two_level = a.scales == "two-level"
+            if two_level and a_scale.dim() == 1:  # one group spans the layer: tables [buckets, 1]
+                a_scale, a_zero = a_scale[:, None], a_zero[:, None]
+            act = StaticActivationQuant(a.format, two_level_activations.project(a_scale) if two_level else a_scale,
+                                        a_zero, buckets.bucket_of_t, context, two_level=two_level)
     return QuantLinear(codes, scale, zero, fmt, group, linear.bias, act, rotation_block=block)
 
 

@@ -8,6 +8,7 @@ from typing import Any, Literal
 import torch
 
 from exporter.errors import UserError
+from exporter.kernels.layout import INT4_GROUP
 from exporter.quant.fp4 import MAGNITUDES, Fp4Format, select_format
 from exporter.quant.fp4_groups import select_pow2_format
 from exporter.quant.policy import LayerPolicy
@@ -30,12 +31,14 @@ def _fits_weight_scales(scales: str, kind: str, bits: int, symmetric: bool, grou
     return scales != "pow2-groups" or (kind == "fp4" and group_size > 0)
 
 
-def _fits_activation_scales(scales: str, kind: str, mode: str, group_size: int) -> bool:
+def _fits_activation_scales(scales: str, kind: str, bits: int, symmetric: bool, mode: str, group_size: int) -> bool:
+    if scales == "two-level":
+        return kind == "int" and bits == 4 and not symmetric and mode == "static" and group_size > 0
     return scales != "e4m3-groups" or (kind == "fp4" and mode == "dynamic" and group_size > 0)
 
 
 WEIGHT_SCALES = ("float", "two-level", "pow2-groups")
-ACTIVATION_SCALES = ("float", "e4m3-groups")
+ACTIVATION_SCALES = ("float", "e4m3-groups", "two-level")
 
 
 @dataclass(frozen=True)
@@ -123,16 +126,18 @@ class ActivationSpec:
     kind: Literal["int", "fp8", "fp4"] = "int"  # fp8: FP8 E4M3; fp4: FP4 E2M1 (symmetric)
     # float: a float32 scale per group (max|x| / qmax); e4m3-groups (fp4, dynamic, groups): a float
     # per token times m 2**t per group, m in {1, 1.25, 1.5}, from comparisons of each group's maximum
-    # with the token's (exporter/quant/fp4_fine_groups.py), so that the operands are exact E4M3 numbers
-    scales: Literal["float", "e4m3-groups"] = "float"
+    # with the token's (exporter/quant/fp4_fine_groups.py), so that the operands are exact E4M3 numbers;
+    # two-level (static asymmetric INT4 in groups): a float per bucket times an integer 1..8 per group
+    # (exporter/quant/two_level_activations.py), so that (q - z) f is an exact INT8 operand
+    scales: Literal["float", "e4m3-groups", "two-level"] = "float"
 
     def __post_init__(self) -> None:
         _check_bits(self.bits)
         if self.scales not in ACTIVATION_SCALES:
             raise UserError(f"unknown activation scales '{self.scales}'; valid: {', '.join(ACTIVATION_SCALES)}")
-        if not _fits_activation_scales(self.scales, self.kind, self.mode, self.group_size):
-            raise UserError("fine group activation scales (e4m3-groups) need dynamic FP4 activations in "
-                            "groups (group size > 0)")
+        if not _fits_activation_scales(self.scales, self.kind, self.bits, self.symmetric, self.mode, self.group_size):
+            raise UserError("fine group activation scales (e4m3-groups) need dynamic FP4 activations in groups, "
+                            "two-level activation scales static asymmetric INT4 activations in groups (group size > 0)")
         if self.kind not in ("int", "fp8", "fp4"):
             raise UserError(f"unknown activation format '{self.kind}'; valid: int, fp8, fp4")
         if self.kind == "fp8" and (self.bits != 8 or not self.symmetric):
@@ -181,7 +186,8 @@ class Recipe:
         that is a pure INT8 x INT8 -> INT32 MMA with one float rescale in the epilogue. That needs
         symmetric integer weights with one scale per output row (per channel or per tensor) or
         two-level INT4 scales, and symmetric INT8 activations with one scale per token (dynamic
-        per token, or static without channel groups). FP4 weights on power-of-two groups with
+        per token, or static without channel groups) or static INT4 activations in groups of 32
+        on two-level scales (a float per bucket times an integer 1..8 per group). FP4 weights on power-of-two groups with
         FP4 activations on fine groups of 32 (or FP activations) are a pure E4M3 MMA on
         FP8 tensor cores (sm_89+). Codebook (VQ) weights with FP activations are deployable too:
         an FP16 GEMM that decodes the codebook in its prologue. The kernels do not rotate inputs.
@@ -200,8 +206,12 @@ class Recipe:
         weights = w.kind == "int" and w.symmetric and (
             w.scales == "two-level"
             or (w.group_size in one_scale and all(g in one_scale for _, g, _ in self.layer_groups)))
-        return (weights and a is not None and a.kind == "int" and a.bits == 8 and a.symmetric
-                and a.group_size == PER_CHANNEL and all(g == PER_CHANNEL for _, _, g in self.layer_groups))
+        if not weights or a is None or a.kind != "int":
+            return False
+        if a.scales == "two-level":
+            return a.group_size == INT4_GROUP and not self.layer_groups
+        return (a.bits == 8 and a.symmetric and a.group_size == PER_CHANNEL
+                and all(g == PER_CHANNEL for _, _, g in self.layer_groups))
 
     def __post_init__(self) -> None:
         if self.kd_iterations < 0:
@@ -237,8 +247,8 @@ class Recipe:
             act = {"clip_search": False, "symmetric": True, **act}
         if self.activation is not None and "scales" not in act:
             merged_act = {**asdict(self.activation), **act}
-            if not _fits_activation_scales(merged_act["scales"], merged_act["kind"], merged_act["mode"],
-                                           merged_act["group_size"]):
+            if not _fits_activation_scales(merged_act["scales"], merged_act["kind"], merged_act["bits"],
+                                           merged_act["symmetric"], merged_act["mode"], merged_act["group_size"]):
                 act["scales"] = "float"
         top = {k: v for k, v in overrides.items() if k in ("hadamard", "dilation", "kd_iterations") and v is not None}
         return replace(self, weight=replace(self.weight, **weight),
@@ -272,9 +282,16 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
            "FP4 E2M1 dynamic activations with an FP32 scale per 32 channels, Hadamard-rotated inputs (HQ-DiT)",
            WeightSpec(bits=4, group_size=32, method="gptq", clip_search=True, kind="fp4"),
            ActivationSpec(bits=4, mode="dynamic", group_size=32, kind="fp4"), hadamard=True),
-    Recipe("w4a4", "W4A4 (DilateQuant): INT4 g32 GPTQ weights with clip search after weight dilation, "
-           "asymmetric INT4 static activations with clipped scales per timestep bucket and 32 channels, "
-           "distilled block by block against the FP model",
+    Recipe("w4a4", "W4A4 (DilateQuant) as INT8 operands: INT4 g32 GPTQ weights with two-level scales and clip "
+           "search after weight dilation; asymmetric INT4 static activations per timestep bucket and 32 channels with "
+           "clipped two-level scales (a float per bucket x an integer 1..8 per group), distilled block by block "
+           "against the FP model: a pure INT8 MMA",
+           WeightSpec(bits=4, group_size=32, method="gptq", clip_search=True, scales="two-level"),
+           ActivationSpec(bits=4, symmetric=False, mode="static", per_timestep=True, group_size=32,
+                          clip_search=True, scales="two-level"), dilation=True, kd_iterations=100),
+    Recipe("w4a4-g32", "accuracy reference for w4a4 (DilateQuant): INT4 g32 GPTQ weights with FP32 group scales and "
+           "clip search after weight dilation, asymmetric INT4 static activations with clipped FP32 scales per "
+           "timestep bucket and 32 channels, distilled block by block against the FP model",
            WeightSpec(bits=4, group_size=32, method="gptq", clip_search=True),
            ActivationSpec(bits=4, symmetric=False, mode="static", per_timestep=True, group_size=32,
                           clip_search=True), dilation=True, kd_iterations=100),
@@ -294,7 +311,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
 
 
 # The deployable precision each accuracy reference stands for.
-DEPLOY_INSTEAD = {"w4a8-g32": "w4a8", "w4a8-fp4": "w4a8", "fp4-g32": "fp4", "w4a4": "fp4", "vq2-a8": "vq2",
+DEPLOY_INSTEAD = {"w4a8-g32": "w4a8", "w4a8-fp4": "w4a8", "fp4-g32": "fp4", "w4a4-g32": "w4a4", "vq2-a8": "vq2",
                   "vq3-a8": "vq3"}
 
 

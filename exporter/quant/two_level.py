@@ -73,16 +73,18 @@ def two_level_scales(w: torch.Tensor, group_size: int, clip_search: bool = False
     return s[:, None] * search_factors(w, s, group_size).float()
 
 
-def split_two_level(w_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def split_two_level(w_scale: torch.Tensor,
+                    factors: tuple[int, int] = INT4_GROUP_FACTORS) -> tuple[torch.Tensor, torch.Tensor]:
     """(s [N] float32, f [N, G] int64) with s[:, None] * f == w_scale exactly, s's low
-    ``CLEARED_BITS`` mantissa bits 0 and f in 1..16; ValueError if no such pair exists.
+    ``CLEARED_BITS`` mantissa bits 0 and f in ``factors`` (smallest, largest: 1..16 for weights);
+    ValueError if no such pair exists.
 
     Where several exist (all of a row's factors share a divisor), the smallest s: the largest
-    factors. Calibration's own s is that one whenever a row uses the factor 16."""
+    factors. Calibration's own s is that one whenever a row uses the largest factor."""
     if w_scale.dim() != 2 or w_scale.dtype != torch.float32:
         raise ValueError(f"two-level scales are float32 [N, groups], got {w_scale.dtype} {tuple(w_scale.shape)}")
     p = w_scale.double()
-    lo, hi = INT4_GROUP_FACTORS
+    lo, hi = factors
     factors = torch.arange(hi, lo - 1, -1, dtype=torch.float64)  # candidates for the row's largest scale
     s = (p.amax(1, keepdim=True) / factors).float()  # [N, F], candidate row scales
     f = p[:, None, :] / s.double()[:, :, None]  # [N, F, G]

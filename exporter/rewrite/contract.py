@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from exporter.kernels.layout import ALIGNMENT, FP4_GROUP, K_STEP, SPAN
+from exporter.kernels.layout import ALIGNMENT, FP4_GROUP, INT4_GROUP, K_STEP, SPAN
 from exporter.quant.fp4_groups import EXPONENTS
 
 NAMESPACE = "dit_export"
@@ -29,7 +29,7 @@ DOMAIN = "dit_export"  # ONNX domain of the plugin nodes and of their reference 
 VERSION = "2"
 
 # The values of the string fields, in the order of their C++ enums; a contract may allow fewer.
-ENUMS = {"act_mode": ("none", "static", "dynamic"), "act_format": ("none", "int8", "fp4e2m1"),
+ENUMS = {"act_mode": ("none", "static", "dynamic"), "act_format": ("none", "int8", "fp4e2m1", "uint4"),
          "weight_format": tuple(EXPONENTS)}
 NONZERO = "nonzero"
 
@@ -168,13 +168,15 @@ _BIAS = Port("bias", "FLOAT", "[N]", "bias", ("has_bias", NONZERO))
 INT_GEMM = PluginContract(
     "DitIntGemm",
     "INT8 or INT4 weights with a float scale per output channel (INT4: times an integer factor 1..16 per group, "
-    "two-level scales), INT8 activations with one scale per token (static per timestep bucket, or dynamic) or FP16 "
-    "activations: int8_gemm.",
+    "two-level scales), INT8 activations with one scale per token (static per timestep bucket, or dynamic), static "
+    f"UINT4 activations on two-level groups of {INT4_GROUP} channels (a scale per timestep bucket times an integer "
+    "factor 1..8 per group, a zero point per group: INT8 operands (q - z) f), or FP16 activations: int8_gemm.",
     _SHAPE_FIELDS + (
         _WEIGHT_BITS,
         Field("act_mode", "none: FP16 x as it is; static: the scale of sample b's tokens is "
               "act_scale_table[timestep_bucket[b]]; dynamic: max|x| / 127 per token", ENUMS["act_mode"]),
-        Field("act_format", "int8 (symmetric, round to nearest even) or none", ("none", "int8")),
+        Field("act_format", "int8 (symmetric, round to nearest even), uint4 (static, on two-level groups: q = "
+              "clamp(round(x / (s f) + z), 0, 15), the operand (q - z) f) or none", ("none", "int8", "uint4")),
         _HAS_BIAS),
     (_X,
      Port("weight", "INT8", "[N, K] or [N, K / 2]", "weight_bits 8: the INT8 operands q f [N, K]; 4: the INT4 codes q "
@@ -184,12 +186,18 @@ INT_GEMM = PluginContract(
      _WEIGHT_SCALE,
      Port("act_scale_table", "FLOAT", "[buckets]", "activation scale of each timestep bucket",
           ("act_mode", ("static",))),
+     Port("act_groups", "INT8", f"[buckets, K / {INT4_GROUP}, 2]", f"act_format uint4: the factor f (1..8) and the "
+          f"zero point z (0..15) of each group of {INT4_GROUP} channels in each timestep bucket",
+          ("act_format", ("uint4",))),
      Port("timestep_bucket", "INT64", "[B]", "bucket of each sample's timestep (its row in act_scale_table)",
           ("act_mode", ("static",))),
      _BIAS),
     _Y,
     (Rule("act_mode", ("none",), "act_format", "act_mode none takes act_format none", ("none",)),
-     Rule("act_mode", ("static", "dynamic"), "act_format", "quantized activations are int8", ("int8",)),
+     Rule("act_mode", ("dynamic",), "act_format", "dynamic activations are int8", ("int8",)),
+     Rule("act_mode", ("static",), "act_format", "static activations are int8 or uint4", ("int8", "uint4")),
+     Rule("act_format", ("uint4",), "in_features", f"uint4 activations need in_features a multiple of their group, "
+          f"{INT4_GROUP}", multiple_of=INT4_GROUP),
      _FOUR_BIT_K),
 )
 

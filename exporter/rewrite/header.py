@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from exporter.kernels.layout import FP4_GROUP, INT4_GROUP
 from exporter.rewrite.contract import CONTRACTS, ENUMS, FP8_MIN_ARCH, FP8_PLUGINS, NONZERO, Field, PluginContract, Rule
 
 HEADER = Path(__file__).resolve().parents[2] / "plugins" / "include" / "dit_export" / "plugin_contract.h"
@@ -203,6 +204,8 @@ def generate() -> str:
         "        std::string_view s(static_cast<char const*>(data), static_cast<size_t>(length));",
         "        return s.substr(0, s.find('\\0'));  // TensorRT's kCHAR fields may count the terminator",
         "    }", "};", "",
+        "// Channels per group of the FP4 and UINT4 activation quantizers (exporter/kernels/layout.py).",
+        f"constexpr int32_t kFp4ActGroup = {FP4_GROUP};", f"constexpr int32_t kInt4ActGroup = {INT4_GROUP};", "",
         *_enums(),
     ]
     for c in contracts:

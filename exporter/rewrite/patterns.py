@@ -9,6 +9,8 @@ codes of a quantized type (INT4, INT8, UINT4, UINT8, FLOAT4E2M1, FLOAT8). Its pa
                  Transpose([Slice](Reshape(Gather(Cast(FLOAT16 codebook), unpack(UINT8 stream)))))
                                                                                      -> VQ
     activation   Reshape(DQ(Q(Reshape(x), Gather(table, bucket))), Shape(x))        -> static
+                 the same blocked by 32 with Expand(Unsqueeze(Gather(.))) tables, UINT4
+                 with zero points on two-level scales                                -> static, int4
                  DQ(Q(x, Max(Div(ReduceMax(|x|), qmax), tiny)))                      -> dynamic
                  DQ(Q(x, Mul(s, Gather(step table, count)))), FLOAT4E2M1            -> FP4, fine groups
                  x                                                                   -> none
@@ -18,8 +20,8 @@ The codes and scales read from the graph go through the kernels' own mapping
 (exporter/kernels/linear.py: kernel_weights, with the ahead-of-time kernels' layouts), so the
 plugin's inputs are exactly the operands the kernels take. Each match becomes a ``GemmMatch``: the
 contract, its field values and its input tensors in contract order. What no kernel takes (channel
-groups of activations, zero points, Hadamard rotations, float group scales) is a ``NotReplaced``
-with the reason.
+groups of activations other than UINT4's two-level groups, zero points of other activations,
+Hadamard rotations, float group scales) is a ``NotReplaced`` with the reason.
 """
 
 from __future__ import annotations
@@ -36,11 +38,11 @@ from exporter.errors import UserError
 from exporter.export.fp4_graph import decode_table
 from exporter.kernels.fp8_gemm import Fp8Weights
 from exporter.kernels.int8_gemm import Int8Weights
-from exporter.kernels.layout import FP4_GROUP
+from exporter.kernels.layout import FP4_GROUP, INT4_GROUP
 from exporter.kernels.linear import QuantizedWeight, kernel_weights
 from exporter.kernels.variants import AOT_LAYOUTS
 from exporter.kernels.vq_gemm import VqWeights
-from exporter.quant import fp4_fine_groups
+from exporter.quant import fp4_fine_groups, two_level_activations
 from exporter.quant.fp4 import FP4_FORMATS, Fp4Format
 from exporter.quant.fp4_groups import EXPONENTS
 from exporter.quant.primitives import IntFormat
@@ -49,7 +51,8 @@ from exporter.rewrite.contract import FP4_GEMM, INT_GEMM, VQ_GEMM, PluginContrac
 QUANTIZED_TYPES = {TensorProto.INT4, TensorProto.UINT4, TensorProto.INT8, TensorProto.UINT8, TensorProto.FLOAT4E2M1,
                    TensorProto.FLOAT8E4M3FN, TensorProto.FLOAT8E5M2}
 SUB_BYTE_TYPES = {TensorProto.INT4, TensorProto.UINT4, TensorProto.FLOAT4E2M1}
-ACT_KIND_OF_TYPE = {TensorProto.INT8: "int8", TensorProto.FLOAT4E2M1: "fp4"}  # what the kernels quantize to
+ACT_KIND_OF_TYPE = {TensorProto.INT8: "int8", TensorProto.FLOAT4E2M1: "fp4", TensorProto.UINT4: "int4"}
+# what the kernels quantize to
 
 
 class NotReplaced(Exception):
@@ -249,11 +252,10 @@ def match_activation(a: gs.Tensor, k: int) -> tuple[gs.Tensor, str, dict, dict[s
     if q is None:
         return a, "none", {"act_mode": "none", "act_format": "none"}, {}
     kind = _act_kind(q)
-    zero = q.inputs[2] if len(q.inputs) > 2 else None
-    if zero is not None:
-        raise NotReplaced("activations with zero points: the kernels take them symmetric")
     if outer is not None:
-        return _static_activation(q, kind)
+        return _static_activation(q, kind, k)
+    if len(q.inputs) > 2:
+        raise NotReplaced("dynamic activations with zero points: the kernels take them symmetric")
     if isinstance(q.inputs[1], gs.Constant):
         raise NotReplaced("activations with one constant scale: the plugins take per-timestep or dynamic scales")
     group = q.attrs.get("block_size", 0)
@@ -310,12 +312,53 @@ def _table_row(t: gs.Tensor) -> gs.Node | None:
     return gather if gather is not None and _const(gather.inputs[0]) is not None else None
 
 
-def _static_activation(q: gs.Node, kind: str) -> tuple[gs.Tensor, str, dict, dict[str, gs.Tensor]]:
-    """One scale per sample's tokens, the row of its timestep bucket (x flattened per sample, axis 0)."""
+def _expanded_table_row(t: gs.Tensor) -> gs.Node | None:
+    """The Gather(constant table, bucket) behind Expand(Unsqueeze(.)) (a blocked static table
+    spread over the tokens), with an optional Cast after it."""
+    cast = _op(t, "Cast")
+    expand = _op(cast.inputs[0] if cast is not None else t, "Expand")
+    unsqueeze = _op(expand.inputs[0], "Unsqueeze") if expand is not None else None
+    return _table_row(unsqueeze.inputs[0]) if unsqueeze is not None else None
+
+
+def _two_level_activation(q: gs.Node, k: int) -> tuple[gs.Tensor, str, dict, dict[str, gs.Tensor]]:
+    """Static UINT4 per group of INT4_GROUP channels and timestep bucket (x viewed as [B, tokens, K],
+    blocked along the last axis) on two-level scales: the kernel's tables s [buckets] and the
+    factor and zero point of each group [buckets, G, 2]."""
+    flat = _op(q.inputs[0], "Reshape")
+    scale = _expanded_table_row(q.inputs[1])
+    zero = _expanded_table_row(q.inputs[2]) if len(q.inputs) > 2 else None
+    if q.attrs.get("axis") != -1 or q.attrs.get("block_size", 0) != INT4_GROUP:
+        raise NotReplaced(f"static UINT4 activations not in groups of {INT4_GROUP} channels, which no kernel takes")
+    if flat is None or scale is None or zero is None or scale.inputs[1] is not zero.inputs[1]:
+        raise NotReplaced("static UINT4 activations whose scales and zero points are not constant tables per "
+                          "timestep bucket")
+    table, zeros = _const(scale.inputs[0]), _const(zero.inputs[0])
+    if table.ndim != 2 or zeros.shape != table.shape or table.shape[1] * INT4_GROUP != k:
+        raise NotReplaced(f"static UINT4 activation tables of shape {table.shape}: [buckets, K / {INT4_GROUP}]")
+    try:
+        s, groups = two_level_activations.kernel_tables(torch.from_numpy(table.astype(np.float32)),
+                                                        torch.from_numpy(zeros.astype(np.float32)))
+    except ValueError as e:
+        raise NotReplaced(f"static UINT4 activation scales off the two-level grid, which no kernel takes ({e})") from None
+    name = scale.inputs[0].name
+    inputs = {"act_scale_table": gs.Constant(f"{name}.bucket_scale", s.numpy()),
+              "act_groups": gs.Constant(f"{name}.groups", _bytes(groups)),
+              "timestep_bucket": scale.inputs[1]}
+    return flat.inputs[0], "int4", {"act_mode": "static", "act_format": "uint4"}, inputs
+
+
+def _static_activation(q: gs.Node, kind: str, k: int) -> tuple[gs.Tensor, str, dict, dict[str, gs.Tensor]]:
+    """One scale per sample's tokens, the row of its timestep bucket (x flattened per sample, axis 0),
+    or UINT4 on two-level groups."""
+    if kind == "int4":
+        return _two_level_activation(q, k)
     flat = _op(q.inputs[0], "Reshape")
     scale = _table_row(q.inputs[1])
     if kind != "int8":
         raise NotReplaced("static FP4 activations: the kernels quantize FP4 dynamically")
+    if len(q.inputs) > 2:
+        raise NotReplaced("static INT8 activations with zero points: the kernels take them symmetric")
     if q.attrs.get("block_size", 0) or q.attrs.get("axis") != 0:
         raise NotReplaced("static activation scales per channel group: the kernels take one scale per token")
     if flat is None or scale is None or _const(scale.inputs[0]).ndim != 1:

@@ -9,7 +9,8 @@ Triton kernels compute on the contract's layouts (exporter/rewrite/contract.py),
     act          the activation quantizer's codes times its scale, built by the QDQ graph's own
                  builders (exporter/export/qdq.py, fp4_graph.py): INT8 per token (dynamic, or
                  the static table row of the sample's timestep bucket), FP4 E2M1 on fine groups
-                 (dynamic)
+                 (dynamic), UINT4 on two-level groups (static: scales act_scale_table[b] f, zero
+                 points z)
     W [N, K]     the kernel's operand times the row scale s[n], rounded once:
                    INT8 operands      q f                  (weight_bits 8)
                    INT4 chunks        q * factor per span  (weight_bits 4)
@@ -33,7 +34,7 @@ from onnx import TensorProto, helper
 from exporter.export.fp4_graph import decode_table, expand_blocked, fake_quantize
 from exporter.export.graph_builder import Builder, float_tensor, int64_tensor, onnx_quant_type
 from exporter.export.qdq import dynamic_scale, fine_group_scale, static_activation
-from exporter.kernels.layout import FP4_GROUP, SPAN
+from exporter.kernels.layout import FP4_GROUP, INT4_GROUP, SPAN
 from exporter.quant import fp4_fine_groups
 from exporter.quant.fp4 import Fp4Format
 from exporter.quant.fp4_groups import EXPONENTS
@@ -41,7 +42,7 @@ from exporter.quant.primitives import IntFormat
 from exporter.rewrite.contract import DOMAIN, FP4_GEMM, VQ_GEMM, PluginContract
 
 OUTPUT = "y"
-INT8 = IntFormat(8)
+INT8, UINT4 = IntFormat(8), IntFormat(4, symmetric=False)
 
 
 def overload_key(fields: dict) -> str:
@@ -113,6 +114,18 @@ def _weight_t(b: Builder, contract: PluginContract, f: dict) -> str:
     return b.node("Transpose", [w], perm=[1, 0])
 
 
+def _two_level_activation(b: Builder, x: str, k: int) -> str:
+    """Static UINT4 on two-level groups: the QDQ graph's blocked static quantizer with the group
+    scales act_scale_table[b] f[b, g] (exact products) and zero points z[b, g] from act_groups."""
+    groups = _unsigned(b, "act_groups")  # [buckets, G, 2]
+    factor = b.node("Gather", [groups, b.const(int64_tensor(b.name("factor_index"), 0))], axis=2)
+    zero = b.node("Gather", [groups, b.const(int64_tensor(b.name("zero_index"), 1))], axis=2)
+    bucket_scale = b.node("Unsqueeze", ["act_scale_table", b.const(int64_tensor(b.name("group_axis"), [1]))])
+    scale = b.node("Mul", [bucket_scale, b.node("Cast", [factor], to=TensorProto.FLOAT)])
+    return static_activation(b, x, scale, b.node("Cast", [zero], to=TensorProto.UINT8), UINT4, "timestep_bucket",
+                             k // INT4_GROUP, k)
+
+
 def _activation(b: Builder, x: str, f: dict) -> str:
     mode, k = f.get("act_mode", "none"), f["in_features"]
     if mode == "none":
@@ -121,8 +134,10 @@ def _activation(b: Builder, x: str, f: dict) -> str:
         fmt = fp4_fine_groups.FORMAT
         scale = fine_group_scale(b, x, FP4_GROUP, k)
         return fake_quantize(b, x, expand_blocked(b, scale, x, -1, FP4_GROUP), fmt)
+    if f["act_format"] == "uint4":
+        return _two_level_activation(b, x, k)
     if mode == "static":
-        return static_activation(b, x, "act_scale_table", None, INT8, "timestep_bucket", 1, k)
+        return static_activation(b, x, "act_scale_table", None, INT8, "timestep_bucket")
     scale = dynamic_scale(b, x, INT8, k, k)
     q = b.node("QuantizeLinear", [x, scale], output_dtype=onnx_quant_type(INT8), axis=-1, block_size=k)
     return b.node("DequantizeLinear", [q, scale], axis=-1, block_size=k)

@@ -40,7 +40,7 @@ int32_t DitFp4GemmSpec::run(Fields const& f, Inputs const& in, GemmLaunch const&
     }
     void* const codes = launch.space.codes(launch.workspace);
     float* const rowScale = launch.space.scales(launch.workspace);
-    int32_t status = ditTritonQuantizeRows(launch.x, codes, rowScale, nullptr, nullptr, m, f.in_features, 1,
+    int32_t status = ditTritonQuantizeRows(launch.x, codes, rowScale, nullptr, nullptr, nullptr, m, f.in_features, 1,
         DIT_TRITON_QUANT_FP4, launch.stream);
     if (status == DIT_TRITON_SUCCESS)
     {

@@ -491,13 +491,14 @@ extern "C" int32_t ditTritonVqGemm(void const* a, uint8_t const* indices, void c
 }
 
 extern "C" int32_t ditTritonQuantizeRows(void const* x, void* codes, float* scale, float const* table,
-    int64_t const* bucket, int32_t m, int32_t k, int32_t samples, int32_t format, DitTritonStream stream)
+    int64_t const* bucket, uint8_t const* groups, int32_t m, int32_t k, int32_t samples, int32_t format,
+    DitTritonStream stream)
 {
     return guarded([&]() -> int32_t {
         LaunchPlan plan;
         std::string why;
         DitTritonStatus const planned
-            = planQuantizeRows(x, codes, scale, table, bucket, m, k, samples, format, plan, why);
+            = planQuantizeRows(x, codes, scale, table, bucket, groups, m, k, samples, format, plan, why);
         return run(planned, why, plan, stream);
     });
 }

@@ -85,7 +85,9 @@ typedef enum
 {
     DIT_TRITON_QUANT_INT8 = 0,  // codes int8
     DIT_TRITON_QUANT_FP8 = 1,   // codes float8_e4m3fn
-    DIT_TRITON_QUANT_FP4 = 2    // E2M1 in groups of 32 channels, as exact float8_e4m3fn operands (dynamic only)
+    DIT_TRITON_QUANT_FP4 = 2,   // E2M1 in groups of 32 channels, as exact float8_e4m3fn operands (dynamic only)
+    DIT_TRITON_QUANT_INT4 = 3   // UINT4 on two-level groups of 32 channels, as exact int8 operands (q - z) f
+                                // (static only: groups holds each group's f and z)
 } DitTritonQuantFormat;
 
 // exporter/kernels/int8_gemm.py:  y = (a @ w^T) * a_scale[m] * w_scale[n] + bias[n]
@@ -137,13 +139,15 @@ int32_t ditTritonVqGemm(void const* a,            // float16 [M, K]
 
 // exporter/kernels/activation_quant.py: each row of x to 8-bit codes and one float32 scale.
 // Static scales (table non-NULL): scale[row] = table[bucket[row / (M / samples)]]; dynamic (table
-// and bucket NULL): max |x[row]| / qmax.
+// and bucket NULL): max |x[row]| / qmax. INT4: code = (clamp(round(x / (scale f) + z), 0, 15) - z) f.
 int32_t ditTritonQuantizeRows(void const* x,          // float16 [M, K]
                               void* codes,            // int8 or float8_e4m3fn [M, K]
                               float* scale,           // float32 [M]
                               float const* table,     // float32 [buckets], or NULL (dynamic)
                               int64_t const* bucket,  // int64 [samples]: each sample's table row, or NULL
-                              int32_t m, int32_t k,   // K a multiple of 16 (FP4: of 32)
+                              uint8_t const* groups,  // INT4: uint8 [buckets, K / 32, 2], f (1..8) and z (0..15)
+                                                      // of each group; other formats: NULL
+                              int32_t m, int32_t k,   // K a multiple of 16 (FP4, INT4: of 32)
                               int32_t samples,        // static: M a multiple of it; dynamic: ignored
                               int32_t format,         // DitTritonQuantFormat
                               DitTritonStream stream);

@@ -17,8 +17,8 @@ namespace
 
 // Pointers and the N and K arguments are compiled as multiples of 16 (variants.py: tt.divisibility).
 constexpr int64_t kAlignment = 16;
-// The FP4 activation quantizer's group of channels (variants.py: GROUP).
-constexpr int32_t kFp4Group = 32;
+// The FP4 and INT4 activation quantizers' group of channels (layout.py: FP4_GROUP, INT4_GROUP).
+constexpr int32_t kActGroup = 32;
 constexpr int64_t kInt32Max = INT32_MAX;
 
 std::string archName(KernelImage const& image)
@@ -356,15 +356,16 @@ DitTritonStatus planVqGemm(void const* a, uint8_t const* indices, void const* co
 }
 
 DitTritonStatus planQuantizeRows(void const* x, void* codes, float* scale, float const* table, int64_t const* bucket,
-    int32_t m, int32_t k, int32_t samples, int32_t format, LaunchPlan& plan, std::string& why)
+    uint8_t const* groups, int32_t m, int32_t k, int32_t samples, int32_t format, LaunchPlan& plan, std::string& why)
 {
     static char const* const kFunction = "ditTritonQuantizeRows";
     plan = LaunchPlan{};
     bool const isStatic = table != nullptr;
-    if (format != DIT_TRITON_QUANT_INT8 && format != DIT_TRITON_QUANT_FP8 && format != DIT_TRITON_QUANT_FP4)
+    if (format != DIT_TRITON_QUANT_INT8 && format != DIT_TRITON_QUANT_FP8 && format != DIT_TRITON_QUANT_FP4
+        && format != DIT_TRITON_QUANT_INT4)
     {
-        return invalid(kFunction, "format must be DIT_TRITON_QUANT_INT8, _FP8 or _FP4, not " + std::to_string(format),
-            why);
+        return invalid(kFunction,
+            "format must be DIT_TRITON_QUANT_INT8, _FP8, _FP4 or _INT4, not " + std::to_string(format), why);
     }
     if (m < 0 || k <= 0 || k % kAlignment != 0)
     {
@@ -373,9 +374,10 @@ DitTritonStatus planQuantizeRows(void const* x, void* codes, float* scale, float
                 + " must be a positive multiple of 16",
             why);
     }
-    if (format == DIT_TRITON_QUANT_FP4 && k % kFp4Group != 0)
+    bool const grouped = format == DIT_TRITON_QUANT_FP4 || format == DIT_TRITON_QUANT_INT4;
+    if (grouped && k % kActGroup != 0)
     {
-        return invalid(kFunction, "FP4 groups of 32 channels must divide K = " + std::to_string(k), why);
+        return invalid(kFunction, "FP4 and INT4 groups of 32 channels must divide K = " + std::to_string(k), why);
     }
     if (isStatic != (bucket != nullptr))
     {
@@ -385,14 +387,23 @@ DitTritonStatus planQuantizeRows(void const* x, void* codes, float* scale, float
     {
         return invalid(kFunction, "FP4 scales are dynamic only: table and bucket must be NULL", why);
     }
+    if (format == DIT_TRITON_QUANT_INT4 && (!isStatic || groups == nullptr))
+    {
+        return invalid(kFunction, "INT4 scales are static only: table, bucket and groups must all be given", why);
+    }
+    if (format != DIT_TRITON_QUANT_INT4 && groups != nullptr)
+    {
+        return invalid(kFunction, "groups is for INT4 only: it must be NULL", why);
+    }
     if (isStatic && (samples <= 0 || m % samples != 0))
     {
         return invalid(kFunction,
             "static scales need M = " + std::to_string(m) + " to be a multiple of samples = " + std::to_string(samples),
             why);
     }
-    static char const* const kVariants[3][2] = {{"quantize.int8.dynamic", "quantize.int8.static"},
-        {"quantize.fp8.dynamic", "quantize.fp8.static"}, {"quantize.fp4.dynamic", nullptr}};
+    static char const* const kVariants[4][2] = {{"quantize.int8.dynamic", "quantize.int8.static"},
+        {"quantize.fp8.dynamic", "quantize.fp8.static"}, {"quantize.fp4.dynamic", nullptr},
+        {nullptr, "quantize.int4.static"}};
     plan.variant = kVariants[format][isStatic ? 1 : 0];
     plan.rows = m;
     plan.cols = 1;
@@ -401,9 +412,10 @@ DitTritonStatus planQuantizeRows(void const* x, void* codes, float* scale, float
     {
         return DIT_TRITON_SUCCESS;
     }
+    bool const hasGroups = format == DIT_TRITON_QUANT_INT4;
     if (DitTritonStatus const status = checkPointers(kFunction,
             {{"x", x}, {"codes", codes}, {"scale", scale}, {isStatic ? "table" : nullptr, table},
-                {isStatic ? "bucket" : nullptr, bucket}},
+                {isStatic ? "bucket" : nullptr, bucket}, {hasGroups ? "groups" : nullptr, groups}},
             why))
     {
         return status;
@@ -413,6 +425,7 @@ DitTritonStatus planQuantizeRows(void const* x, void* codes, float* scale, float
     plan.pointer("scale_ptr", scale);
     plan.pointer("table_ptr", isStatic ? static_cast<void const*>(table) : scale);  // unused when dynamic
     plan.pointer("bucket_ptr", isStatic ? static_cast<void const*>(bucket) : scale);
+    plan.pointer("groups_ptr", hasGroups ? static_cast<void const*>(groups) : scale);  // unused but for INT4
     plan.int32("K", k);
     plan.int32("rows_per_sample", isStatic ? m / samples : 1);
     plan.int32("table_row", 1);  // the table is one scale per bucket

@@ -65,7 +65,7 @@ DitTritonStatus planFp8Gemm(void const* a, float const* aScale, void const* w, u
 DitTritonStatus planVqGemm(void const* a, uint8_t const* indices, void const* codebook, float const* bias, void* y,
     int32_t m, int32_t n, int32_t k, int32_t dim, LaunchPlan& plan, std::string& why);
 DitTritonStatus planQuantizeRows(void const* x, void* codes, float* scale, float const* table, int64_t const* bucket,
-    int32_t m, int32_t k, int32_t samples, int32_t format, LaunchPlan& plan, std::string& why);
+    uint8_t const* groups, int32_t m, int32_t k, int32_t samples, int32_t format, LaunchPlan& plan, std::string& why);
 
 // Whether the image's kernel takes exactly the plan's arguments (names, in order).
 bool argumentsMatch(KernelImage const& image, LaunchPlan const& plan, std::string& why);

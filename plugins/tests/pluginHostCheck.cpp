@@ -7,6 +7,8 @@
 #include "ditVqGemmPlugin/ditVqGemmPlugin.h"
 
 #include <cstdio>
+#include <utility>
+#include <vector>
 
 namespace dit_export
 {
@@ -117,6 +119,24 @@ int main()
     report("int w4 dynamic", w4a8,
         {desc(DataType::kHALF, {2, 300, k}), desc(DataType::kINT8, {n, k / 2}), desc(DataType::kINT8, {n, k / 32}),
             desc(DataType::kFLOAT, {n}), desc(DataType::kFLOAT, {n}), desc(DataType::kHALF, {2, 300, n})});
+    // Static UINT4 activations on two-level groups: act_groups [buckets, K / 32, 2] must match the table's buckets.
+    auto const w4a4 = [&](int64_t groupBuckets) {
+        return std::make_pair(create(intCreator, {{"in_features", &k, PluginFieldType::kINT32, 1},
+                                  {"out_features", &n, PluginFieldType::kINT32, 1},
+                                  {"weight_bits", &four, PluginFieldType::kINT32, 1},
+                                  {"act_mode", "static", PluginFieldType::kCHAR, 7},
+                                  {"act_format", "uint4", PluginFieldType::kCHAR, 6},
+                                  {"has_bias", &one, PluginFieldType::kINT32, 1}}),
+            std::vector<nvinfer1::DynamicPluginTensorDesc>{desc(DataType::kHALF, {2, 300, k}),
+                desc(DataType::kINT8, {n, k / 2}), desc(DataType::kINT8, {n, k / 32}), desc(DataType::kFLOAT, {n}),
+                desc(DataType::kFLOAT, {5}),
+                desc(DataType::kINT8, {groupBuckets, k / 32, 2}), desc(DataType::kINT64, {2}),
+                desc(DataType::kFLOAT, {n}), desc(DataType::kHALF, {2, 300, n})});
+    };
+    auto const [uint4, uint4Io] = w4a4(5);
+    report("int w4 static uint4", uint4, uint4Io);
+    auto const [badGroups, badGroupsIo] = w4a4(4);
+    report("int w4 static uint4 bad groups", badGroups, badGroupsIo);
     auto* w8a16 = create(intCreator, {{"in_features", &k, PluginFieldType::kINT32, 1},
         {"out_features", &n, PluginFieldType::kINT32, 1}, {"weight_bits", &eight, PluginFieldType::kINT32, 1},
         {"act_mode", "none", PluginFieldType::kCHAR, 5}, {"act_format", "none", PluginFieldType::kCHAR, 5},

@@ -87,7 +87,8 @@ void noContextAndEmptyProblems()
     CHECK(ditTritonInt8Gemm(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, 0, 64, 64, 8,
               DIT_TRITON_ACT_INT8, kStream)
         == DIT_TRITON_SUCCESS);
-    CHECK(ditTritonQuantizeRows(nullptr, nullptr, nullptr, nullptr, nullptr, 0, 64, 1, DIT_TRITON_QUANT_INT8, kStream)
+    CHECK(ditTritonQuantizeRows(
+              nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, 0, 64, 1, DIT_TRITON_QUANT_INT8, kStream)
         == DIT_TRITON_SUCCESS);
     CHECK(fake.launches == 0 && fake.cubinLoads == 0);
     // Argument errors come before any driver call.
@@ -126,12 +127,13 @@ void launchOnHopper()
     CHECK(std::strstr(ditTritonLastError(), "K step 128") != nullptr);
     CHECK(int8Gemm(256, 64, 256, 4) == DIT_TRITON_SUCCESS && fake.paramValues[3] == 0x400000);
 
-    layout(5, 3);
+    layout(6, 3);
     float* const scale = at<float>(0x800000);
     CHECK(ditTritonQuantizeRows(at<void const>(0x100000), at<void>(0x900000), scale, at<float const>(0xa00000),
-              at<int64_t const>(0xb00000), 512, 1152, 2, DIT_TRITON_QUANT_FP8, kStream)
+              at<int64_t const>(0xb00000), nullptr, 512, 1152, 2, DIT_TRITON_QUANT_FP8, kStream)
         == DIT_TRITON_SUCCESS);
-    uint64_t const quantize[10] = {0x100000, 0x900000, 0x800000, 0xa00000, 0xb00000, 1152, 256, 1, 0, 0};
+    // groups_ptr, unused but for INT4, gets the scale pointer
+    uint64_t const quantize[11] = {0x100000, 0x900000, 0x800000, 0xa00000, 0xb00000, 0x800000, 1152, 256, 1, 0, 0};
     CHECK(fake.grid[0] == 512 && fake.block[0] == 128 && fake.sharedBytes == 0
         && std::memcmp(fake.paramValues, quantize, sizeof(quantize)) == 0);
     CHECK(std::strcmp(fake.symbol, "quantize_rows_kernel") == 0);

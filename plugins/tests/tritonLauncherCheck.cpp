@@ -266,34 +266,52 @@ void otherPlanChecks()
     float* const scale = reinterpret_cast<float*>(0xb000);
     auto const table = floats(0xc000);
     auto const bucket = static_cast<int64_t const*>(address(0xd000));
-    CHECK(planQuantizeRows(a, codes, scale, nullptr, nullptr, 77, 1152, 0, DIT_TRITON_QUANT_INT8, plan, why)
+    CHECK(planQuantizeRows(a, codes, scale, nullptr, nullptr, nullptr, 77, 1152, 0, DIT_TRITON_QUANT_INT8, plan, why)
             == DIT_TRITON_SUCCESS
         && std::strcmp(plan.variant, "quantize.int8.dynamic") == 0
-        && names(plan) == "x_ptr,codes_ptr,scale_ptr,table_ptr,bucket_ptr,K,rows_per_sample,table_row"
-        && plan.params[3].address == 0xb000 && plan.params[4].address == 0xb000 && plan.params[6].value == 1
-        && plan.params[7].value == 1 && plan.rows == 77);
-    CHECK(planQuantizeRows(a, codes, scale, table, bucket, 512, 1152, 2, DIT_TRITON_QUANT_FP8, plan, why)
+        && names(plan) == "x_ptr,codes_ptr,scale_ptr,table_ptr,bucket_ptr,groups_ptr,K,rows_per_sample,table_row"
+        && plan.params[3].address == 0xb000 && plan.params[4].address == 0xb000 && plan.params[5].address == 0xb000
+        && plan.params[7].value == 1 && plan.params[8].value == 1 && plan.rows == 77);
+    CHECK(planQuantizeRows(a, codes, scale, table, bucket, nullptr, 512, 1152, 2, DIT_TRITON_QUANT_FP8, plan, why)
             == DIT_TRITON_SUCCESS
         && std::strcmp(plan.variant, "quantize.fp8.static") == 0 && plan.params[3].address == 0xc000
-        && plan.params[4].address == 0xd000 && plan.params[5].value == 1152 && plan.params[6].value == 256);
-    CHECK(planQuantizeRows(a, codes, scale, nullptr, nullptr, 4, 64, 0, DIT_TRITON_QUANT_FP4, plan, why)
+        && plan.params[4].address == 0xd000 && plan.params[6].value == 1152 && plan.params[7].value == 256);
+    auto const groups = static_cast<uint8_t const*>(address(0xe000));
+    CHECK(planQuantizeRows(a, codes, scale, table, bucket, groups, 512, 1152, 2, DIT_TRITON_QUANT_INT4, plan, why)
             == DIT_TRITON_SUCCESS
-        && std::strcmp(plan.variant, "quantize.fp4.dynamic") == 0);
-    CHECK(planQuantizeRows(a, codes, scale, nullptr, nullptr, 4, 48, 0, DIT_TRITON_QUANT_FP4, plan, why)
+        && std::strcmp(plan.variant, "quantize.int4.static") == 0 && plan.params[5].address == 0xe000
+        && plan.params[7].value == 256);
+    CHECK(planQuantizeRows(a, codes, scale, table, bucket, nullptr, 512, 1152, 2, DIT_TRITON_QUANT_INT4, plan, why)
+            == DIT_TRITON_INVALID_ARGUMENT
+        && why.find("static only") != std::string::npos);
+    CHECK(planQuantizeRows(a, codes, scale, nullptr, nullptr, groups, 4, 64, 0, DIT_TRITON_QUANT_INT4, plan, why)
+        == DIT_TRITON_INVALID_ARGUMENT);
+    CHECK(planQuantizeRows(a, codes, scale, table, bucket, groups, 4, 48, 2, DIT_TRITON_QUANT_INT4, plan, why)
             == DIT_TRITON_INVALID_ARGUMENT
         && why.find("groups of 32") != std::string::npos);
-    CHECK(planQuantizeRows(a, codes, scale, table, bucket, 4, 64, 2, DIT_TRITON_QUANT_FP4, plan, why)
+    CHECK(planQuantizeRows(a, codes, scale, table, bucket, groups, 4, 64, 2, DIT_TRITON_QUANT_INT8, plan, why)
+            == DIT_TRITON_INVALID_ARGUMENT
+        && why.find("INT4 only") != std::string::npos);
+    CHECK(planQuantizeRows(a, codes, scale, nullptr, nullptr, nullptr, 4, 64, 0, DIT_TRITON_QUANT_FP4, plan, why)
+            == DIT_TRITON_SUCCESS
+        && std::strcmp(plan.variant, "quantize.fp4.dynamic") == 0);
+    CHECK(planQuantizeRows(a, codes, scale, nullptr, nullptr, nullptr, 4, 48, 0, DIT_TRITON_QUANT_FP4, plan, why)
+            == DIT_TRITON_INVALID_ARGUMENT
+        && why.find("groups of 32") != std::string::npos);
+    CHECK(planQuantizeRows(a, codes, scale, table, bucket, nullptr, 4, 64, 2, DIT_TRITON_QUANT_FP4, plan, why)
             == DIT_TRITON_INVALID_ARGUMENT
         && why.find("dynamic only") != std::string::npos);
-    CHECK(planQuantizeRows(a, codes, scale, table, bucket, 5, 64, 2, DIT_TRITON_QUANT_INT8, plan, why)
+    CHECK(planQuantizeRows(a, codes, scale, table, bucket, nullptr, 5, 64, 2, DIT_TRITON_QUANT_INT8, plan, why)
             == DIT_TRITON_INVALID_ARGUMENT
         && why.find("multiple of samples") != std::string::npos);
-    CHECK(planQuantizeRows(a, codes, scale, table, nullptr, 4, 64, 2, DIT_TRITON_QUANT_INT8, plan, why)
+    CHECK(planQuantizeRows(a, codes, scale, table, nullptr, nullptr, 4, 64, 2, DIT_TRITON_QUANT_INT8, plan, why)
         == DIT_TRITON_INVALID_ARGUMENT);
-    CHECK(planQuantizeRows(a, codes, scale, nullptr, nullptr, 4, 40, 0, DIT_TRITON_QUANT_INT8, plan, why)
+    CHECK(planQuantizeRows(a, codes, scale, nullptr, nullptr, nullptr, 4, 40, 0, DIT_TRITON_QUANT_INT8, plan, why)
         == DIT_TRITON_INVALID_ARGUMENT);
-    CHECK(planQuantizeRows(a, codes, scale, nullptr, nullptr, 4, 64, 0, 3, plan, why) == DIT_TRITON_INVALID_ARGUMENT);
-    CHECK(planQuantizeRows(nullptr, nullptr, nullptr, nullptr, nullptr, 0, 64, 0, DIT_TRITON_QUANT_INT8, plan, why)
+    CHECK(planQuantizeRows(a, codes, scale, nullptr, nullptr, nullptr, 4, 64, 0, 4, plan, why)
+        == DIT_TRITON_INVALID_ARGUMENT);
+    CHECK(planQuantizeRows(
+              nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, 0, 64, 0, DIT_TRITON_QUANT_INT8, plan, why)
             == DIT_TRITON_SUCCESS
         && plan.empty());
 }
@@ -324,8 +342,8 @@ void checkPlanChecks()
     CHECK(argumentsMatch(gemm, plan, why));
 
     KernelImage quantize{"quantize.int8.dynamic", "quantize", 80, false, false, "quantize_rows_kernel", 4, 16, 0, 0, 0,
-        "x_ptr,codes_ptr,scale_ptr,table_ptr,bucket_ptr,K,rows_per_sample,table_row", kBytes, 1};
-    CHECK(planQuantizeRows(p, y, reinterpret_cast<float*>(0x1000), nullptr, nullptr, 4097, 1152, 0,
+        "x_ptr,codes_ptr,scale_ptr,table_ptr,bucket_ptr,groups_ptr,K,rows_per_sample,table_row", kBytes, 1};
+    CHECK(planQuantizeRows(p, y, reinterpret_cast<float*>(0x1000), nullptr, nullptr, nullptr, 4097, 1152, 0,
               DIT_TRITON_QUANT_INT8, plan, why)
         == DIT_TRITON_SUCCESS);
     CHECK(checkPlan(quantize, plan, grid, why) == DIT_TRITON_SUCCESS && grid == 4097);

@@ -30,6 +30,10 @@ struct FieldView
     }
 };
 
+// Channels per group of the FP4 and UINT4 activation quantizers (exporter/kernels/layout.py).
+constexpr int32_t kFp4ActGroup = 32;
+constexpr int32_t kInt4ActGroup = 32;
+
 enum class ActMode : int32_t { kNone = 0, kStatic = 1, kDynamic = 2 };
 
 inline bool parseActMode(std::string_view text, ActMode& out)
@@ -51,13 +55,14 @@ inline char const* toString(ActMode value)
     return "";
 }
 
-enum class ActFormat : int32_t { kNone = 0, kInt8 = 1, kFp4e2m1 = 2 };
+enum class ActFormat : int32_t { kNone = 0, kInt8 = 1, kFp4e2m1 = 2, kUint4 = 3 };
 
 inline bool parseActFormat(std::string_view text, ActFormat& out)
 {
     if (text == "none") { out = ActFormat::kNone; return true; }
     if (text == "int8") { out = ActFormat::kInt8; return true; }
     if (text == "fp4e2m1") { out = ActFormat::kFp4e2m1; return true; }
+    if (text == "uint4") { out = ActFormat::kUint4; return true; }
     return false;
 }
 
@@ -68,6 +73,7 @@ inline char const* toString(ActFormat value)
     case ActFormat::kNone: return "none";
     case ActFormat::kInt8: return "int8";
     case ActFormat::kFp4e2m1: return "fp4e2m1";
+    case ActFormat::kUint4: return "uint4";
     }
     return "";
 }
@@ -96,7 +102,9 @@ inline char const* toString(WeightFormat value)
 // ---- DitIntGemm ----
 // INT8 or INT4 weights with a float scale per output channel (INT4: times an integer factor 1..16
 // per group, two-level scales), INT8 activations with one scale per token (static per timestep
-// bucket, or dynamic) or FP16 activations: int8_gemm.
+// bucket, or dynamic), static UINT4 activations on two-level groups of 32 channels (a scale per
+// timestep bucket times an integer factor 1..8 per group, a zero point per group: INT8 operands (q
+// - z) f), or FP16 activations: int8_gemm.
 
 struct DitIntGemmInfo
 {
@@ -108,9 +116,9 @@ struct DitIntGemmInfo
     static constexpr int32_t kNbFields = 6;
     static constexpr char const* kFieldNames[kNbFields] = {"in_features", "out_features", "weight_bits", "act_mode", "act_format", "has_bias"};
     static constexpr FieldType kFieldTypes[kNbFields] = {FieldType::kInt32, FieldType::kInt32, FieldType::kInt32, FieldType::kChar, FieldType::kChar, FieldType::kInt32};
-    static constexpr int32_t kMaxInputs = 7;
-    static constexpr char const* kInputNames[kMaxInputs] = {"x", "weight", "weight_factor", "weight_scale", "act_scale_table", "timestep_bucket", "bias"};
-    static constexpr PortType kInputTypes[kMaxInputs] = {PortType::kFloat16, PortType::kInt8, PortType::kInt8, PortType::kFloat32, PortType::kFloat32, PortType::kInt64, PortType::kFloat32};
+    static constexpr int32_t kMaxInputs = 8;
+    static constexpr char const* kInputNames[kMaxInputs] = {"x", "weight", "weight_factor", "weight_scale", "act_scale_table", "act_groups", "timestep_bucket", "bias"};
+    static constexpr PortType kInputTypes[kMaxInputs] = {PortType::kFloat16, PortType::kInt8, PortType::kInt8, PortType::kFloat32, PortType::kFloat32, PortType::kInt8, PortType::kInt64, PortType::kFloat32};
     static constexpr int32_t kNbOutputs = 1;
     static constexpr PortType kOutputType = PortType::kFloat16;
 };
@@ -128,7 +136,8 @@ struct DitIntGemmFields
     // act_scale_table[timestep_bucket[b]]; dynamic: max|x| / 127 per token: one of none, static,
     // dynamic
     ActMode act_mode{};
-    // int8 (symmetric, round to nearest even) or none: one of none, int8
+    // int8 (symmetric, round to nearest even), uint4 (static, on two-level groups: q =
+    // clamp(round(x / (s f) + z), 0, 15), the operand (q - z) f) or none: one of none, int8, uint4
     ActFormat act_format{};
     // 1 when the bias input is present: one of 0, 1
     int32_t has_bias{};
@@ -185,9 +194,9 @@ inline std::string parseDitIntGemmFields(FieldView const* entries, int32_t count
         }
         if (name == "act_format")
         {
-            if (e.type != FieldType::kChar || !(e.text() == "none" || e.text() == "int8")
+            if (e.type != FieldType::kChar || !(e.text() == "none" || e.text() == "int8" || e.text() == "uint4")
                 || !parseActFormat(e.text(), out.act_format))
-                return "DitIntGemm: field act_format must be one of none, int8";
+                return "DitIntGemm: field act_format must be one of none, int8, uint4";
             seen[4] = true;
             continue;
         }
@@ -209,8 +218,12 @@ inline std::string parseDitIntGemmFields(FieldView const* entries, int32_t count
             return std::string("DitIntGemm: missing field ") + DitIntGemmInfo::kFieldNames[i];
     if ((out.act_mode == ActMode::kNone) && (!(out.act_format == ActFormat::kNone)))
         return "DitIntGemm: act_mode none takes act_format none";
-    if ((out.act_mode == ActMode::kStatic || out.act_mode == ActMode::kDynamic) && (!(out.act_format == ActFormat::kInt8)))
-        return "DitIntGemm: quantized activations are int8";
+    if ((out.act_mode == ActMode::kDynamic) && (!(out.act_format == ActFormat::kInt8)))
+        return "DitIntGemm: dynamic activations are int8";
+    if ((out.act_mode == ActMode::kStatic) && (!(out.act_format == ActFormat::kInt8 || out.act_format == ActFormat::kUint4)))
+        return "DitIntGemm: static activations are int8 or uint4";
+    if ((out.act_format == ActFormat::kUint4) && (out.in_features % 32 != 0))
+        return "DitIntGemm: uint4 activations need in_features a multiple of their group, 32";
     if ((out.weight_bits == 4) && (out.in_features % 128 != 0))
         return "DitIntGemm: 4-bit weights need in_features a multiple of the kernels' K step, 128";
     return "";
@@ -233,6 +246,9 @@ struct DitIntGemmInputs
     int32_t weight_scale{-1};
     // FLOAT [buckets]: activation scale of each timestep bucket
     int32_t act_scale_table{-1};
+    // INT8 [buckets, K / 32, 2]: act_format uint4: the factor f (1..8) and the zero point z
+    // (0..15) of each group of 32 channels in each timestep bucket
+    int32_t act_groups{-1};
     // INT64 [B]: bucket of each sample's timestep (its row in act_scale_table)
     int32_t timestep_bucket{-1};
     // FLOAT [N]: bias
@@ -260,14 +276,19 @@ inline DitIntGemmInputs ditIntGemmInputs(DitIntGemmFields const& f)
         in.port[in.count] = 4;
         in.act_scale_table = in.count++;
     }
-    if (f.act_mode == ActMode::kStatic)
+    if (f.act_format == ActFormat::kUint4)
     {
         in.port[in.count] = 5;
+        in.act_groups = in.count++;
+    }
+    if (f.act_mode == ActMode::kStatic)
+    {
+        in.port[in.count] = 6;
         in.timestep_bucket = in.count++;
     }
     if (f.has_bias != 0)
     {
-        in.port[in.count] = 6;
+        in.port[in.count] = 7;
         in.bias = in.count++;
     }
     return in;
