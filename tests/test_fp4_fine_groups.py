@@ -20,6 +20,7 @@ from exporter.quant.qlinear import FineGroupActivationQuant
 GROUP = 32
 T_MIN, T_MAX = EXPONENTS["e2m1"]
 MU = torch.tensor(fp4_fine_groups.MULTIPLIERS)
+CLIP = fp4_fine_groups.CLIP_AT
 
 
 def test_multipliers_are_every_scale_whose_products_stay_exact_e4m3():
@@ -35,15 +36,15 @@ def test_multipliers_are_every_scale_whose_products_stay_exact_e4m3():
         assert not torch.equal(products.to(torch.float8_e4m3fn).float(), products)
 
 
-def test_level_is_the_smallest_multiplier_that_keeps_the_maximum_at_most_at_7():
-    ratio = torch.cat([MU, torch.nextafter(MU, torch.zeros(())), torch.nextafter(MU, torch.ones(()) * 2), MU * 7 / 6,
+def test_level_is_the_smallest_multiplier_that_keeps_the_maximum_at_most_at_the_clip():
+    ratio = torch.cat([MU, torch.nextafter(MU, torch.zeros(())), torch.nextafter(MU, torch.ones(()) * 2), MU * CLIP / 6,
                        torch.rand(2000) ** 8, torch.tensor([0.0, 1e-30, 2.0**-20])]).clamp_max(1.0)
     level = fp4_fine_groups.group_levels(ratio[None], torch.ones(1))[0]
     reach = ratio * torch.tensor(fp4_fine_groups.REACH)  # rounded once, as in every implementation
     fits = MU[None, :] >= reach[:, None]
     brute = torch.where(fits.any(1), fits.int().cumsum(1).argmax(1), len(MU) - 1)  # last multiplier that fits
     assert torch.equal(level.long(), brute)
-    assert torch.all(ratio[ratio > MU[-1]] / MU[level[ratio > MU[-1]]] <= 7 / 6 * (1 + 2**-22))
+    assert torch.all(ratio[ratio > MU[-1]] / MU[level[ratio > MU[-1]]] <= CLIP / 6 * (1 + 2**-22))
     assert torch.all(level[:len(MU)].long() == torch.arange(len(MU)))  # at a multiplier: that one
 
 
@@ -112,7 +113,8 @@ def test_onnx_activation_subgraph_and_simulation_are_fine_groups_quantize_exactl
 
 def test_fine_groups_come_within_a_few_per_cent_of_float_group_scales():
     """Squared error relative to FP32 group scales (max|x| / 6): power-of-two groups are about 19 %
-    above them on these Gaussian groups, fine groups about 6 %."""
+    above them on these Gaussian groups, fine groups clipping at 6.5 about 11 % (at 7, 6 %: the
+    Gaussian optimum is not the model's, fp4_fine_groups.py)."""
     from exporter.quant import fp4_groups
 
     gen = torch.Generator().manual_seed(3)
@@ -123,4 +125,4 @@ def test_fine_groups_come_within_a_few_per_cent_of_float_group_scales():
              "fine": fp4_fine_groups.dequantize(*fp4_fine_groups.quantize(x, GROUP)) - x,
              "pow2": fp4_groups.dequantize(*fp4_groups.quantize(x, GROUP, "e2m1"), "e2m1") - x}
     mse = {name: float(e.pow(2).mean()) for name, e in error.items()}
-    assert mse["fine"] < 1.09 * mse["float"] and mse["pow2"] > 1.12 * mse["float"]
+    assert mse["fine"] < 1.12 * mse["float"] and mse["pow2"] > 1.16 * mse["float"]

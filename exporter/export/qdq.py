@@ -19,7 +19,7 @@ Per quantized Linear `L` (x [..., K] -> y [..., N]):
              then blocked Q/DQ along the last axis (FLOAT4E2M1 for FP4 activations).
     FP4 on   the scale of each group of g channels is s * 2**t_max * mu (fp4_fine_groups.py),
     fine     from comparisons only: amax = ReduceMax(|x|) per token, s = max(amax / (6 * 2**t_max),
-    groups   tiny); reach = group amax / max(amax, tiny) * 6/7; level = #{mu in MULTIPLIERS[1:]:
+    groups   tiny); reach = group amax / max(amax, tiny) * 6/6.5; level = #{mu in MULTIPLIERS[1:]:
              mu >= reach}, 2**t_max * mu from a table; then blocked FLOAT4E2M1 Q/DQ as above.
     rotated  x H before the activation quantizer: x reshaped to [-1, b], MatMul with the b x b
              Hadamard block L.hadamard, reshaped back; the weight codes already hold W H.
