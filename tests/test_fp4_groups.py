@@ -155,9 +155,13 @@ def test_activation_spec_and_weight_spec_rules():
     for bad in (dict(kind="int"), dict(mode="static"), dict(group_size=PER_CHANNEL)):
         with pytest.raises(UserError, match="e4m3-groups"):
             ActivationSpec(**{**dict(bits=4, mode="dynamic", group_size=32, kind="fp4"), **bad}, scales="e4m3-groups")
-    for bad in ("two-level", "pow2-groups"):
-        with pytest.raises(UserError, match="unknown activation scales"):
-            ActivationSpec(scales=bad)
+    with pytest.raises(UserError, match="unknown activation scales"):
+        ActivationSpec(scales="pow2-groups")
+    two_level = dict(bits=4, symmetric=False, mode="static", group_size=32)
+    assert ActivationSpec(**two_level, scales="two-level").format == IntFormat(4, symmetric=False)
+    for bad in (dict(symmetric=True), dict(mode="dynamic"), dict(group_size=PER_CHANNEL), dict(bits=8)):
+        with pytest.raises(UserError, match="two-level activation scales"):
+            ActivationSpec(**{**two_level, **bad}, scales="two-level")
     for bad in (dict(kind="int"), dict(kind="fp4", group_size=PER_CHANNEL)):
         with pytest.raises(UserError, match="pow2-groups"):
             WeightSpec(**{**dict(bits=4, group_size=32), **bad}, scales="pow2-groups")
