@@ -177,9 +177,9 @@ def _quantize_on_kernels(model) -> int:
     dynamic per-token INT8 activations, adaLN's modulation weight-only and the embedders FP
     (Q-DiT's layer policy)."""
     from exporter.kernels.linear import KernelLinear
+    from exporter.quant.module_tree import replace_module
     from exporter.quant.primitives import IntFormat, quantize
     from exporter.quant.qlinear import DynamicActivationQuant, QuantLinear
-    from exporter.quant.quantize import _set_module
     from exporter.quant.two_level import two_level_scales
 
     int4 = IntFormat(4)
@@ -192,7 +192,7 @@ def _quantize_on_kernels(model) -> int:
         codes = quantize(w, scale, torch.zeros_like(scale), int4, 32)
         act = None if name.endswith("norm1.linear") else DynamicActivationQuant(IntFormat(8), -1)
         layer = QuantLinear(codes, scale, torch.zeros_like(scale), int4, 32, module.bias, act)
-        _set_module(model, name, KernelLinear(name, layer, None).to(w.device))
+        replace_module(model, name, KernelLinear(name, layer, None).to(w.device))
         count += 1
     return count
 

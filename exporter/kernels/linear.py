@@ -32,8 +32,10 @@ from exporter.kernels.fp8_gemm import Fp8Weights, fp8_gemm
 from exporter.kernels.int8_gemm import SPAN, Int8Weights, check_spans, int8_gemm
 from exporter.kernels.layout import INT4_GROUP
 from exporter.kernels.vq_gemm import VqWeights, vq_gemm
+from exporter.quant import two_level_activations
 from exporter.quant.fp4 import Fp4Format
 from exporter.quant.fp4_groups import EXPONENTS, e4m3_operand, split_pow2
+from exporter.quant.module_tree import replace_module
 from exporter.quant.primitives import IntFormat, QuantFormat, activation_group
 from exporter.quant.qlinear import (
     DynamicActivationQuant,
@@ -42,7 +44,6 @@ from exporter.quant.qlinear import (
     StaticActivationQuant,
     TimestepContext,
 )
-from exporter.quant import two_level_activations
 from exporter.quant.two_level import split_two_level
 from exporter.quant.vq_linear import VqLinear
 
@@ -286,12 +287,10 @@ def _check_fp8_device(layers: dict) -> None:
 
 def use_kernels(qdit) -> int:
     """Replaces every quantized Linear of qdit.transformer by its KernelLinear; returns how many."""
-    from exporter.quant.quantize import _set_module
-
     layers = qdit.quant_linears()
     _check_fp8_device(layers)
     for name, layer in layers.items():
-        _set_module(qdit.transformer, name, KernelLinear(name, layer, qdit.context))
+        replace_module(qdit.transformer, name, KernelLinear(name, layer, qdit.context))
     return len(layers)
 
 

@@ -45,6 +45,7 @@ from exporter.errors import UserError
 from exporter.quant import fp4_fine_groups
 from exporter.quant.fp4 import Fp4Format
 from exporter.quant.fp4_groups import split_pow2
+from exporter.quant.module_tree import replace_module
 from exporter.quant.packing import pack_int4, unpack_int4
 from exporter.quant.policy import LayerPolicy
 from exporter.quant.primitives import IntFormat, format_from_name
@@ -55,7 +56,7 @@ from exporter.quant.qlinear import (
     StaticActivationQuant,
     TimestepContext,
 )
-from exporter.quant.quantize import QuantizedDiT, TimestepBuckets, _set_module
+from exporter.quant.quantize import QuantizedDiT, TimestepBuckets
 from exporter.quant.recipes import ACTIVATION_SCALES, ActivationSpec, Recipe, WeightSpec
 from exporter.quant.two_level import split_two_level
 from exporter.quant.two_level_activations import ACT_GROUP_FACTORS
@@ -251,7 +252,7 @@ def load_checkpoint(folder: Path) -> tuple[QuantizedDiT, dict[str, Any]]:
         for layer in manifest["layers"]:
             name = layer["name"]
             roles[name] = layer["role"]
-            _set_module(model, name, _quant_linear_from(layer, tensors, bucket_of_t, context))
+            replace_module(model, name, _quant_linear_from(layer, tensors, bucket_of_t, context))
         fp_state = {k[3:]: v for k, v in tensors.items() if k.startswith("fp.")}
         missing, unexpected = model.load_state_dict(fp_state, strict=False)
         missing = [k for k in missing if not any(k.startswith(f"{n}.") for n in roles)]

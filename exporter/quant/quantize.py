@@ -24,6 +24,7 @@ from exporter.quant.dilation import channel_maxima, dilate_block
 from exporter.quant.fp4_groups import pow2_scales
 from exporter.quant.gptq import HessianAccumulator, gptq_quantize
 from exporter.quant.hadamard import block_size_for, rotate, rotate_linear_weight
+from exporter.quant.module_tree import replace_module
 from exporter.quant.policy import linear_roles
 from exporter.quant.primitives import (
     PER_CHANNEL,
@@ -120,11 +121,6 @@ class QuantizedDiT:
 
     def quant_linears(self) -> dict[str, QuantLinear | VqLinear]:
         return {n: m for n, m in self.transformer.named_modules() if isinstance(m, (QuantLinear, VqLinear))}
-
-
-def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, child, module)
 
 
 def quantize_weight(w: torch.Tensor, spec: WeightSpec, group: int,
@@ -270,7 +266,7 @@ def quantize_model(fp_transformer: nn.Module, recipe: Recipe, calib: Calibration
         for name, linear in targets.items():
             full = prefix + name
             quantize_input = roles[full] in recipe.policy.activations
-            _set_module(model, full, quantize_linear(linear, recipe, stats[name], quantize_input, buckets, context,
+            replace_module(model, full, quantize_linear(linear, recipe, stats[name], quantize_input, buckets, context,
                                                      full, clipped.get(name)))
             quantized_roles[full] = roles[full]
             ranges[full] = tuple(r.tolist() for r in stats[name].ranges(PER_CHANNEL, per_timestep=True))

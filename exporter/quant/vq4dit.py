@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from exporter.progress import Progress
-from exporter.quant.quantize import _set_module, dynamic_activation
+from exporter.quant.module_tree import replace_module
+from exporter.quant.quantize import dynamic_activation
 from exporter.quant.vq import VqFormat, from_subvectors, kmeans, nearest, subvectors
 from exporter.quant.vq_linear import VqLinear
 
@@ -119,7 +120,7 @@ def calibrate_block(teacher: nn.Module, targets: dict[str, nn.Linear], fmt: VqFo
     student = copy.deepcopy(teacher)
     soft = {name: SoftVqLinear(linear, fmt, options) for name, linear in targets.items()}
     for name, module in soft.items():
-        _set_module(student, name, module)
+        replace_module(student, name, module)
     student.requires_grad_(False)
     for module in soft.values():
         module.logits.requires_grad_(True)
@@ -181,12 +182,12 @@ def vq_quantize_model(fp_transformer: nn.Module, recipe, calib, buckets, progres
             hard = {name: nearest_vq(linear, fmt, options) for name, linear in targets.items()}
             bar.advance(max(1, iterations))
         for name, module in hard.items():
-            _set_module(model, prefix + name, module)
+            replace_module(model, prefix + name, module)
         hidden = torch.cat([teacher(h, timestep=t, class_labels=y)
                             for h, t, y in zip(hidden.split(256), calib.t.split(256), calib.y.split(256))])
     for name in roles:
         if not name.startswith("transformer_blocks."):
-            _set_module(model, name, nearest_vq(fp_transformer.get_submodule(name), fmt, options))
+            replace_module(model, name, nearest_vq(fp_transformer.get_submodule(name), fmt, options))
     if recipe.activation is not None:
         # Added after the weights are calibrated: per-token INT8 rounding error is small next to
         # the codebooks', and dynamic scales need no calibration.
