@@ -42,11 +42,11 @@ from exporter.export.graph_builder import Builder, code_tensor, float_tensor, in
 from exporter.export.onnx_files import deduplicate_initializers
 from exporter.export.onnx_graph import INPUT_NAMES, MARKER_OP, OPSET
 from exporter.export.vq_graph import vq_weight
-from exporter.quant.fp4 import Fp4Format
 from exporter.quant import fp4_fine_groups
+from exporter.quant.fp4 import Fp4Format
 from exporter.quant.fp4_groups import EXPONENTS, TINY
 from exporter.quant.hadamard import hadamard_matrix
-from exporter.quant.primitives import PER_CHANNEL, PER_TENSOR, QuantFormat, activation_group
+from exporter.quant.primitives import PER_CHANNEL, PER_TENSOR, SMALLEST_SCALE, QuantFormat, activation_group
 from exporter.quant.qlinear import DynamicActivationQuant, FineGroupActivationQuant, QuantLinear, StaticActivationQuant
 from exporter.quant.vq_linear import VqLinear
 
@@ -104,7 +104,7 @@ def static_activation(b: Builder, x: str, scale_table: str, zero_table: str | No
 def dynamic_scale(b: Builder, x: str, fmt: QuantFormat, group: int, k: int) -> str:
     """max|x| / qmax over each group of ``group`` channels of the last axis (group == k: the whole
     token), floored at a tiny positive value: [..., k / group], the blocked scale of x."""
-    tiny = b.const(float_tensor(b.name("tiny"), np.array(np.finfo(np.float32).tiny * 2**24)))
+    tiny = b.const(float_tensor(b.name("tiny"), np.array(SMALLEST_SCALE, np.float32)))
     magnitude = b.node("Abs", [x])
     if group < k:
         magnitude = b.node("Reshape", [magnitude, b.const(int64_tensor(b.name("group_rows"), [-1, group]))])

@@ -38,6 +38,7 @@ FP4: tl.constexpr = tl.constexpr(2)
 INT4: tl.constexpr = tl.constexpr(3)
 FORMATS = {"int8": 0, "fp8": 1, "fp4": 2, "int4": 3}
 STATIC_ONLY, DYNAMIC_ONLY = ("int4",), ("fp4",)
+INTEGER_CODES = ("int8", "int4")  # the formats whose codes are int8; the others' are float8_e4m3fn
 BLOCK = 1024  # channels per step along a row
 TOP = 2.0 ** EXPONENTS[fp4_fine_groups.KIND][1]  # the row's largest group scale, over s
 QMAX = {"int8": 127.0, "fp8": 448.0, "fp4": fp4_fine_groups.FORMAT.qmax * TOP, "int4": 15.0}  # int4: UINT4
@@ -164,7 +165,7 @@ def quantize_rows(x: torch.Tensor, fmt: str, table: torch.Tensor | None = None, 
     if fmt == "int4" and (groups is None or tuple(groups.shape) != (len(table), k // group_size, 2)):
         raise ValueError(f"INT4 activations need each group's factor and zero point [{len(table)}, "
                          f"{k // group_size}, 2]")
-    codes = torch.empty(m, k, dtype=torch.float8_e4m3fn if fmt in ("fp8", "fp4") else torch.int8, device=x.device)
+    codes = torch.empty(m, k, dtype=torch.int8 if fmt in INTEGER_CODES else torch.float8_e4m3fn, device=x.device)
     scale = torch.empty(m, dtype=torch.float32, device=x.device)
     if m == 0:
         return codes, scale

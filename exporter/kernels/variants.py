@@ -17,7 +17,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from exporter.kernels.activation_quant import DYNAMIC_ONLY, FORMATS, STATIC_ONLY, quantize_rows_kernel
+from exporter.kernels.activation_quant import DYNAMIC_ONLY, FORMATS, INTEGER_CODES, STATIC_ONLY, quantize_rows_kernel
 from exporter.kernels.activation_quant import constants as quantize_constants
 from exporter.kernels.fp8_gemm import fp4_ptx, fp8_gemm_kernel
 from exporter.kernels.int8_gemm import int8_gemm_kernel
@@ -106,7 +106,7 @@ def _variants() -> list[KernelVariant]:
             out.append(_gemm(f"vq_gemm.d{d}.{size}", "fp16", vq_gemm_kernel, vq_pointers,
                              {"D": d, "INT8_A": False}, vq_tiles, ALL_ARCHS))
     for fmt in FORMATS:
-        integer = fmt in ("int8", "int4")
+        integer = fmt in INTEGER_CODES
         for static in (True,) if fmt in STATIC_ONLY else (False,) if fmt in DYNAMIC_ONLY else (False, True):
             out.append(KernelVariant(
                 f"quantize.{fmt}.{'static' if static else 'dynamic'}", "quantize", quantize_rows_kernel,

@@ -29,13 +29,19 @@ from __future__ import annotations
 import torch
 
 from exporter.quant.fp4 import FP4_FORMATS, MAGNITUDES, Fp4Format
-from exporter.quant.primitives import (choose_qparams, fake_quantize, first_valid_candidate, group_view,
-                                      search_clip_ratio)
+from exporter.quant.primitives import (
+    SMALLEST_SCALE,
+    choose_qparams,
+    fake_quantize,
+    first_valid_candidate,
+    group_view,
+    search_clip_ratio,
+)
 
 # (t_min, t_max): every nonzero magnitude times 2**t lies in E4M3's normal range [2**-6, 448].
 EXPONENTS = {"e2m1": (-5, 6), "e3m0": (-4, 4), "e1m2": (-4, 8)}
 
-TINY = torch.finfo(torch.float32).tiny * 2**24  # smallest row scale, as for integer formats
+TINY = SMALLEST_SCALE  # smallest row scale, as for integer formats
 
 
 def e4m3_bytes(kind: str) -> tuple[int, ...]:

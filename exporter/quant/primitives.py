@@ -30,6 +30,7 @@ from exporter.quant.fp4 import Fp4Format
 
 PER_TENSOR = 0
 PER_CHANNEL = -1
+SMALLEST_SCALE = torch.finfo(torch.float32).tiny * 2**24  # every scale is at least this
 
 
 @dataclass(frozen=True)
@@ -135,8 +136,7 @@ def qparams_from_range(lo: torch.Tensor, hi: torch.Tensor, fmt: QuantFormat) -> 
     else:
         scale = (hi - lo) / (fmt.qmax - fmt.qmin)
         zero = (fmt.qmin - lo / scale.clamp_min(torch.finfo(scale.dtype).tiny)).round().clamp(fmt.qmin, fmt.qmax)
-    tiny = torch.finfo(torch.float32).tiny * 2**24
-    return scale.clamp_min(tiny), zero
+    return scale.clamp_min(SMALLEST_SCALE), zero
 
 
 def choose_qparams(x: torch.Tensor, fmt: QuantFormat, group_size: int,

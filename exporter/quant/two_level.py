@@ -24,12 +24,18 @@ from __future__ import annotations
 
 import torch
 
-from exporter.quant.primitives import IntFormat, choose_qparams, first_valid_candidate, group_view, search_clip_ratio
+from exporter.quant.primitives import (
+    SMALLEST_SCALE,
+    IntFormat,
+    choose_qparams,
+    first_valid_candidate,
+    group_view,
+    search_clip_ratio,
+)
 
 INT4_GROUP_FACTORS = (1, 16)  # smallest and largest integer group factor f
 CLEARED_BITS = 5  # f <= 16 = 2^4 needs 5 bits: s keeps 24 - 5 = 19 significant bits
 INT4 = IntFormat(4, symmetric=True)
-_TINY = torch.finfo(torch.float32).tiny * 2**24  # the smallest scale qparams_from_range gives
 
 
 def clear_low_mantissa(x: torch.Tensor, bits: int = CLEARED_BITS) -> torch.Tensor:
@@ -43,7 +49,7 @@ def row_scales(w: torch.Tensor, group_size: int, clip_search: bool = False) -> t
     divided by the largest factor, low mantissa bits cleared."""
     ratio = search_clip_ratio(w, INT4, group_size) if clip_search else 1.0
     scale, _ = choose_qparams(w, INT4, group_size, clip_ratio=ratio)
-    return clear_low_mantissa((scale.amax(-1) / INT4_GROUP_FACTORS[1]).clamp_min(_TINY))
+    return clear_low_mantissa((scale.amax(-1) / INT4_GROUP_FACTORS[1]).clamp_min(SMALLEST_SCALE))
 
 
 def group_errors(w: torch.Tensor, row_scale: torch.Tensor, group_size: int, p: float = 2.4) -> torch.Tensor:

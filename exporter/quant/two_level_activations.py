@@ -22,15 +22,15 @@ from __future__ import annotations
 
 import torch
 
+from exporter.quant.primitives import SMALLEST_SCALE
 from exporter.quant.two_level import clear_low_mantissa, split_two_level
 
 ACT_GROUP_FACTORS = (1, 8)  # smallest and largest factor f: |q - z| f <= 15 * 8 < 128
-_TINY = torch.finfo(torch.float32).tiny * 2**24  # the smallest scale qparams_from_range gives
 
 
 def bucket_scales(scale: torch.Tensor) -> torch.Tensor:
     """s [buckets] of group scales [buckets, G]: the largest over the largest factor, low mantissa bits cleared."""
-    return clear_low_mantissa((scale.float().amax(-1) / ACT_GROUP_FACTORS[1]).clamp_min(_TINY))
+    return clear_low_mantissa((scale.float().amax(-1) / ACT_GROUP_FACTORS[1]).clamp_min(SMALLEST_SCALE))
 
 
 def project(scale: torch.Tensor) -> torch.Tensor:

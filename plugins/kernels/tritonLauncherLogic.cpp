@@ -1,6 +1,8 @@
 // Image selection and argument checks of the Triton kernel launcher: no GPU, no driver.
 #include "tritonLauncherLogic.h"
 
+#include "dit_export/plugin_contract.h"
+
 #include <cinttypes>
 #include <cstdio>
 #include <cstring>
@@ -17,8 +19,6 @@ namespace
 
 // Pointers and the N and K arguments are compiled as multiples of 16 (variants.py: tt.divisibility).
 constexpr int64_t kAlignment = 16;
-// The FP4 and INT4 activation quantizers' group of channels (layout.py: FP4_GROUP, INT4_GROUP).
-constexpr int32_t kActGroup = 32;
 constexpr int64_t kInt32Max = INT32_MAX;
 
 std::string archName(KernelImage const& image)
@@ -374,10 +374,15 @@ DitTritonStatus planQuantizeRows(void const* x, void* codes, float* scale, float
                 + " must be a positive multiple of 16",
             why);
     }
-    bool const grouped = format == DIT_TRITON_QUANT_FP4 || format == DIT_TRITON_QUANT_INT4;
-    if (grouped && k % kActGroup != 0)
+    // The quantizers' groups of channels (exporter/kernels/layout.py, generated into the contract header).
+    int32_t const group = format == DIT_TRITON_QUANT_FP4 ? dit_export::kFp4ActGroup
+        : format == DIT_TRITON_QUANT_INT4               ? dit_export::kInt4ActGroup
+                                                        : 1;
+    if (k % group != 0)
     {
-        return invalid(kFunction, "FP4 and INT4 groups of 32 channels must divide K = " + std::to_string(k), why);
+        return invalid(kFunction,
+            "the quantizer's groups of " + std::to_string(group) + " channels must divide K = " + std::to_string(k),
+            why);
     }
     if (isStatic != (bucket != nullptr))
     {
