@@ -54,7 +54,7 @@ def recipe_from_options(precision: str, weight_group_size: Optional[int], weight
                         weight_layers: Optional[str], activation_layers: Optional[str],
                         activation_group_size: Optional[int] = None, activation_format: Optional[str] = None,
                         vq_iterations: Optional[int] = None, dilation: Optional[bool] = None,
-                        kd_iterations: Optional[int] = None):
+                        kd_iterations: Optional[int] = None, hadamard: Optional[bool] = None):
     from dataclasses import replace
 
     from exporter.quant.policy import LayerPolicy
@@ -68,7 +68,8 @@ def recipe_from_options(precision: str, weight_group_size: Optional[int], weight
     recipe = recipe.with_overrides(weight_group_size=weight_group_size, weight_method=weight_method,
                                    activation_mode=activations, activation_per_timestep=per_timestep,
                                    activation_group_size=activation_group_size, activation_kind=activation_format,
-                                   weight_vq_iterations=vq_iterations, dilation=dilation, kd_iterations=kd_iterations)
+                                   weight_vq_iterations=vq_iterations, dilation=dilation, kd_iterations=kd_iterations,
+                                   hadamard=hadamard)
     if weight_layers is not None or activation_layers is not None:
         policy = LayerPolicy.parse(
             weight_layers if weight_layers is not None else ",".join(sorted(recipe.policy.weights)),
@@ -102,6 +103,9 @@ OPT_W_GROUP = typer.Option(None, help="weight group size along input channels (-
 OPT_W_METHOD = typer.Option(None, help="weight rounding: rtn or gptq; for VQ precisions vq4dit or kmeans")
 OPT_VQ_ITERS = typer.Option(None, help="VQ4DiT calibration iterations per block (vq2 / vq3; default 300)")
 OPT_DILATION = typer.Option(None, "--dilation/--no-dilation", help="DilateQuant's weight dilation (w4a4: on)")
+OPT_HADAMARD = typer.Option(None, "--hadamard/--no-hadamard",
+                            help="Hadamard-rotate the quantized layers' inputs (fp4: each activation group of 32; "
+                                 "fp4-g32: on)")
 OPT_KD_ITERS = typer.Option(None, help="block-wise distillation iterations of static activation scales (w4a4: 100)")
 OPT_SEARCH = typer.Option(False, "--group-search", help="Q-DiT's per-layer group-size search before quantizing "
                           "(integer weights, dynamic activations)")
@@ -128,9 +132,11 @@ def precisions() -> None:
     for recipe in RECIPES.values():
         typer.echo(f"{recipe.name:12s} {'deployable' if recipe.deployable else 'reference':10s}  {recipe.description}")
     typer.echo("deployable: its GEMM runs at full speed (integer weights: a pure INT8 MMA, one rescale in the "
-               "epilogue; FP4 weights on power-of-two groups, activations on fine groups: a pure FP8 MMA, sm_89+; codebook weights: an FP16 GEMM); "
+               "epilogue; FP4 weights on power-of-two groups, activations on fine groups, each optionally "
+               "Hadamard-rotated by the quantizer: a pure FP8 MMA, sm_89+; codebook weights: an FP16 GEMM); "
                "reference: an accuracy reference, no such kernel (float rescales of each group's partial sums, "
-               "4-bit operands with float group scales, Hadamard rotations, or codebooks with INT8 activations)")
+               "4-bit operands with float group scales, other Hadamard rotations, or codebooks with INT8 "
+               "activations)")
     typer.echo(f"layer roles: {', '.join(ROLES)}")
 
 
@@ -147,7 +153,8 @@ def calibrate(
     activation_group_size: Optional[int] = OPT_A_GROUP, activation_format: Optional[str] = OPT_A_FORMAT,
     weight_layers: Optional[str] = OPT_W_LAYERS, activation_layers: Optional[str] = OPT_A_LAYERS,
     vq_iterations: Optional[int] = OPT_VQ_ITERS, dilation: Optional[bool] = OPT_DILATION,
-    kd_iterations: Optional[int] = OPT_KD_ITERS, group_search: bool = OPT_SEARCH,
+    kd_iterations: Optional[int] = OPT_KD_ITERS, hadamard: Optional[bool] = OPT_HADAMARD,
+    group_search: bool = OPT_SEARCH,
     search_budget: float = OPT_SEARCH_BUDGET, search_epochs: int = OPT_SEARCH_EPOCHS,
     search_population: int = OPT_SEARCH_POP, search_samples: int = OPT_SEARCH_SAMPLES,
 ) -> None:
@@ -158,7 +165,7 @@ def calibrate(
 
     recipe = recipe_from_options(precision, weight_group_size, weight_method, activations, per_timestep,
                                  weight_layers, activation_layers, activation_group_size, activation_format,
-                                 vq_iterations, dilation, kd_iterations)
+                                 vq_iterations, dilation, kd_iterations, hadamard)
     loaded = load_dit(model)
     _, summary = run_calibrate(loaded, recipe, default_sampler(loaded),
                                calibration_options(trajectories, calibration_seed, buckets, calibration_data,
@@ -185,7 +192,8 @@ def build(
     activation_group_size: Optional[int] = OPT_A_GROUP, activation_format: Optional[str] = OPT_A_FORMAT,
     weight_layers: Optional[str] = OPT_W_LAYERS, activation_layers: Optional[str] = OPT_A_LAYERS,
     vq_iterations: Optional[int] = OPT_VQ_ITERS, dilation: Optional[bool] = OPT_DILATION,
-    kd_iterations: Optional[int] = OPT_KD_ITERS, group_search: bool = OPT_SEARCH,
+    kd_iterations: Optional[int] = OPT_KD_ITERS, hadamard: Optional[bool] = OPT_HADAMARD,
+    group_search: bool = OPT_SEARCH,
     search_budget: float = OPT_SEARCH_BUDGET, search_epochs: int = OPT_SEARCH_EPOCHS,
     search_population: int = OPT_SEARCH_POP, search_samples: int = OPT_SEARCH_SAMPLES,
 ) -> None:
@@ -194,7 +202,7 @@ def build(
 
     recipe = recipe_from_options(precision, weight_group_size, weight_method, activations, per_timestep,
                                  weight_layers, activation_layers, activation_group_size, activation_format,
-                                 vq_iterations, dilation, kd_iterations)
+                                 vq_iterations, dilation, kd_iterations, hadamard)
     run_build(model, recipe, out, checkpoint, eval_samples, seed,
               calibration_options(trajectories, calibration_seed, buckets, calibration_data, group_search,
                                   search_budget, search_epochs, search_population, search_samples))

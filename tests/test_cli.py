@@ -118,3 +118,14 @@ def test_a_reference_precision_gets_no_plugins(tmp_path):
     for command in ("rewrite", "engine"):
         assert_one_line_error(run_cli(command, "--checkpoint", str(tmp_path / "quantized"), "--out", str(tmp_path)),
                               reason)
+
+
+def test_hadamard_option_reaches_the_recipe():
+    from exporter.cli import recipe_from_options
+
+    def recipe(precision, hadamard):
+        return recipe_from_options(precision, None, None, None, None, None, None, hadamard=hadamard)
+
+    assert recipe("fp4", None).hadamard and recipe("fp4", None).deployable
+    assert not recipe("fp4", False).hadamard and recipe("fp4", False).deployable
+    assert recipe("w8a8", True).hadamard and not recipe("w8a8", True).deployable

@@ -167,11 +167,16 @@ def test_activation_spec_and_weight_spec_rules():
             WeightSpec(**{**dict(bits=4, group_size=32), **bad}, scales="pow2-groups")
 
     fp4, reference = get_recipe("fp4"), get_recipe("fp4-g32")
-    assert fp4.weight.scales == "pow2-groups" and fp4.activation.scales == "e4m3-groups" and not fp4.hadamard
+    assert fp4.weight.scales == "pow2-groups" and fp4.activation.scales == "e4m3-groups"
+    assert fp4.hadamard and fp4.hadamard_block == 32  # each activation group rotated by the quantizer
     assert fp4.weight.method == "gptq" and fp4.weight.clip_search and fp4.weight.fp4_format == "auto"
     assert reference.hadamard and reference.weight.scales == "float" and reference.activation.scales == "float"
     assert fp4.deployable and not reference.deployable
-    assert not fp4.with_overrides(hadamard=True).deployable  # the kernels do not rotate
+    assert fp4.with_overrides(hadamard=False).deployable
+    assert not fp4.with_overrides(hadamard_block=0).deployable  # the kernels rotate groups of 32 only
+    assert not fp4.with_overrides(hadamard_block=64).deployable
+    with pytest.raises(UserError, match="power of two"):
+        fp4.with_overrides(hadamard_block=48)
     static = fp4.with_overrides(activation_mode="static")  # no fine static group scales: float ones
     assert static.activation.scales == "float" and not static.deployable
     assert fp4.with_overrides(weight_group_size=PER_CHANNEL).weight.scales == "float"

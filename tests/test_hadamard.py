@@ -32,3 +32,20 @@ def test_rotation_spreads_outliers_and_helps_4_bit_activations():
     rotated = rotate(x)
     assert rotated.abs().max() < 0.5 * x.abs().max()
     assert err(rotated) > err(x) + 6
+
+
+def test_rotation_is_the_butterflies_of_the_documented_order():
+    """rotate's float32 arithmetic, which the FP4 activation quantizer repeats to the bit:
+    stages of stride 1, 2, ..., b / 2 of (u + v, u - v), then times float32(1 / sqrt(b))."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 64, generator=gen) * torch.logspace(-3, 3, 64)
+    y = x.clone()
+    for stride in (1, 2, 4, 8, 16):
+        for start in range(0, 64, 2 * stride):
+            for i in range(start, start + stride):
+                u, v = y[:, i].clone(), y[:, i + stride].clone()
+                y[:, i], y[:, i + stride] = u + v, u - v
+    assert torch.equal(rotate(x, 32), y * torch.tensor(32 ** -0.5, dtype=torch.float32))
+    torch.testing.assert_close(rotate(x, 32), (x.reshape(6, 2, 32) @ hadamard_matrix(32)).reshape(6, 64))
+    with pytest.raises(ValueError):
+        rotate(x, 48)

@@ -70,7 +70,8 @@ def test_plugins_on_the_host_take_fp16_and_report_failures(built):
                            check=True).stdout.splitlines()
     rows = {line.split("|")[0]: line.split("|")[1:] for line in lines}
     half = "out=1"  # nvinfer1::DataType::kHALF
-    for name in ("int w4 dynamic", "int w4 static uint4", "int w8 fp16", "fp4 w4 dynamic", "vq"):
+    for name in ("int w4 dynamic", "int w4 static uint4", "int w8 fp16", "fp4 w4 dynamic", "fp4 w4 dynamic hadamard",
+                 "vq"):
         out, formats, fp32x, configure, workspace, enqueue = rows[name]
         assert out == half and set(formats.removeprefix("formats=")) == {"1"} and fp32x == "fp32x=0", name
         # No GPU here: the launcher's error becomes the enqueue's status, its message logged.
@@ -84,6 +85,7 @@ def test_plugins_on_the_host_take_fp16_and_report_failures(built):
     # act_groups must have act_scale_table's buckets
     assert "act_groups must be [buckets, in_features / 32, 2]" in rows["int w4 static uint4 bad groups"][3]
     # The FP8 plugin checks the device before it builds: here there is none to read.
-    assert rows["fp4 w4 dynamic"][3].startswith("configure=-1 error: DitFp4Gemm: cannot read the device's compute")
+    for name in ("fp4 w4 dynamic", "fp4 w4 dynamic hadamard"):
+        assert rows[name][3].startswith("configure=-1 error: DitFp4Gemm: cannot read the device's compute"), name
     assert rows["refused"] == ["1", "error: layer: DitIntGemm: 4-bit weights need in_features a multiple of the "
                                     "kernels' K step, 128"]

@@ -18,8 +18,6 @@ from exporter.quant.recipes import RECIPES, get_recipe
 from tests.conftest import SAMPLER, save_tiny_pipeline
 
 
-
-
 def test_calibration_set_covers_every_sampler_step_with_both_guidance_halves(tiny, calib, tmp_path):
     assert len(calib) == 6 * 4 * 2 and len(calib.timesteps) == 6
     assert (calib.y == 10).sum() == 6 * 4  # the null class, once per step and trajectory
@@ -156,6 +154,14 @@ def test_fp4_weights_take_a_format_per_layer(tiny, calib):
     q = quantize_model(tiny.transformer, get_recipe("w4a8-fp4"), calib, 1000, progress=False)
     formats = {layer.fmt for layer in q.quant_linears().values()}
     assert formats and all(isinstance(f, Fp4Format) for f in formats)
+
+
+def test_a_fixed_hadamard_block_rotates_the_quantized_activations_groups_only(tiny, calib):
+    recipe = get_recipe("w8a8").with_overrides(hadamard=True, hadamard_block=8)
+    q = quantize_model(tiny.transformer, recipe, calib, 1000, progress=False)
+    blocks = {name: (layer.rotation_block, layer.act is not None) for name, layer in q.quant_linears().items()}
+    assert {b for b, _ in blocks.values()} == {0, 8}
+    assert all((b == 8) == quantized for b, quantized in blocks.values())
 
 
 def test_hadamard_rotation_keeps_the_layer_and_is_stored(tiny, calib, tmp_path):

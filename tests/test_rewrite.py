@@ -146,7 +146,12 @@ def test_plugin_inputs_are_the_kernels_operands_of_the_checkpoint(wide_graphs, p
             side = "weight_factor" if node.op_type == "DitIntGemm" else "weight_offset"
             values = expected.factor if node.op_type == "DitIntGemm" else expected.offset
             np.testing.assert_array_equal(tensors[node.input[ports.index(side)]].view(np.uint8), values.numpy())
+        if layer.rotation_block:  # fp4: the quantizer rotates each group, the plugin takes x as it was
+            assert fields["act_format"] == "fp4e2m1_hadamard" and layer.rotation_block == 32, name
+            assert not any(n.op_type == "MatMul" and tensors.get(n.input[1], np.empty(0)).shape == (32, 32)
+                           for n in trt.graph.node)  # no rotation left for TensorRT
     assert any(_fields(n)["weight_bits"] == 4 for n in nodes.values())
+    assert (precision == "fp4") == any(layer.rotation_block for layer in qdit.quant_linears().values())
 
 
 @pytest.mark.parametrize("precision", REFERENCES)

@@ -16,6 +16,7 @@ from exporter.kernels.fp8_gemm import Fp8Weights, fp8_gemm
 from exporter.kernels.int8_gemm import Int8Weights, Tiles, int8_gemm, pack_int4_chunks, unpack_int4_chunks
 from exporter.kernels.vq_gemm import VqWeights, vq_gemm
 from exporter.quant import fp4_fine_groups, fp4_groups, two_level_activations
+from exporter.quant.hadamard import rotate
 from exporter.quant.primitives import PER_CHANNEL, Fp8E4M3Format, IntFormat, choose_qparams, quantize
 from exporter.quant.qlinear import StaticActivationQuant, TimestepContext
 from exporter.quant.vq import pack_indices
@@ -221,6 +222,25 @@ def test_fp4_group_codes_at_the_grid_edges():
     c, level, s = fp4_fine_groups.quantize(x, 32)
     assert torch.equal(codes.cpu().view(torch.uint8), fp4_fine_groups.e4m3_operand(c, level))
     assert torch.equal(scale.cpu(), s)
+
+
+@pytest.mark.parametrize("m,k", [(1, 32), (77, 256), (3, 1152), (4, 2048 + 64)])
+def test_rotated_fp4_group_codes_are_the_rotation_then_the_grid(m, k):
+    """fp4_hadamard rotates each group of 32 by exporter/quant/hadamard.py's butterflies, in the
+    same float32 order, before the fine-group grid: the codes and scales agree to the bit."""
+    from tests.test_fp4_fine_groups import _activation_inputs
+
+    x = _activations(m, k)
+    for inputs in (x, x.half().float(), _activation_inputs()):
+        codes, scale = quantize_rows(inputs.to(DEVICE), "fp4_hadamard")
+        c, level, s = fp4_fine_groups.quantize(rotate(inputs, 32), 32)
+        assert torch.equal(codes.cpu().view(torch.uint8), fp4_fine_groups.e4m3_operand(c, level))
+        assert torch.equal(scale.cpu(), s)
+    with pytest.raises(ValueError, match="power of two to rotate"):
+        quantize_rows(x[:, :48].to(DEVICE), "fp4_hadamard", group_size=48)
+    with pytest.raises(ValueError, match="dynamic only"):
+        quantize_rows(x.to(DEVICE), "fp4_hadamard", torch.ones(2, device=DEVICE), torch.zeros(1, dtype=torch.long,
+                                                                                               device=DEVICE))
 
 
 def test_quantize_then_gemm_equals_the_simulated_linear():

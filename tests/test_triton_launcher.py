@@ -117,6 +117,17 @@ def test_fp4_formats_are_in_one_order_in_python_the_launcher_and_the_contract():
     assert [launcher[i] for i in sorted(launcher)] == list(EXPONENTS) == list(FP4_KINDS) == list(ENUMS["weight_format"])
 
 
+def test_quantizer_formats_are_numbered_alike_in_python_and_the_launcher():
+    from exporter.kernels.activation_quant import FORMATS
+
+    header = (ROOT / "plugins" / "kernels" / "tritonLauncher.h").read_text()
+    launcher = {name.lower(): int(i) for name, i in re.findall(r"DIT_TRITON_QUANT_(\w+) = (\d)", header)}
+    assert launcher == FORMATS
+    logic = (ROOT / "plugins" / "kernels" / "tritonLauncherLogic.cpp").read_text()
+    for fmt in FORMATS:
+        assert f'"quantize.{fmt}.' in logic, fmt  # the launcher names a variant of each format
+
+
 def test_embed_refuses_a_folder_without_a_manifest(tmp_path):
     from exporter.kernels.embed import embed
 
@@ -271,7 +282,7 @@ def _gpu():
 
 def test_launches_match_the_python_wrappers_on_a_gpu(built):
     torch = _gpu()
-    from exporter.kernels.activation_quant import quantize_rows
+    from exporter.kernels.activation_quant import FORMATS, quantize_rows
     from exporter.kernels.fp8_gemm import Fp8Weights, fp8_gemm
     from exporter.kernels.int8_gemm import Int8Weights, int8_gemm
     from exporter.kernels.vq_gemm import VqWeights, vq_gemm
@@ -324,3 +335,11 @@ def test_launches_match_the_python_wrappers_on_a_gpu(built):
             assert lib.ditTritonFp8Gemm(ptr(a), ptr(a_scale), ptr(w8), None, ptr(w_scale), ptr(bias), ptr(y), m, n, k,
                                         8, 0, stream) == 0, lib.ditTritonLastError()
             same(y, fp8_gemm(a, a_scale, Fp8Weights(w8, w_scale), bias), f"fp8 M={m}")
+            for fmt in ("fp4", "fp4_hadamard"):
+                codes, scale = quantize_rows(x, fmt)
+                out_codes, out_scale = torch.empty_like(codes), torch.empty_like(scale)
+                assert lib.ditTritonQuantizeRows(ptr(x), ptr(out_codes), ptr(out_scale), None, None, None, m, k, 1,
+                                                 FORMATS[fmt], stream) == 0, lib.ditTritonLastError()
+                torch.cuda.synchronize()
+                assert torch.equal(out_codes.view(torch.uint8), codes.view(torch.uint8)), fmt
+                assert torch.equal(out_scale, scale), fmt

@@ -11,6 +11,7 @@
     python tools/fidelity_table.py --rows 27-29          # deployable W4A4-FP4: activation groups, formats, dilation
     python tools/fidelity_table.py --rows 7,30,31        # W4A4-FP4 without Hadamard: which grid costs what
     python tools/fidelity_table.py --rows 17,32          # W4A4 DilateQuant: FP32 group scales vs deployable
+    python tools/fidelity_table.py --rows 26,33          # deployable W4A4-FP4 with and without Hadamard groups
 
 
 Each row is calibrated from scratch (its time is reported), then evaluated with
@@ -55,7 +56,8 @@ W4A8_G32 = "W4A8-g32 reference (g32 GPTQ + clip search W4, FP32 group scales, dy
 # (row label, precision or recipe, recipe overrides); rows 2, 3, 9, 23 and 24 were measured with
 # `w4a8` before it took two-level scales: today's `w4a8-g32`; rows 6, 7 and 8 with `fp4` before it
 # took power-of-two groups: today's `fp4-g32`; rows 17-22 name `w4a4-g32`, which was `w4a4` until
-# `w4a4` took two-level scales (row 32).
+# `w4a4` took two-level scales (row 32); rows 27-31 were measured with `fp4` before it rotated its
+# activation groups (row 33 is that `fp4`).
 ROWS = [
     ("W8A8 (per-channel W8 RTN, static per-timestep A8)", "w8a8", {}),
     (W4A8_G32, "w4a8-g32", {}),
@@ -91,17 +93,20 @@ ROWS = [
     ("W4A8 deployable (g32 GPTQ + clip search W4, two-level scales: FP32 per row x integer 1..16 per group; "
      "dynamic per-token A8)", "w4a8", {}),
     ("W4A4-FP4 deployable (g32 GPTQ FP4 W on power-of-two groups, format per layer; dynamic E2M1 A4 on fine groups: "
-     "FP32 per token x m 2^t, m 1, 1.25 or 1.5, per 32 channels; no Hadamard)", "fp4", {}),
-    ("W4A4-FP4 deployable with fine activation groups of 16 channels", "fp4", {"activation_group_size": 16}),
-    ("W4A4-FP4 deployable with E2M1 weights everywhere (no per-layer format choice)", "fp4",
-     {"weight_fp4_format": "e2m1"}),
-    ("W4A4-FP4 deployable with DilateQuant's weight dilation (folded into adaLN and to_v)", "fp4", {"dilation": True}),
+     "FP32 per token x m 2^t, m 1, 1.25 or 1.5, per 32 channels, each group Hadamard-rotated first)", "fp4", {}),
+    ("W4A4-FP4 deployable grid with fine activation groups of 16 channels (no Hadamard)", "fp4",
+     {"activation_group_size": 16, "hadamard": False}),
+    ("W4A4-FP4 deployable grid with E2M1 weights everywhere (no per-layer format choice; no Hadamard)", "fp4",
+     {"weight_fp4_format": "e2m1", "hadamard": False}),
+    ("W4A4-FP4 deployable grid with DilateQuant's weight dilation (folded into adaLN and to_v; no Hadamard)", "fp4",
+     {"dilation": True, "hadamard": False}),
     ("W4A4-FP4 with power-of-two weight groups only (FP32 activation scales per 32 channels, no Hadamard)", "fp4",
-     {"activation_scales": "float"}),
+     {"activation_scales": "float", "hadamard": False}),
     ("W4A4-FP4 with fine activation groups only (FP32 weight group scales, no Hadamard)", "fp4",
-     {"weight_scales": "float"}),
+     {"weight_scales": "float", "hadamard": False}),
     ("W4A4 DilateQuant deployable (two-level scales for W4 and for the static A4 groups: a float per row or "
      "timestep bucket x an integer per group; INT8 operands)", "w4a4", {}),
+    ("W4A4-FP4 deployable without the Hadamard rotation of each activation group", "fp4", {"hadamard": False}),
 ]
 
 

@@ -126,7 +126,8 @@ def _gemm_candidates(m: int, k: int, n: int, fp8: bool):
         f8 = Fp8Weights(torch.randn(n, k, device=dev).to(torch.float8_e4m3fn), torch.rand(n, device=dev))
         out += [("fp8 W8A8", lambda: fp8_gemm(a8, a_scale, f8)),
                 ("fp8 W4A4 (FP4 weights)", lambda: fp8_gemm(a8, a_scale, f4)),
-                ("quantize + fp8 FP4", lambda: fp8_gemm(*quantize_rows(x, "fp4"), f4))]
+                ("quantize + fp8 FP4", lambda: fp8_gemm(*quantize_rows(x, "fp4"), f4)),
+                ("quantize (Hadamard groups) + fp8 FP4", lambda: fp8_gemm(*quantize_rows(x, "fp4_hadamard"), f4))]
     for codewords, dim in ((256, 4), (64, 2)):
         vq = VqWeights(torch.randn(codewords, dim, device=dev, dtype=torch.float16),
                        torch.randint(0, codewords, (n, k // dim), device=dev, dtype=torch.uint8))

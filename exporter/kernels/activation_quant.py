@@ -7,6 +7,8 @@ scale per row that the GEMM families take.
              (rounded in float32 first, so the conversion itself is exact)
     FP4      float8_e4m3fn [M, K]: E2M1 on fine groups of GROUP channels as exact E4M3 operands
              (exporter/quant/fp4_fine_groups.py)
+    FP4 Hadamard  the same of x with each group rotated first, x H_GROUP (exporter/quant/hadamard.py's
+             butterflies, in the same order), for weights stored as W H
     INT4     int8 [M, K] (static only): UINT4 on two-level group scales as exact INT8 operands
              (q - z) f, q = clamp(round(x / (s f) + z), 0, 15), with s the row's scale and f, z
              the group's bytes in `groups` [buckets, K / GROUP, 2]
@@ -14,9 +16,10 @@ scale per row that the GEMM families take.
     scale    float32 [M]: dynamic, max|x| / qmax of the row (at least TINY); static, the row of
              the per-timestep table `table[bucket[row // rows_per_sample]]` (INT8, FP8, INT4)
 
-The same arithmetic as the simulated quantizers (exporter/quant/qlinear.py, fp4_fine_groups.py),
-division rounded to nearest as there, so the codes agree exactly. One program per row walks the
-row in steps of BLOCK channels, reading it twice for dynamic scales (the second time from cache).
+The same arithmetic as the simulated quantizers (exporter/quant/qlinear.py, fp4_fine_groups.py,
+hadamard.py), division rounded to nearest as there, so the codes agree exactly. One program per
+row walks the row in steps of BLOCK channels, reading it twice for dynamic scales (the second
+time from cache; the rotation, 5 butterfly stages of one add each per element, is done twice).
 Bound: memory (x read once from DRAM, one byte written per element).
 """
 
@@ -31,17 +34,20 @@ import triton.language as tl
 from exporter.kernels.layout import FP4_GROUP
 from exporter.quant import fp4_fine_groups
 from exporter.quant.fp4_groups import EXPONENTS, TINY
+from exporter.quant.hadamard import norm
 
 INT8: tl.constexpr = tl.constexpr(0)
 FP8: tl.constexpr = tl.constexpr(1)
 FP4: tl.constexpr = tl.constexpr(2)
 INT4: tl.constexpr = tl.constexpr(3)
-FORMATS = {"int8": 0, "fp8": 1, "fp4": 2, "int4": 3}
-STATIC_ONLY, DYNAMIC_ONLY = ("int4",), ("fp4",)
+FORMATS = {"int8": 0, "fp8": 1, "fp4": 2, "int4": 3, "fp4_hadamard": 4}  # the launcher's numbering
+ROTATED = {"fp4_hadamard": "fp4"}  # formats that rotate each group first, and the format they then quantize to
+STATIC_ONLY, DYNAMIC_ONLY = ("int4",), ("fp4", "fp4_hadamard")
 INTEGER_CODES = ("int8", "int4")  # the formats whose codes are int8; the others' are float8_e4m3fn
 BLOCK = 1024  # channels per step along a row
 TOP = 2.0 ** EXPONENTS[fp4_fine_groups.KIND][1]  # the row's largest group scale, over s
 QMAX = {"int8": 127.0, "fp8": 448.0, "fp4": fp4_fine_groups.FORMAT.qmax * TOP, "int4": 15.0}  # int4: UINT4
+QMAX["fp4_hadamard"] = QMAX["fp4"]
 ROUNDING = 12582912.0  # 1.5 * 2**23: adding and subtracting it rounds |y| < 2**22 to an integer, ties to even
 
 
@@ -90,11 +96,34 @@ def round_to_e4m3(y, ROUNDING: tl.constexpr):
 
 
 @triton.jit
+def hadamard_groups(x, GROUPS: tl.constexpr, GROUP: tl.constexpr, NORM: tl.constexpr):
+    """x [GROUPS * GROUP] with each group times H_GROUP: butterflies of stride 1, 2, ..., GROUP / 2,
+    (u, v) -> (u + v, u - v), then times NORM (float32 1 / sqrt(GROUP))."""
+    side = tl.arange(0, 2)[None, :, None]
+    for stage in tl.static_range(GROUP.bit_length() - 1):
+        pairs = tl.reshape(x, (GROUPS * GROUP // (2 << stage), 2, 1 << stage))
+        total = tl.sum(pairs, axis=1)[:, None, :]  # u + v: one add
+        difference = tl.sum(tl.where(side == 0, pairs, -pairs), axis=1)[:, None, :]  # u + (-v)
+        x = tl.reshape(tl.where(side == 0, total, difference), (GROUPS * GROUP,))
+    return x * NORM
+
+
+@triton.jit
+def load_block(x_row, k0, offs, K, HADAMARD: tl.constexpr, BLOCK: tl.constexpr, GROUP: tl.constexpr,
+               NORM: tl.constexpr):
+    """BLOCK channels of the row from k0 in float32 (zero past K), each group rotated when HADAMARD."""
+    x = tl.load(x_row + k0 + offs, mask=offs < K - k0, other=0.0).to(tl.float32)
+    if HADAMARD:
+        x = hadamard_groups(x, BLOCK // GROUP, GROUP, NORM)
+    return x
+
+
+@triton.jit
 def quantize_rows_kernel(x_ptr, codes_ptr, scale_ptr, table_ptr, bucket_ptr, groups_ptr, K, rows_per_sample, table_row,
                          FORMAT: tl.constexpr, STATIC: tl.constexpr, QMAX: tl.constexpr, BLOCK: tl.constexpr,
                          GROUP: tl.constexpr, TOP: tl.constexpr, REACH: tl.constexpr, MID: tl.constexpr,
                          HIGH: tl.constexpr, LOG2_LOWEST: tl.constexpr, TINY: tl.constexpr,
-                         ROUNDING: tl.constexpr):
+                         ROUNDING: tl.constexpr, HADAMARD: tl.constexpr, NORM: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     x_row = x_ptr + row * K
@@ -106,12 +135,12 @@ def quantize_rows_kernel(x_ptr, codes_ptr, scale_ptr, table_ptr, bucket_ptr, gro
     else:
         row_max = tl.zeros((), dtype=tl.float32)
         for k0 in range(0, K, BLOCK):
-            x = tl.load(x_row + k0 + offs, mask=offs < K - k0, other=0.0).to(tl.float32)
+            x = load_block(x_row, k0, offs, K, HADAMARD, BLOCK, GROUP, NORM)
             row_max = tl.maximum(row_max, tl.max(tl.abs(x), axis=0))
         scale = tl.maximum(tl.math.div_rn(row_max, QMAX), TINY)
     for k0 in range(0, K, BLOCK):
         inside = offs < K - k0
-        x = tl.load(x_row + k0 + offs, mask=inside, other=0.0).to(tl.float32)
+        x = load_block(x_row, k0, offs, K, HADAMARD, BLOCK, GROUP, NORM)
         if FORMAT == FP4:
             grouped = tl.reshape(x, (BLOCK // GROUP, GROUP))
             ratio = tl.math.div_rn(tl.max(tl.abs(grouped), axis=1), tl.maximum(row_max, TINY))
@@ -142,10 +171,10 @@ def quantize_rows_kernel(x_ptr, codes_ptr, scale_ptr, table_ptr, bucket_ptr, gro
 def constants(fmt: str, static: bool, group_size: int) -> dict[str, object]:
     """quantize_rows_kernel's compile-time arguments for a format."""
     mid, high = fp4_fine_groups.MANTISSAS[1:]
-    return {"FORMAT": FORMATS[fmt], "STATIC": static, "QMAX": QMAX[fmt], "BLOCK": BLOCK, "GROUP": group_size,
-            "TOP": TOP, "REACH": fp4_fine_groups.REACH, "MID": mid, "HIGH": high,
+    return {"FORMAT": FORMATS[ROTATED.get(fmt, fmt)], "STATIC": static, "QMAX": QMAX[fmt], "BLOCK": BLOCK,
+            "GROUP": group_size, "TOP": TOP, "REACH": fp4_fine_groups.REACH, "MID": mid, "HIGH": high,
             "LOG2_LOWEST": int(math.log2(fp4_fine_groups.MULTIPLIERS[-1])),
-            "TINY": TINY, "ROUNDING": ROUNDING}
+            "TINY": TINY, "ROUNDING": ROUNDING, "HADAMARD": fmt in ROTATED, "NORM": float(norm(group_size))}
 
 
 def quantize_rows(x: torch.Tensor, fmt: str, table: torch.Tensor | None = None, bucket: torch.Tensor | None = None,
@@ -157,11 +186,11 @@ def quantize_rows(x: torch.Tensor, fmt: str, table: torch.Tensor | None = None, 
     static = table is not None
     if (fmt not in FORMATS or (static and fmt in DYNAMIC_ONLY) or (not static and fmt in STATIC_ONLY)
             or (static and (bucket is None or m % max(len(bucket), 1)))):
-        raise ValueError(f"format {fmt}: int8, fp8, fp4 (dynamic only) or int4 (static only); static scales need "
-                         "each sample's bucket")
-    grouped = fmt in ("fp4", "int4")
-    if grouped and (k % group_size or BLOCK % group_size):
-        raise ValueError(f"groups of {group_size} do not divide {k} channels")
+        raise ValueError(f"format {fmt}: int8, fp8, fp4 or fp4_hadamard (dynamic only) or int4 (static only); "
+                         "static scales need each sample's bucket")
+    grouped = fmt in ("fp4", "fp4_hadamard", "int4")
+    if grouped and (k % group_size or BLOCK % group_size or (fmt in ROTATED and group_size & (group_size - 1))):
+        raise ValueError(f"groups of {group_size} do not divide {k} channels (a power of two to rotate)")
     if fmt == "int4" and (groups is None or tuple(groups.shape) != (len(table), k // group_size, 2)):
         raise ValueError(f"INT4 activations need each group's factor and zero point [{len(table)}, "
                          f"{k // group_size}, 2]")

@@ -12,7 +12,8 @@ per-channel or two-level INT4 weights with symmetric INT8 activations, one scale
 two-level groups of 32 (quantize_rows(x, "int4"): INT8 operands (q - z) f), or with FP activations
 (adaLN's modulation: an FP16 GEMM); FP4 weights on power-of-two groups with FP4 activations on
 fine groups (fp8_gemm fed by quantize_rows(x, "fp4"): E4M3 operands, FP8 tensor cores,
-sm_89 or newer), or with FP activations (their E4M3 operands, one byte per weight, converted to
+sm_89 or newer; quantize_rows(x, "fp4_hadamard") when the layer rotates each activation group by
+a Hadamard transform of its 32 channels, the weights holding W H), or with FP activations (their E4M3 operands, one byte per weight, converted to
 FP16 on int8_gemm's FP16-activation path); codebook weights with FP activations, or with INT8
 activations of one scale per token. FP activations are multiplied in FP16, as a deployed FP16
 engine does.
@@ -30,7 +31,7 @@ from exporter.errors import UserError
 from exporter.kernels.activation_quant import BLOCK, quantize_rows
 from exporter.kernels.fp8_gemm import Fp8Weights, fp8_gemm
 from exporter.kernels.int8_gemm import SPAN, Int8Weights, check_spans, int8_gemm
-from exporter.kernels.layout import INT4_GROUP
+from exporter.kernels.layout import FP4_GROUP, INT4_GROUP
 from exporter.kernels.vq_gemm import VqWeights, vq_gemm
 from exporter.quant import two_level_activations
 from exporter.quant.fp4 import Fp4Format
@@ -96,8 +97,9 @@ def kernel_weights(w: QuantizedWeight, act: str, layouts: PackedLayouts) -> Int8
     when no kernel runs it at full speed."""
     if act not in ACT_KINDS:
         raise ValueError(f"activations {act}: one of {', '.join(ACT_KINDS)}")
-    if w.rotation_block:
-        raise UserError(f"layer {w.name} rotates its input (Hadamard), which no kernel does: not a deployable recipe")
+    if w.rotation_block and not (act == "fp4" and w.rotation_block == FP4_GROUP):
+        raise UserError(f"layer {w.name} rotates its input by Hadamard blocks of {w.rotation_block}; the kernels "
+                        f"rotate only FP4 activation groups of {FP4_GROUP}: not a deployable recipe")
     if isinstance(w.fmt, Fp4Format):
         return _fp4_weights(w, act, layouts)
     if act == "fp4":
@@ -198,6 +200,10 @@ class KernelLinear(nn.Module):
         self.fp8 = False  # the GEMM is fp8_gemm's (FP4 weights, FP4 activations)
         self.fp4_kind: str | None = None  # fp8_gemm's 4-bit FP4 weights' format
         self.act_group = _fp4_activation_group(name, layer)
+        self.act_format = "fp4_hadamard" if getattr(layer, "rotation_block", 0) else "fp4"
+        if self.act_format == "fp4_hadamard" and self.act_group not in (0, layer.rotation_block):
+            raise UserError(f"layer {name}: the FP4 quantizer rotates each activation group; the layer's Hadamard "
+                            f"blocks of {layer.rotation_block} are not its groups of {self.act_group}")
         if isinstance(layer, VqLinear):
             if layer.codebook.shape[0] > 256 or layer.in_features % layer.fmt.dim:
                 raise UserError(f"layer {name}: the codebook kernel takes up to 256 codewords and K a multiple "
@@ -235,7 +241,7 @@ class KernelLinear(nn.Module):
             else:
                 y = int8_gemm(rows.half(), None, self._int8_weights(), self.bias, out_dtype)
         elif self.fp8:
-            codes, scale = quantize_rows(rows, "fp4", group_size=self.act_group)
+            codes, scale = quantize_rows(rows, self.act_format, group_size=self.act_group)
             y = fp8_gemm(codes, scale, self._fp8_weights(), self.bias, out_dtype)
         else:
             table, bucket = None, None

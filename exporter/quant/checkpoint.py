@@ -220,7 +220,8 @@ def _recipe_from(d: dict[str, Any]) -> Recipe:
     return Recipe(d["name"], d["description"], WeightSpec(**d["weight"]),
                   ActivationSpec(**act) if act else None,
                   LayerPolicy(frozenset(d["policy"]["weights"]), frozenset(d["policy"]["activations"])),
-                  hadamard=bool(d.get("hadamard", False)), dilation=bool(d.get("dilation", False)),
+                  hadamard=bool(d.get("hadamard", False)), hadamard_block=int(d.get("hadamard_block", 0)),
+                  dilation=bool(d.get("dilation", False)),
                   kd_iterations=int(d.get("kd_iterations", 0)),
                   layer_groups=tuple((str(n), int(w), int(a)) for n, w, a in d.get("layer_groups", ())))
 

@@ -17,6 +17,12 @@ the attention output projection reads softmax(QK^T) V per head, which would take
 weight only if each Hadamard block stayed inside one head (DiT-XL/2's heads are 72 channels,
 the blocks 128). So the weights absorb H and the activations are rotated at run time (in the
 exported graph, a MatMul with one H block; exporter/export/qdq.py).
+
+The rotation's arithmetic, which the FP4 activation quantizer (exporter/kernels/activation_quant.py)
+repeats operation for operation, so both round alike: the fast Walsh-Hadamard transform, stages of
+stride 1, 2, 4, ..., b / 2, each replacing the pair (u, v) at channels (i, i + stride) of a
+2-stride span by (u + v, u - v), then one multiplication by 1 / sqrt(b) rounded to x's dtype.
+Sylvester's H is symmetric, so this is x H with H = hadamard_matrix(b).
 """
 
 from __future__ import annotations
@@ -41,15 +47,28 @@ def block_size_for(width: int) -> int:
     return width & -width
 
 
+def norm(block: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """1 / sqrt(block) in ``dtype``: the factor that ends the transform."""
+    return torch.tensor(1 / math.sqrt(block), dtype=dtype)
+
+
 def rotate(x: torch.Tensor, block: int | None = None) -> torch.Tensor:
     """x @ H along the last axis, H block-diagonal with blocks of ``block`` (default: the largest
-    power of two dividing the width)."""
+    power of two dividing the width), by the butterflies above."""
     k = x.shape[-1]
     b = block or block_size_for(k)
     if b == 1:
         return x
-    h = hadamard_matrix(b).to(x.dtype)
-    return (x.reshape(*x.shape[:-1], k // b, b) @ h).reshape(x.shape)
+    if b & (b - 1) or k % b:
+        raise ValueError(f"Hadamard blocks of {b} channels: a power of two dividing the width {k}")
+    y = x.reshape(-1, k)
+    stride = 1
+    while stride < b:
+        pairs = y.reshape(len(y), k // (2 * stride), 2, stride)
+        u, v = pairs[:, :, 0], pairs[:, :, 1]
+        y = torch.stack([u + v, u - v], dim=2).reshape(len(y), k)
+        stride *= 2
+    return (y * norm(b, y.dtype).to(y.device)).reshape(x.shape)
 
 
 def rotate_linear_weight(weight: torch.Tensor, block: int | None = None) -> torch.Tensor:

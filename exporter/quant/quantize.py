@@ -159,7 +159,7 @@ def quantize_linear(linear: nn.Linear, recipe: Recipe, stats: LayerStats, quanti
     group) when it is not the calibrated min/max (clip search)."""
     spec = recipe.weight
     group, act_group = recipe.groups_of(name)
-    block = rotation_block(recipe, linear.in_features)
+    block = rotation_block(recipe, linear.in_features, quantize_input)
     w = rotate_linear_weight(linear.weight.detach().float(), block) if block else linear.weight.detach().float()
     codes, scale, zero, fmt = quantize_weight(w, spec, group, stats.hessian.h if spec.method == "gptq" else None)
     act = None
@@ -191,18 +191,18 @@ def _distil(block: nn.Module, teacher: nn.Module, hidden: list[torch.Tensor], ba
     return train_activation_scales(block, targets, forward, iterations, advance=advance)
 
 
-def rotation_block(recipe: Recipe, in_features: int) -> int:
-    """The Hadamard block of a layer's input rotation under ``recipe`` (0: none)."""
-    if not recipe.hadamard:
+def rotation_block(recipe: Recipe, in_features: int, quantized_input: bool) -> int:
+    """The Hadamard block of a layer's input rotation under ``recipe`` (0: none). A recipe with a
+    fixed block rotates the activation quantizer's groups: only layers whose input it quantizes."""
+    if not recipe.hadamard or (recipe.hadamard_block and not quantized_input):
         return 0
-    block = block_size_for(in_features)
+    block = min(recipe.hadamard_block or in_features, block_size_for(in_features))
     return block if block > 1 else 0
 
 
-def _observe(targets: dict[str, nn.Linear], observers: dict, recipe: Recipe, run, current_buckets) -> None:
-    """Runs ``run()`` with each target's input, as the quantized layer will see it (rotated when
-    it rotates), fed to ``observers[name].add(x, buckets)``."""
-    blocks = {name: rotation_block(recipe, m.in_features) for name, m in targets.items()}
+def _observe(targets: dict[str, nn.Linear], observers: dict, blocks: dict[str, int], run, current_buckets) -> None:
+    """Runs ``run()`` with each target's input, as the quantized layer will see it (rotated by
+    Hadamard blocks of ``blocks[name]`` channels when not 0), fed to ``observers[name].add(x, buckets)``."""
     handles = [targets[name].register_forward_hook(
         lambda _m, inp, _out, o=observer, b=blocks[name]: o.add(rotate(inp[0], b) if b else inp[0],
                                                                 current_buckets()))
@@ -214,25 +214,25 @@ def _observe(targets: dict[str, nn.Linear], observers: dict, recipe: Recipe, run
             h.remove()
 
 
-def _collect(targets: dict[str, nn.Linear], recipe: Recipe, n_buckets: int, run,
+def _collect(targets: dict[str, nn.Linear], recipe: Recipe, blocks: dict[str, int], n_buckets: int, run,
              current_buckets) -> dict[str, LayerStats]:
     stats = {name: LayerStats.empty(n_buckets, m.in_features, recipe.weight.method == "gptq")
              for name, m in targets.items()}
     try:
-        _observe(targets, stats, recipe, run, current_buckets)
+        _observe(targets, stats, blocks, run, current_buckets)
     finally:
         HessianAccumulator.forget()
     return stats
 
 
 def _clipped_ranges(prefix: str, targets: dict[str, nn.Linear], stats: dict[str, LayerStats], recipe: Recipe,
-                    run, current_buckets) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+                    blocks: dict[str, int], run, current_buckets) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Static activation ranges clipped where that lowers the calibration data's quantization
     error (static_clipping.py): a second pass over the data."""
     a = recipe.activation
     searches = {name: ClipSearch(*stats[name].ranges(recipe.groups_of(prefix + name)[1], a.per_timestep), a.format)
                 for name in targets}
-    _observe(targets, searches, recipe, run, current_buckets)
+    _observe(targets, searches, blocks, run, current_buckets)
     return {name: search.clipped() for name, search in searches.items()}
 
 
@@ -257,15 +257,17 @@ def quantize_model(fp_transformer: nn.Module, recipe: Recipe, calib: Calibration
         return buckets.bucket_of_t[state["t"]]
 
     def quantize_targets(prefix: str, targets: dict[str, nn.Module], run) -> None:
-        stats = _collect(targets, recipe, buckets.count, run, current_buckets)
+        quantized_input = {n: roles[prefix + n] in recipe.policy.activations for n in targets}
+        blocks = {n: rotation_block(recipe, m.in_features, quantized_input[n]) for n, m in targets.items()}
+        stats = _collect(targets, recipe, blocks, buckets.count, run, current_buckets)
         a = recipe.activation
         clipped = {}
         if a is not None and a.mode == "static" and a.clip_search:
-            static = {n: m for n, m in targets.items() if roles[prefix + n] in recipe.policy.activations}
-            clipped = _clipped_ranges(prefix, static, stats, recipe, run, current_buckets)
+            static = {n: m for n, m in targets.items() if quantized_input[n]}
+            clipped = _clipped_ranges(prefix, static, stats, recipe, blocks, run, current_buckets)
         for name, linear in targets.items():
             full = prefix + name
-            quantize_input = roles[full] in recipe.policy.activations
+            quantize_input = quantized_input[name]
             replace_module(model, full, quantize_linear(linear, recipe, stats[name], quantize_input, buckets, context,
                                                      full, clipped.get(name)))
             quantized_roles[full] = roles[full]

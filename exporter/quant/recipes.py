@@ -8,7 +8,7 @@ from typing import Any, Literal
 import torch
 
 from exporter.errors import UserError
-from exporter.kernels.layout import INT4_GROUP
+from exporter.kernels.layout import FP4_GROUP, INT4_GROUP
 from exporter.quant.fp4 import MAGNITUDES, Fp4Format, select_format
 from exporter.quant.fp4_groups import select_pow2_format
 from exporter.quant.policy import LayerPolicy
@@ -168,6 +168,9 @@ class Recipe:
     activation: ActivationSpec | None
     policy: LayerPolicy = field(default_factory=LayerPolicy)
     hadamard: bool = False  # rotate every quantized layer's input channels (exporter/quant/hadamard.py)
+    # 0: every quantized layer rotates, in blocks of the largest power of two dividing its width; n: the
+    # layers whose activations are quantized rotate the quantizer's groups, blocks of n channels
+    hadamard_block: int = 0
     dilation: bool = False  # DilateQuant's weight dilation before quantizing (exporter/quant/dilation.py)
     kd_iterations: int = 0  # block-wise distillation of the per-timestep activation scales (dilatequant.py)
     # (layer, weight group, activation group) where a group-size search chose them (granularity.py)
@@ -189,13 +192,14 @@ class Recipe:
         per token, or static without channel groups) or static INT4 activations in groups of 32
         on two-level scales (a float per bucket times an integer 1..8 per group). FP4 weights on power-of-two groups with
         FP4 activations on fine groups of 32 (or FP activations) are a pure E4M3 MMA on
-        FP8 tensor cores (sm_89+). Codebook (VQ) weights with FP activations are deployable too:
-        an FP16 GEMM that decodes the codebook in its prologue. The kernels do not rotate inputs.
+        FP8 tensor cores (sm_89+); their quantizer may rotate each group by a Hadamard
+        transform of its 32 channels first (the weights store W H). Codebook (VQ) weights with FP
+        activations are deployable too: an FP16 GEMM that decodes the codebook in its prologue.
         Everything else (float scales per group, channel-grouped or other 4-bit activations,
-        Hadamard rotations) is an accuracy reference: its kernel rescales every group's partial
-        sum in the K loop."""
+        other Hadamard rotations) is an accuracy reference: its kernel rescales every group's
+        partial sum in the K loop, or no kernel rotates its inputs."""
         w, a = self.weight, self.activation
-        if self.hadamard:
+        if self.hadamard and not (self.hadamard_block == FP4_GROUP and a is not None and a.kind == "fp4"):
             return False
         if w.kind == "vq":
             return a is None
@@ -216,6 +220,9 @@ class Recipe:
     def __post_init__(self) -> None:
         if self.kd_iterations < 0:
             raise UserError(f"distillation iterations must be 0 or more, not {self.kd_iterations}")
+        if self.hadamard_block < 0 or self.hadamard_block & (self.hadamard_block - 1):
+            raise UserError(f"Hadamard blocks are a power of two channels (0: the largest dividing the width), "
+                            f"not {self.hadamard_block}")
         if self.kd_iterations and (self.activation is None or self.activation.mode != "static"
                                    or self.activation.kind != "int"):
             raise UserError("distillation trains static integer activation scales: it needs static int activations")
@@ -229,7 +236,7 @@ class Recipe:
         return d
 
     def with_overrides(self, **overrides: Any) -> "Recipe":
-        """weight_* / activation_* / hadamard / dilation / kd_iterations keyword overrides; None
+        """weight_* / activation_* / hadamard(_block) / dilation / kd_iterations keyword overrides; None
         leaves a field as it is. Switching activations to dynamic also resets the static-only
         clip search and asymmetric grid unless they are given; overrides that two-level or
         power-of-two-group or fine-group scales cannot take (e.g. per-channel groups, static activations) switch
@@ -250,7 +257,8 @@ class Recipe:
             if not _fits_activation_scales(merged_act["scales"], merged_act["kind"], merged_act["bits"],
                                            merged_act["symmetric"], merged_act["mode"], merged_act["group_size"]):
                 act["scales"] = "float"
-        top = {k: v for k, v in overrides.items() if k in ("hadamard", "dilation", "kd_iterations") and v is not None}
+        top = {k: v for k, v in overrides.items()
+               if k in ("hadamard", "hadamard_block", "dilation", "kd_iterations") and v is not None}
         return replace(self, weight=replace(self.weight, **weight),
                        activation=replace(self.activation, **act) if self.activation else None, **top)
 
@@ -275,9 +283,11 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
            ActivationSpec(bits=8, mode="dynamic", group_size=PER_CHANNEL)),
     Recipe("fp4", "W4A4 FP4 as exact E4M3 operands: FP4 g32 GPTQ weights with clip search, format per layer, "
            "scaled by a float per output channel times 2^t per 32 channels; FP4 E2M1 dynamic activations, a float "
-           "per token times m 2^t (m 1, 1.25, 1.5) per 32 channels: a pure FP8 MMA",
+           "per token times m 2^t (m 1, 1.25, 1.5) per 32 channels, each group Hadamard-rotated first (the "
+           "weights store W H): a pure FP8 MMA",
            WeightSpec(bits=4, group_size=32, method="gptq", clip_search=True, kind="fp4", scales="pow2-groups"),
-           ActivationSpec(bits=4, mode="dynamic", group_size=32, kind="fp4", scales="e4m3-groups")),
+           ActivationSpec(bits=4, mode="dynamic", group_size=32, kind="fp4", scales="e4m3-groups"),
+           hadamard=True, hadamard_block=FP4_GROUP),
     Recipe("fp4-g32", "accuracy reference for fp4: FP4 g32 GPTQ weights with FP32 group scales, format per layer, "
            "FP4 E2M1 dynamic activations with an FP32 scale per 32 channels, Hadamard-rotated inputs (HQ-DiT)",
            WeightSpec(bits=4, group_size=32, method="gptq", clip_search=True, kind="fp4"),

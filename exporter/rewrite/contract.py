@@ -29,7 +29,8 @@ DOMAIN = "dit_export"  # ONNX domain of the plugin nodes and of their reference 
 VERSION = "2"
 
 # The values of the string fields, in the order of their C++ enums; a contract may allow fewer.
-ENUMS = {"act_mode": ("none", "static", "dynamic"), "act_format": ("none", "int8", "fp4e2m1", "uint4"),
+ENUMS = {"act_mode": ("none", "static", "dynamic"),
+         "act_format": ("none", "int8", "fp4e2m1", "uint4", "fp4e2m1_hadamard"),
          "weight_format": tuple(EXPONENTS)}
 NONZERO = "nonzero"
 
@@ -205,7 +206,8 @@ FP4_GEMM = PluginContract(
     "DitFp4Gemm",
     "FP4 weights on power-of-two groups: W[n, k] = s[n] 2^t[n, g] v[n, k] with v an FP4 value and g = k / "
     f"{SPAN}, exact E4M3 operands v 2^t; FP4 E2M1 activations on fine groups of {FP4_GROUP} channels, a float per "
-    "token times m 2^t, m 1, 1.25 or 1.5 "
+    "token times m 2^t, m 1, 1.25 or 1.5, each group optionally rotated by a Hadamard transform of its channels "
+    "first (the weights then hold W H) "
     "(dynamic, exact E4M3 operands with one float scale per token: fp8_gemm, FP8 tensor cores, sm_89 or newer) or "
     "FP16 activations (the E4M3 operands converted to FP16 on int8_gemm's FP16 path, sm_89 or newer).",
     _SHAPE_FIELDS + (
@@ -213,7 +215,9 @@ FP4_GEMM = PluginContract(
         Field("weight_format", "the FP4 format of the weights (E2M1, E3M0, E1M2: HQ-DiT's choice per layer), the "
               "table its 4-bit codes are decoded by", ENUMS["weight_format"]),
         Field("act_mode", "none: FP16 x as it is; dynamic: per token, from the token itself", ("none", "dynamic")),
-        Field("act_format", f"fp4e2m1 (fine groups of {FP4_GROUP} channels) or none", ("none", "fp4e2m1")),
+        Field("act_format", f"fp4e2m1 (fine groups of {FP4_GROUP} channels), fp4e2m1_hadamard (the same of x with "
+              f"each group times the {FP4_GROUP}-point Hadamard matrix H, Sylvester's order, orthonormal: x H; the "
+              "weight holds W H) or none", ("none", "fp4e2m1", "fp4e2m1_hadamard")),
         _HAS_BIAS),
     (_X,
      Port("weight", "INT8", "[N, K] or [N, K / 2]", "weight_bits 8: the E4M3 operands v 2^t [N, K]; 4: the FP4 codes "
@@ -224,8 +228,9 @@ FP4_GEMM = PluginContract(
      _BIAS),
     _Y,
     (Rule("act_mode", ("none",), "act_format", "act_mode none takes act_format none", ("none",)),
-     Rule("act_mode", ("dynamic",), "act_format", "quantized activations are fp4e2m1", ("fp4e2m1",)),
-     Rule("act_format", ("fp4e2m1",), "in_features", f"FP4 activations need in_features a multiple of their group, "
+     Rule("act_mode", ("dynamic",), "act_format", "quantized activations are fp4e2m1 or fp4e2m1_hadamard",
+          ("fp4e2m1", "fp4e2m1_hadamard")),
+     Rule("act_format", ("fp4e2m1", "fp4e2m1_hadamard"), "in_features", f"FP4 activations need in_features a multiple of their group, "
           f"{FP4_GROUP}", multiple_of=FP4_GROUP),
      _FOUR_BIT_K),
 )

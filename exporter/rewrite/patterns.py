@@ -13,6 +13,8 @@ codes of a quantized type (INT4, INT8, UINT4, UINT8, FLOAT4E2M1, FLOAT8). Its pa
                  with zero points on two-level scales                                -> static, int4
                  DQ(Q(x, Max(Div(ReduceMax(|x|), qmax), tiny)))                      -> dynamic
                  DQ(Q(x, Mul(s, Gather(step table, count)))), FLOAT4E2M1            -> FP4, fine groups
+                 the same of Reshape(MatMul(Reshape(x, [-1, 32]), H32), Shape(x))   -> FP4, each group
+                                                                                        rotated first
                  x                                                                   -> none
     bias         a single Add of a constant [N] after the MatMul
 
@@ -21,7 +23,8 @@ The codes and scales read from the graph go through the kernels' own mapping
 plugin's inputs are exactly the operands the kernels take. Each match becomes a ``GemmMatch``: the
 contract, its field values and its input tensors in contract order. What no kernel takes (channel
 groups of activations other than UINT4's two-level groups, zero points of other activations,
-Hadamard rotations, float group scales) is a ``NotReplaced`` with the reason.
+Hadamard rotations other than of FP4's activation groups, float group scales) is a ``NotReplaced``
+with the reason.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from exporter.kernels.vq_gemm import VqWeights
 from exporter.quant import fp4_fine_groups, two_level_activations
 from exporter.quant.fp4 import FP4_FORMATS, Fp4Format
 from exporter.quant.fp4_groups import EXPONENTS
+from exporter.quant.hadamard import hadamard_matrix
 from exporter.quant.primitives import IntFormat
 from exporter.rewrite.contract import FP4_GEMM, INT_GEMM, VQ_GEMM, PluginContract
 
@@ -367,13 +371,29 @@ def _static_activation(q: gs.Node, kind: str, k: int) -> tuple[gs.Tensor, str, d
     return flat.inputs[0], kind, {"act_mode": "static", "act_format": "int8"}, inputs
 
 
-def is_rotated(x: gs.Tensor) -> bool:
-    """Whether x is Reshape(MatMul(Reshape(x0, [-1, b]), H [b, b]), Shape(x0)): a Hadamard rotation."""
+def rotation_of(x: gs.Tensor) -> tuple[gs.Tensor, np.ndarray] | None:
+    """(x0, H) when x is Reshape(MatMul(Reshape(x0, [-1, b]), H [b, b]), Shape(x0)), a rotation
+    as exporter/export/qdq.py's ``rotation`` builds it; else None."""
     outer = _op(x, "Reshape")
     matmul = _op(outer.inputs[0], "MatMul") if outer is not None else None
     inner = _op(matmul.inputs[0], "Reshape") if matmul is not None else None
     h = _const(matmul.inputs[1]) if matmul is not None else None
-    return inner is not None and h is not None and h.ndim == 2 and h.shape[0] == h.shape[1]
+    if inner is None or h is None or h.ndim != 2 or h.shape[0] != h.shape[1]:
+        return None
+    return inner.inputs[0], h
+
+
+def _rotated_activation(x: gs.Tensor, act_kind: str, act_fields: dict) -> tuple[gs.Tensor, dict]:
+    """The input before a Hadamard rotation the FP4 quantizer does itself (act_format
+    fp4e2m1_hadamard), or x unchanged when it is not rotated; NotReplaced for other rotations."""
+    rotation = rotation_of(x)
+    if rotation is None:
+        return x, act_fields
+    x0, h = rotation
+    if act_kind != "fp4" or not np.array_equal(h, hadamard_matrix(FP4_GROUP).numpy()):
+        raise NotReplaced(f"a rotated input ({h.shape[0]}-channel blocks): the kernels rotate only FP4 activation "
+                          f"groups, by the {FP4_GROUP}-point Hadamard matrix")
+    return x0, {**act_fields, "act_format": "fp4e2m1_hadamard"}
 
 
 def _bytes(values: torch.Tensor) -> np.ndarray:
@@ -411,8 +431,7 @@ def _plugin_weights(layer: str, w: WeightMatch, act_kind: str) -> tuple[PluginCo
 def match_gemm(matmul: gs.Node, inits: Initializers) -> GemmMatch:
     weight = match_weight(matmul.name, matmul.inputs[1], inits)
     x, act_kind, act_fields, act_inputs = match_activation(matmul.inputs[0], weight.k)
-    if is_rotated(x):
-        raise NotReplaced("a Hadamard-rotated input: no kernel rotates")
+    x, act_fields = _rotated_activation(x, act_kind, act_fields)
     contract, fields, weight_inputs = _plugin_weights(matmul.name, weight, act_kind)
     output, replaced, bias = matmul.outputs[0], [matmul], []
     add = output.outputs[0] if len(output.outputs) == 1 else None

@@ -9,7 +9,8 @@ Triton kernels compute on the contract's layouts (exporter/rewrite/contract.py),
     act          the activation quantizer's codes times its scale, built by the QDQ graph's own
                  builders (exporter/export/qdq.py, fp4_graph.py): INT8 per token (dynamic, or
                  the static table row of the sample's timestep bucket), FP4 E2M1 on fine groups
-                 (dynamic), UINT4 on two-level groups (static: scales act_scale_table[b] f, zero
+                 (dynamic; of x H, each group rotated by qdq.py's rotation, for
+                 fp4e2m1_hadamard), UINT4 on two-level groups (static: scales act_scale_table[b] f, zero
                  points z)
     W [N, K]     the kernel's operand times the row scale s[n], rounded once:
                    INT8 operands      q f                  (weight_bits 8)
@@ -33,11 +34,12 @@ from onnx import TensorProto, helper
 
 from exporter.export.fp4_graph import decode_table, expand_blocked, fake_quantize
 from exporter.export.graph_builder import Builder, float_tensor, int64_tensor, onnx_quant_type
-from exporter.export.qdq import dynamic_scale, fine_group_scale, static_activation
+from exporter.export.qdq import dynamic_scale, fine_group_scale, rotation, static_activation
 from exporter.kernels.layout import FP4_GROUP, INT4_GROUP, SPAN
 from exporter.quant import fp4_fine_groups
 from exporter.quant.fp4 import Fp4Format
 from exporter.quant.fp4_groups import EXPONENTS
+from exporter.quant.hadamard import hadamard_matrix
 from exporter.quant.primitives import IntFormat
 from exporter.rewrite.contract import DOMAIN, FP4_GEMM, VQ_GEMM, PluginContract
 
@@ -130,7 +132,10 @@ def _activation(b: Builder, x: str, f: dict) -> str:
     mode, k = f.get("act_mode", "none"), f["in_features"]
     if mode == "none":
         return x
-    if f["act_format"] == "fp4e2m1":
+    if f["act_format"] == "fp4e2m1_hadamard":
+        hadamard = b.const(float_tensor(b.name("hadamard"), hadamard_matrix(FP4_GROUP)))
+        x = rotation(b, x, hadamard, FP4_GROUP)
+    if f["act_format"] in ("fp4e2m1", "fp4e2m1_hadamard"):
         fmt = fp4_fine_groups.FORMAT
         scale = fine_group_scale(b, x, FP4_GROUP, k)
         return fake_quantize(b, x, expand_blocked(b, scale, x, -1, FP4_GROUP), fmt)

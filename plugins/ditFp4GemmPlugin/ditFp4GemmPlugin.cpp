@@ -14,6 +14,11 @@ int32_t fp4Format(DitFp4GemmFields const& f)
 {
     return static_cast<int32_t>(f.weight_format);
 }
+
+int32_t quantizeFormat(DitFp4GemmFields const& f)
+{
+    return f.act_format == ActFormat::kFp4e2m1Hadamard ? DIT_TRITON_QUANT_FP4_HADAMARD : DIT_TRITON_QUANT_FP4;
+}
 } // namespace
 
 std::string DitFp4GemmSpec::checkShapes(Fields const& f, Inputs const& in, nvinfer1::Dims const* dims)
@@ -41,7 +46,7 @@ int32_t DitFp4GemmSpec::run(Fields const& f, Inputs const& in, GemmLaunch const&
     void* const codes = launch.space.codes(launch.workspace);
     float* const rowScale = launch.space.scales(launch.workspace);
     int32_t status = ditTritonQuantizeRows(launch.x, codes, rowScale, nullptr, nullptr, nullptr, m, f.in_features, 1,
-        DIT_TRITON_QUANT_FP4, launch.stream);
+        quantizeFormat(f), launch.stream);
     if (status == DIT_TRITON_SUCCESS)
     {
         status = ditTritonFp8Gemm(codes, rowScale, w, offset, scale, launch.bias, launch.y, m, f.out_features,

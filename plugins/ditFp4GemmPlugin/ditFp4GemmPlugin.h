@@ -1,6 +1,6 @@
 // DitFp4Gemm: FP4 weights on power-of-two groups (E2M1 codes with exponent offsets per 32
 // channels, or their E4M3 operands) with a float scale per output channel; FP4 activations on
-// power-of-two groups (dynamic) or FP16 ones. Runs fp8_gemm (FP8 tensor cores: sm_89 or newer).
+// fine groups (dynamic; each group Hadamard-rotated first for act_format fp4e2m1_hadamard) or FP16 ones. Runs fp8_gemm (FP8 tensor cores: sm_89 or newer).
 // Contract: include/dit_export/plugin_contract.h.
 #pragma once
 

@@ -86,8 +86,10 @@ typedef enum
     DIT_TRITON_QUANT_INT8 = 0,  // codes int8
     DIT_TRITON_QUANT_FP8 = 1,   // codes float8_e4m3fn
     DIT_TRITON_QUANT_FP4 = 2,   // E2M1 in groups of 32 channels, as exact float8_e4m3fn operands (dynamic only)
-    DIT_TRITON_QUANT_INT4 = 3   // UINT4 on two-level groups of 32 channels, as exact int8 operands (q - z) f
+    DIT_TRITON_QUANT_INT4 = 3,  // UINT4 on two-level groups of 32 channels, as exact int8 operands (q - z) f
                                 // (static only: groups holds each group's f and z)
+    DIT_TRITON_QUANT_FP4_HADAMARD = 4  // FP4 of x with each group of 32 channels times the 32-point Hadamard
+                                       // matrix first (x H; dynamic only)
 } DitTritonQuantFormat;
 
 // exporter/kernels/int8_gemm.py:  y = (a @ w^T) * a_scale[m] * w_scale[n] + bias[n]

@@ -361,12 +361,13 @@ DitTritonStatus planQuantizeRows(void const* x, void* codes, float* scale, float
     static char const* const kFunction = "ditTritonQuantizeRows";
     plan = LaunchPlan{};
     bool const isStatic = table != nullptr;
-    if (format != DIT_TRITON_QUANT_INT8 && format != DIT_TRITON_QUANT_FP8 && format != DIT_TRITON_QUANT_FP4
-        && format != DIT_TRITON_QUANT_INT4)
+    if (format < DIT_TRITON_QUANT_INT8 || format > DIT_TRITON_QUANT_FP4_HADAMARD)
     {
         return invalid(kFunction,
-            "format must be DIT_TRITON_QUANT_INT8, _FP8, _FP4 or _INT4, not " + std::to_string(format), why);
+            "format must be DIT_TRITON_QUANT_INT8, _FP8, _FP4, _INT4 or _FP4_HADAMARD, not " + std::to_string(format),
+            why);
     }
+    bool const fp4 = format == DIT_TRITON_QUANT_FP4 || format == DIT_TRITON_QUANT_FP4_HADAMARD;
     if (m < 0 || k <= 0 || k % kAlignment != 0)
     {
         return invalid(kFunction,
@@ -375,9 +376,9 @@ DitTritonStatus planQuantizeRows(void const* x, void* codes, float* scale, float
             why);
     }
     // The quantizers' groups of channels (exporter/kernels/layout.py, generated into the contract header).
-    int32_t const group = format == DIT_TRITON_QUANT_FP4 ? dit_export::kFp4ActGroup
-        : format == DIT_TRITON_QUANT_INT4               ? dit_export::kInt4ActGroup
-                                                        : 1;
+    int32_t const group = fp4     ? dit_export::kFp4ActGroup
+        : format == DIT_TRITON_QUANT_INT4 ? dit_export::kInt4ActGroup
+                                          : 1;
     if (k % group != 0)
     {
         return invalid(kFunction,
@@ -388,7 +389,7 @@ DitTritonStatus planQuantizeRows(void const* x, void* codes, float* scale, float
     {
         return invalid(kFunction, "static scales need both table and bucket; dynamic ones neither", why);
     }
-    if (isStatic && format == DIT_TRITON_QUANT_FP4)
+    if (isStatic && fp4)
     {
         return invalid(kFunction, "FP4 scales are dynamic only: table and bucket must be NULL", why);
     }
@@ -406,9 +407,9 @@ DitTritonStatus planQuantizeRows(void const* x, void* codes, float* scale, float
             "static scales need M = " + std::to_string(m) + " to be a multiple of samples = " + std::to_string(samples),
             why);
     }
-    static char const* const kVariants[4][2] = {{"quantize.int8.dynamic", "quantize.int8.static"},
+    static char const* const kVariants[5][2] = {{"quantize.int8.dynamic", "quantize.int8.static"},
         {"quantize.fp8.dynamic", "quantize.fp8.static"}, {"quantize.fp4.dynamic", nullptr},
-        {nullptr, "quantize.int4.static"}};
+        {nullptr, "quantize.int4.static"}, {"quantize.fp4_hadamard.dynamic", nullptr}};
     plan.variant = kVariants[format][isStatic ? 1 : 0];
     plan.rows = m;
     plan.cols = 1;

@@ -153,6 +153,14 @@ int main()
     report("fp4 w4 dynamic", fp4,
         {desc(DataType::kHALF, {8, k}), desc(DataType::kINT8, {n, k / 2}), desc(DataType::kINT8, {n, k / 32}),
             desc(DataType::kFLOAT, {n}), desc(DataType::kFLOAT, {n}), desc(DataType::kHALF, {8, n})});
+    auto* fp4Hadamard = create(fp4Creator, {{"in_features", &k, PluginFieldType::kINT32, 1},
+        {"out_features", &n, PluginFieldType::kINT32, 1}, {"weight_bits", &four, PluginFieldType::kINT32, 1},
+        {"weight_format", "e2m1", PluginFieldType::kCHAR, 5},
+        {"act_mode", "dynamic", PluginFieldType::kCHAR, 8},
+        {"act_format", "fp4e2m1_hadamard", PluginFieldType::kCHAR, 17}, {"has_bias", &one, PluginFieldType::kINT32, 1}});
+    report("fp4 w4 dynamic hadamard", fp4Hadamard,
+        {desc(DataType::kHALF, {8, k}), desc(DataType::kINT8, {n, k / 2}), desc(DataType::kINT8, {n, k / 32}),
+            desc(DataType::kFLOAT, {n}), desc(DataType::kFLOAT, {n}), desc(DataType::kHALF, {8, n})});
     DitVqGemmPluginCreator vqCreator;
     auto* vq = create(vqCreator, {{"in_features", &k, PluginFieldType::kINT32, 1},
         {"out_features", &n, PluginFieldType::kINT32, 1}, {"codewords", &words, PluginFieldType::kINT32, 1},

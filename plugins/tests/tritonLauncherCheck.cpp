@@ -301,6 +301,21 @@ void otherPlanChecks()
     CHECK(planQuantizeRows(a, codes, scale, table, bucket, nullptr, 4, 64, 2, DIT_TRITON_QUANT_FP4, plan, why)
             == DIT_TRITON_INVALID_ARGUMENT
         && why.find("dynamic only") != std::string::npos);
+    CHECK(planQuantizeRows(a, codes, scale, nullptr, nullptr, nullptr, 4, 64, 0, DIT_TRITON_QUANT_FP4_HADAMARD, plan,
+              why)
+            == DIT_TRITON_SUCCESS
+        && std::strcmp(plan.variant, "quantize.fp4_hadamard.dynamic") == 0);
+    CHECK(planQuantizeRows(a, codes, scale, nullptr, nullptr, nullptr, 4, 48, 0, DIT_TRITON_QUANT_FP4_HADAMARD, plan,
+              why)
+            == DIT_TRITON_INVALID_ARGUMENT
+        && why.find("groups of 32") != std::string::npos);
+    CHECK(planQuantizeRows(a, codes, scale, table, bucket, nullptr, 4, 64, 2, DIT_TRITON_QUANT_FP4_HADAMARD, plan,
+              why)
+            == DIT_TRITON_INVALID_ARGUMENT
+        && why.find("dynamic only") != std::string::npos);
+    CHECK(planQuantizeRows(a, codes, scale, nullptr, nullptr, nullptr, 4, 64, 0, 5, plan, why)
+            == DIT_TRITON_INVALID_ARGUMENT
+        && why.find("_FP4_HADAMARD") != std::string::npos);
     CHECK(planQuantizeRows(a, codes, scale, table, bucket, nullptr, 5, 64, 2, DIT_TRITON_QUANT_INT8, plan, why)
             == DIT_TRITON_INVALID_ARGUMENT
         && why.find("multiple of samples") != std::string::npos);
@@ -308,7 +323,7 @@ void otherPlanChecks()
         == DIT_TRITON_INVALID_ARGUMENT);
     CHECK(planQuantizeRows(a, codes, scale, nullptr, nullptr, nullptr, 4, 40, 0, DIT_TRITON_QUANT_INT8, plan, why)
         == DIT_TRITON_INVALID_ARGUMENT);
-    CHECK(planQuantizeRows(a, codes, scale, nullptr, nullptr, nullptr, 4, 64, 0, 4, plan, why)
+    CHECK(planQuantizeRows(a, codes, scale, nullptr, nullptr, nullptr, 4, 64, 0, -1, plan, why)
         == DIT_TRITON_INVALID_ARGUMENT);
     CHECK(planQuantizeRows(
               nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, 0, 64, 0, DIT_TRITON_QUANT_INT8, plan, why)

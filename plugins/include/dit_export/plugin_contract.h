@@ -55,7 +55,7 @@ inline char const* toString(ActMode value)
     return "";
 }
 
-enum class ActFormat : int32_t { kNone = 0, kInt8 = 1, kFp4e2m1 = 2, kUint4 = 3 };
+enum class ActFormat : int32_t { kNone = 0, kInt8 = 1, kFp4e2m1 = 2, kUint4 = 3, kFp4e2m1Hadamard = 4 };
 
 inline bool parseActFormat(std::string_view text, ActFormat& out)
 {
@@ -63,6 +63,7 @@ inline bool parseActFormat(std::string_view text, ActFormat& out)
     if (text == "int8") { out = ActFormat::kInt8; return true; }
     if (text == "fp4e2m1") { out = ActFormat::kFp4e2m1; return true; }
     if (text == "uint4") { out = ActFormat::kUint4; return true; }
+    if (text == "fp4e2m1_hadamard") { out = ActFormat::kFp4e2m1Hadamard; return true; }
     return false;
 }
 
@@ -74,6 +75,7 @@ inline char const* toString(ActFormat value)
     case ActFormat::kInt8: return "int8";
     case ActFormat::kFp4e2m1: return "fp4e2m1";
     case ActFormat::kUint4: return "uint4";
+    case ActFormat::kFp4e2m1Hadamard: return "fp4e2m1_hadamard";
     }
     return "";
 }
@@ -309,9 +311,10 @@ inline void visitDitIntGemmFields(DitIntGemmFields& f, Visitor&& visit)
 // ---- DitFp4Gemm ----
 // FP4 weights on power-of-two groups: W[n, k] = s[n] 2^t[n, g] v[n, k] with v an FP4 value and g =
 // k / 32, exact E4M3 operands v 2^t; FP4 E2M1 activations on fine groups of 32 channels, a float
-// per token times m 2^t, m 1, 1.25 or 1.5 (dynamic, exact E4M3 operands with one float scale per
-// token: fp8_gemm, FP8 tensor cores, sm_89 or newer) or FP16 activations (the E4M3 operands
-// converted to FP16 on int8_gemm's FP16 path, sm_89 or newer).
+// per token times m 2^t, m 1, 1.25 or 1.5, each group optionally rotated by a Hadamard transform
+// of its channels first (the weights then hold W H) (dynamic, exact E4M3 operands with one float
+// scale per token: fp8_gemm, FP8 tensor cores, sm_89 or newer) or FP16 activations (the E4M3
+// operands converted to FP16 on int8_gemm's FP16 path, sm_89 or newer).
 
 struct DitFp4GemmInfo
 {
@@ -344,7 +347,9 @@ struct DitFp4GemmFields
     WeightFormat weight_format{};
     // none: FP16 x as it is; dynamic: per token, from the token itself: one of none, dynamic
     ActMode act_mode{};
-    // fp4e2m1 (fine groups of 32 channels) or none: one of none, fp4e2m1
+    // fp4e2m1 (fine groups of 32 channels), fp4e2m1_hadamard (the same of x with each group times
+    // the 32-point Hadamard matrix H, Sylvester's order, orthonormal: x H; the weight holds W H)
+    // or none: one of none, fp4e2m1, fp4e2m1_hadamard
     ActFormat act_format{};
     // 1 when the bias input is present: one of 0, 1
     int32_t has_bias{};
@@ -409,9 +414,9 @@ inline std::string parseDitFp4GemmFields(FieldView const* entries, int32_t count
         }
         if (name == "act_format")
         {
-            if (e.type != FieldType::kChar || !(e.text() == "none" || e.text() == "fp4e2m1")
+            if (e.type != FieldType::kChar || !(e.text() == "none" || e.text() == "fp4e2m1" || e.text() == "fp4e2m1_hadamard")
                 || !parseActFormat(e.text(), out.act_format))
-                return "DitFp4Gemm: field act_format must be one of none, fp4e2m1";
+                return "DitFp4Gemm: field act_format must be one of none, fp4e2m1, fp4e2m1_hadamard";
             seen[5] = true;
             continue;
         }
@@ -433,9 +438,9 @@ inline std::string parseDitFp4GemmFields(FieldView const* entries, int32_t count
             return std::string("DitFp4Gemm: missing field ") + DitFp4GemmInfo::kFieldNames[i];
     if ((out.act_mode == ActMode::kNone) && (!(out.act_format == ActFormat::kNone)))
         return "DitFp4Gemm: act_mode none takes act_format none";
-    if ((out.act_mode == ActMode::kDynamic) && (!(out.act_format == ActFormat::kFp4e2m1)))
-        return "DitFp4Gemm: quantized activations are fp4e2m1";
-    if ((out.act_format == ActFormat::kFp4e2m1) && (out.in_features % 32 != 0))
+    if ((out.act_mode == ActMode::kDynamic) && (!(out.act_format == ActFormat::kFp4e2m1 || out.act_format == ActFormat::kFp4e2m1Hadamard)))
+        return "DitFp4Gemm: quantized activations are fp4e2m1 or fp4e2m1_hadamard";
+    if ((out.act_format == ActFormat::kFp4e2m1 || out.act_format == ActFormat::kFp4e2m1Hadamard) && (out.in_features % 32 != 0))
         return "DitFp4Gemm: FP4 activations need in_features a multiple of their group, 32";
     if ((out.weight_bits == 4) && (out.in_features % 128 != 0))
         return "DitFp4Gemm: 4-bit weights need in_features a multiple of the kernels' K step, 128";
