@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from exporter.cli_options import CalibrationFlags, RecipeFlags, takes_options
 from exporter.errors import UserError
 from exporter.quant.granularity import SearchOptions
 from exporter.quant.recipes import RECIPES
@@ -45,83 +46,45 @@ def sampler_from_options(loaded, sampler: Optional[str], steps: Optional[int], g
     return replace(base, **overrides)
 
 
-PRECISION_HELP = f"{', '.join(RECIPES)} (dit-export precisions describes them)"
 WEIGHT_METHODS = ("rtn", "gptq", "vq4dit", "kmeans")
 
 
-def recipe_from_options(precision: str, weight_group_size: Optional[int], weight_method: Optional[str],
-                        activations: Optional[str], per_timestep: Optional[bool],
-                        weight_layers: Optional[str], activation_layers: Optional[str],
-                        activation_group_size: Optional[int] = None, activation_format: Optional[str] = None,
-                        vq_iterations: Optional[int] = None, dilation: Optional[bool] = None,
-                        kd_iterations: Optional[int] = None, hadamard: Optional[bool] = None):
+def recipe_from_options(flags: RecipeFlags):
     from dataclasses import replace
 
     from exporter.quant.policy import LayerPolicy
     from exporter.quant.recipes import get_recipe
 
-    recipe = get_recipe(precision)
-    if weight_method is not None and weight_method not in WEIGHT_METHODS:
-        raise UserError(f"unknown weight method '{weight_method}'; valid: {', '.join(WEIGHT_METHODS)}")
-    if activations is not None and activations not in ("static", "dynamic"):
-        raise UserError(f"unknown activation mode '{activations}'; valid: static, dynamic")
-    recipe = recipe.with_overrides(weight_group_size=weight_group_size, weight_method=weight_method,
-                                   activation_mode=activations, activation_per_timestep=per_timestep,
-                                   activation_group_size=activation_group_size, activation_kind=activation_format,
-                                   weight_vq_iterations=vq_iterations, dilation=dilation, kd_iterations=kd_iterations,
-                                   hadamard=hadamard)
-    if weight_layers is not None or activation_layers is not None:
+    recipe = get_recipe(flags.precision)
+    if flags.weight_method is not None and flags.weight_method not in WEIGHT_METHODS:
+        raise UserError(f"unknown weight method '{flags.weight_method}'; valid: {', '.join(WEIGHT_METHODS)}")
+    if flags.activations is not None and flags.activations not in ("static", "dynamic"):
+        raise UserError(f"unknown activation mode '{flags.activations}'; valid: static, dynamic")
+    recipe = recipe.with_overrides(weight_group_size=flags.weight_group_size, weight_method=flags.weight_method,
+                                   activation_mode=flags.activations, activation_per_timestep=flags.per_timestep,
+                                   activation_group_size=flags.activation_group_size,
+                                   activation_kind=flags.activation_format, weight_vq_iterations=flags.vq_iterations,
+                                   dilation=flags.dilation, kd_iterations=flags.kd_iterations, hadamard=flags.hadamard)
+    if flags.weight_layers is not None or flags.activation_layers is not None:
         policy = LayerPolicy.parse(
-            weight_layers if weight_layers is not None else ",".join(sorted(recipe.policy.weights)),
-            activation_layers if activation_layers is not None else ",".join(sorted(recipe.policy.activations)))
+            flags.weight_layers if flags.weight_layers is not None else ",".join(sorted(recipe.policy.weights)),
+            flags.activation_layers if flags.activation_layers is not None
+            else ",".join(sorted(recipe.policy.activations)))
         recipe = replace(recipe, policy=policy)
     return recipe
 
 
-def calibration_options(trajectories: int, seed: int, buckets: Optional[int], calibration_data: Optional[Path],
-                        group_search: bool = False, search_budget: float = SearchOptions.budget,
-                        search_epochs: int = SearchOptions.epochs, search_population: int = SearchOptions.population,
-                        search_samples: int = SearchOptions.samples):
+def calibration_options(flags: CalibrationFlags):
     from exporter.calibrate import CalibrationOptions
 
-    if group_search and (search_epochs < 1 or search_population < 2 or search_budget <= 0 or search_samples < 2):
+    if flags.group_search and (flags.search_epochs < 1 or flags.search_population < 2 or flags.search_budget <= 0
+                               or flags.search_samples < 2):
         raise UserError("the group-size search needs --search-epochs >= 1, --search-population >= 2, "
                         "--search-samples >= 2 and a positive --search-budget")
-    search = SearchOptions(budget=search_budget, epochs=search_epochs, population=search_population,
-                           samples=search_samples, seed=seed) if group_search else None
-    return CalibrationOptions(trajectories=trajectories, seed=seed, buckets=buckets, data=calibration_data,
-                              group_search=search)
-
-
-# Options shared by `calibrate` and `build`.
-OPT_PRECISION = typer.Option("w4a8", help=PRECISION_HELP)
-OPT_TRAJECTORIES = typer.Option(32, help="sampling trajectories for calibration (every step of each is used)")
-OPT_CALIB_SEED = typer.Option(0, "--calibration-seed", help="seed of the calibration trajectories")
-OPT_BUCKETS = typer.Option(None, help="timestep buckets of static scales (default: one per sampler step)")
-OPT_CALIB_DATA = typer.Option(None, help="reuse a saved calibration.safetensors instead of sampling")
-OPT_W_GROUP = typer.Option(None, help="weight group size along input channels (-1: per output channel)")
-OPT_W_METHOD = typer.Option(None, help="weight rounding: rtn or gptq; for VQ precisions vq4dit or kmeans")
-OPT_VQ_ITERS = typer.Option(None, help="VQ4DiT calibration iterations per block (vq2 / vq3; default 300)")
-OPT_DILATION = typer.Option(None, "--dilation/--no-dilation", help="DilateQuant's weight dilation (w4a4: on)")
-OPT_HADAMARD = typer.Option(None, "--hadamard/--no-hadamard",
-                            help="Hadamard-rotate the quantized layers' inputs (fp4: each activation group of 32; "
-                                 "fp4-g32: on)")
-OPT_KD_ITERS = typer.Option(None, help="block-wise distillation iterations of static activation scales (w4a4: 100)")
-OPT_SEARCH = typer.Option(False, "--group-search", help="Q-DiT's per-layer group-size search before quantizing "
-                          "(integer weights, dynamic activations)")
-OPT_SEARCH_BUDGET = typer.Option(SearchOptions.budget, help="group-size search: mean group size over all layers, "
-                                 "at least")
-OPT_SEARCH_EPOCHS = typer.Option(SearchOptions.epochs, help="group-size search: generations (its cost)")
-OPT_SEARCH_POP = typer.Option(SearchOptions.population, help="group-size search: candidates per generation "
-                              "(its cost)")
-OPT_SEARCH_SAMPLES = typer.Option(SearchOptions.samples, help="group-size search: samples a candidate draws to be "
-                                  "compared with FP's from the same seeds (its cost)")
-OPT_ACTS = typer.Option(None, help="activation quantization: static (per-timestep tables) or dynamic")
-OPT_A_GROUP = typer.Option(None, help="activation group size along channels, static or dynamic (-1: whole token)")
-OPT_A_FORMAT = typer.Option(None, help="activation number format: int, fp8 (FP8 E4M3) or fp4 (FP4 E2M1)")
-OPT_PER_T = typer.Option(None, "--per-timestep/--one-scale", help="static scales per timestep bucket or one")
-OPT_W_LAYERS = typer.Option(None, help="comma-separated layer roles whose weights are quantized")
-OPT_A_LAYERS = typer.Option(None, help="comma-separated layer roles whose input activations are quantized")
+    search = SearchOptions(budget=flags.search_budget, epochs=flags.search_epochs, population=flags.search_population,
+                           samples=flags.search_samples, seed=flags.calibration_seed) if flags.group_search else None
+    return CalibrationOptions(trajectories=flags.trajectories, seed=flags.calibration_seed, buckets=flags.buckets,
+                              data=flags.calibration_data, group_search=search)
 
 
 @app.command()
@@ -142,70 +105,42 @@ def precisions() -> None:
 
 @app.command()
 @user_errors_exit_2
+@takes_options
 def calibrate(
-    precision: str = OPT_PRECISION,
     model: Optional[str] = typer.Option(None, help=MODEL_HELP),
     out: Path = typer.Option(Path("out"), help="folder for the checkpoint (out/quantized), data and reports"),
-    trajectories: int = OPT_TRAJECTORIES, calibration_seed: int = OPT_CALIB_SEED,
-    buckets: Optional[int] = OPT_BUCKETS, calibration_data: Optional[Path] = OPT_CALIB_DATA,
-    weight_group_size: Optional[int] = OPT_W_GROUP, weight_method: Optional[str] = OPT_W_METHOD,
-    activations: Optional[str] = OPT_ACTS, per_timestep: Optional[bool] = OPT_PER_T,
-    activation_group_size: Optional[int] = OPT_A_GROUP, activation_format: Optional[str] = OPT_A_FORMAT,
-    weight_layers: Optional[str] = OPT_W_LAYERS, activation_layers: Optional[str] = OPT_A_LAYERS,
-    vq_iterations: Optional[int] = OPT_VQ_ITERS, dilation: Optional[bool] = OPT_DILATION,
-    kd_iterations: Optional[int] = OPT_KD_ITERS, hadamard: Optional[bool] = OPT_HADAMARD,
-    group_search: bool = OPT_SEARCH,
-    search_budget: float = OPT_SEARCH_BUDGET, search_epochs: int = OPT_SEARCH_EPOCHS,
-    search_population: int = OPT_SEARCH_POP, search_samples: int = OPT_SEARCH_SAMPLES,
+    recipe_flags: RecipeFlags = None, calibration_flags: CalibrationFlags = None,
 ) -> None:
     """Calibrate and quantize a DiT; write the quantized checkpoint and SQNR / range reports."""
     from exporter.build import default_sampler
     from exporter.calibrate import run_calibrate
     from exporter.model_loading import load_dit
 
-    recipe = recipe_from_options(precision, weight_group_size, weight_method, activations, per_timestep,
-                                 weight_layers, activation_layers, activation_group_size, activation_format,
-                                 vq_iterations, dilation, kd_iterations, hadamard)
+    recipe = recipe_from_options(recipe_flags)
     loaded = load_dit(model)
     _, summary = run_calibrate(loaded, recipe, default_sampler(loaded),
-                               calibration_options(trajectories, calibration_seed, buckets, calibration_data,
-                                                   group_search, search_budget, search_epochs, search_population,
-                                                   search_samples),
-                               out)
+                               calibration_options(calibration_flags), out)
     for key, value in summary.items():
         typer.echo(f"{key}: {value}")
 
 
 @app.command()
 @user_errors_exit_2
+@takes_options
 def build(
-    precision: str = OPT_PRECISION,
     model: Optional[str] = typer.Option(None, help=MODEL_HELP),
     out: Path = typer.Option(Path("out"), help="folder for every artifact and the build report"),
     checkpoint: Optional[Path] = typer.Option(None, help="use this quantized checkpoint instead of calibrating"),
     eval_samples: int = typer.Option(200, help="samples for the FP vs quantized fidelity check (0 skips it)"),
     seed: int = typer.Option(0, help="seed of the evaluation samples"),
-    trajectories: int = OPT_TRAJECTORIES, calibration_seed: int = OPT_CALIB_SEED,
-    buckets: Optional[int] = OPT_BUCKETS, calibration_data: Optional[Path] = OPT_CALIB_DATA,
-    weight_group_size: Optional[int] = OPT_W_GROUP, weight_method: Optional[str] = OPT_W_METHOD,
-    activations: Optional[str] = OPT_ACTS, per_timestep: Optional[bool] = OPT_PER_T,
-    activation_group_size: Optional[int] = OPT_A_GROUP, activation_format: Optional[str] = OPT_A_FORMAT,
-    weight_layers: Optional[str] = OPT_W_LAYERS, activation_layers: Optional[str] = OPT_A_LAYERS,
-    vq_iterations: Optional[int] = OPT_VQ_ITERS, dilation: Optional[bool] = OPT_DILATION,
-    kd_iterations: Optional[int] = OPT_KD_ITERS, hadamard: Optional[bool] = OPT_HADAMARD,
-    group_search: bool = OPT_SEARCH,
-    search_budget: float = OPT_SEARCH_BUDGET, search_epochs: int = OPT_SEARCH_EPOCHS,
-    search_population: int = OPT_SEARCH_POP, search_samples: int = OPT_SEARCH_SAMPLES,
+    recipe_flags: RecipeFlags = None, calibration_flags: CalibrationFlags = None,
 ) -> None:
     """Run every stage of the pipeline that exists, writing artifacts and a build report."""
     from exporter.build import run_build
 
-    recipe = recipe_from_options(precision, weight_group_size, weight_method, activations, per_timestep,
-                                 weight_layers, activation_layers, activation_group_size, activation_format,
-                                 vq_iterations, dilation, kd_iterations, hadamard)
+    recipe = recipe_from_options(recipe_flags)
     run_build(model, recipe, out, checkpoint, eval_samples, seed,
-              calibration_options(trajectories, calibration_seed, buckets, calibration_data, group_search,
-                                  search_budget, search_epochs, search_population, search_samples))
+              calibration_options(calibration_flags))
 
 
 @app.command("export")

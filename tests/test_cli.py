@@ -4,6 +4,8 @@ import sys
 
 import pytest
 
+from exporter.cli_options import CalibrationFlags, RecipeFlags, flags, takes_options
+
 
 def run_cli(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "exporter", *args], capture_output=True, text=True, cwd=cwd,
@@ -124,8 +126,33 @@ def test_hadamard_option_reaches_the_recipe():
     from exporter.cli import recipe_from_options
 
     def recipe(precision, hadamard):
-        return recipe_from_options(precision, None, None, None, None, None, None, hadamard=hadamard)
+        return recipe_from_options(flags(RecipeFlags, precision=precision, hadamard=hadamard))
 
     assert recipe("fp4", None).hadamard and recipe("fp4", None).deployable
     assert not recipe("fp4", False).hadamard and recipe("fp4", False).deployable
     assert recipe("w8a8", True).hadamard and not recipe("w8a8", True).deployable
+
+
+def test_option_groups_are_declared_once_and_reach_the_command_whole():
+    import typer
+    from typer.testing import CliRunner
+
+    app, seen = typer.Typer(), {}
+
+    @app.command()
+    @takes_options
+    def command(out: str = typer.Option("o"), recipe_flags: RecipeFlags = None,
+                calibration_flags: CalibrationFlags = None) -> None:
+        seen.update(out=out, recipe=recipe_flags, calibration=calibration_flags)
+
+    result = CliRunner().invoke(app, ["--precision", "fp4", "--no-hadamard", "--trajectories", "3"])
+    assert result.exit_code == 0, result.output
+    assert seen["out"] == "o" and seen["recipe"] == flags(RecipeFlags, precision="fp4", hadamard=False)
+    assert seen["calibration"] == flags(CalibrationFlags, trajectories=3)
+    def twice(precision: str = "x", recipe_flags: RecipeFlags = None) -> None:
+        pass
+
+    with pytest.raises(TypeError, match="declared twice"):
+        takes_options(twice)
+    with pytest.raises(TypeError):
+        flags(RecipeFlags, no_such_option=1)

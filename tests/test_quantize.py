@@ -186,3 +186,15 @@ def test_hadamard_rotation_keeps_the_layer_and_is_stored(tiny, calib, tmp_path):
         reference = run_calibrate(tiny, recipe, SAMPLER, CalibrationOptions(data=tmp_path / "c"), tmp_path / "again",
                                   progress=False)[0].transformer(x, t, y).sample
         assert torch.equal(loaded.transformer(x, t, y).sample, reference)
+
+
+def test_every_recipe_round_trips_through_its_manifest_form():
+    import json
+    from dataclasses import replace
+
+    from exporter.quant.recipes import Recipe
+
+    variants = list(RECIPES.values()) + [get_recipe("w4a8").with_overrides(hadamard=True, hadamard_block=64),
+                                         replace(get_recipe("w4a8"), layer_groups=(("a.b", 64, -1),))]
+    for recipe in variants:
+        assert Recipe.from_dict(json.loads(json.dumps(recipe.to_dict()))) == recipe, recipe.name

@@ -170,7 +170,8 @@ def test_checkpoint_keeps_two_level_scales_and_refuses_broken_ones(tiny, calib, 
 
 
 def test_precisions_say_which_recipes_deploy_at_full_speed():
-    from exporter.cli import PRECISION_HELP, app
+    from exporter.cli import app
+    from exporter.cli_options import PRECISION_HELP
 
     result = CliRunner().invoke(app, ["precisions"])
     assert result.exit_code == 0, result.output

@@ -47,7 +47,6 @@ from exporter.quant.fp4 import Fp4Format
 from exporter.quant.fp4_groups import split_pow2
 from exporter.quant.module_tree import replace_module
 from exporter.quant.packing import pack_int4, unpack_int4
-from exporter.quant.policy import LayerPolicy
 from exporter.quant.primitives import IntFormat, format_from_name
 from exporter.quant.qlinear import (
     DynamicActivationQuant,
@@ -57,7 +56,7 @@ from exporter.quant.qlinear import (
     TimestepContext,
 )
 from exporter.quant.quantize import QuantizedDiT, TimestepBuckets
-from exporter.quant.recipes import ACTIVATION_SCALES, ActivationSpec, Recipe, WeightSpec
+from exporter.quant.recipes import ACTIVATION_SCALES, Recipe
 from exporter.quant.two_level import split_two_level
 from exporter.quant.two_level_activations import ACT_GROUP_FACTORS
 from exporter.quant.vq import VqFormat, pack_indices, unpack_indices
@@ -215,20 +214,9 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     return manifest
 
 
-def _recipe_from(d: dict[str, Any]) -> Recipe:
-    act = d.get("activation")
-    return Recipe(d["name"], d["description"], WeightSpec(**d["weight"]),
-                  ActivationSpec(**act) if act else None,
-                  LayerPolicy(frozenset(d["policy"]["weights"]), frozenset(d["policy"]["activations"])),
-                  hadamard=bool(d.get("hadamard", False)), hadamard_block=int(d.get("hadamard_block", 0)),
-                  dilation=bool(d.get("dilation", False)),
-                  kd_iterations=int(d.get("kd_iterations", 0)),
-                  layer_groups=tuple((str(n), int(w), int(a)) for n, w, a in d.get("layer_groups", ())))
-
-
 def manifest_recipe(manifest: dict[str, Any]) -> Recipe:
     """The recipe a checkpoint was calibrated with, from its manifest."""
-    return _recipe_from(manifest["recipe"])
+    return Recipe.from_dict(manifest["recipe"])
 
 
 def load_checkpoint(folder: Path) -> tuple[QuantizedDiT, dict[str, Any]]:
@@ -242,7 +230,7 @@ def load_checkpoint(folder: Path) -> tuple[QuantizedDiT, dict[str, Any]]:
     except (OSError, SafetensorError) as e:
         raise UserError(f"corrupt checkpoint tensors {folder / TENSORS}: {e}") from None
     try:
-        recipe = _recipe_from(manifest["recipe"])
+        recipe = Recipe.from_dict(manifest["recipe"])
         torch.manual_seed(0)
         model = DiTTransformer2DModel(**manifest["transformer_config"]).eval().requires_grad_(False)
         context = TimestepContext()

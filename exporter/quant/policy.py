@@ -67,5 +67,9 @@ class LayerPolicy:
             return frozenset(r.strip() for r in s.split(",") if r.strip())
         return cls(split(weights), split(activations))
 
+    @classmethod
+    def from_dict(cls, d: dict[str, list[str]]) -> "LayerPolicy":
+        return cls(frozenset(d["weights"]), frozenset(d["activations"]))
+
     def to_dict(self) -> dict[str, list[str]]:
         return {"weights": sorted(self.weights), "activations": sorted(self.activations)}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
 import torch
@@ -160,6 +160,9 @@ class ActivationSpec:
         return IntFormat(self.bits, self.symmetric)
 
 
+_SCALARS = {"str": str, "bool": bool, "int": int}  # Recipe's plain fields by annotation, and their types
+
+
 @dataclass(frozen=True)
 class Recipe:
     name: str
@@ -234,6 +237,15 @@ class Recipe:
         d = asdict(self)
         d["policy"] = self.policy.to_dict()
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Recipe":
+        """The recipe ``to_dict`` wrote; fields it lacks (older checkpoints) keep their defaults."""
+        values = {f.name: _SCALARS[f.type](d[f.name]) for f in fields(cls) if f.name in d and f.type in _SCALARS}
+        act = d.get("activation")
+        return cls(**values, weight=WeightSpec(**d["weight"]), activation=ActivationSpec(**act) if act else None,
+                   policy=LayerPolicy.from_dict(d["policy"]),
+                   layer_groups=tuple((str(n), int(w), int(a)) for n, w, a in d.get("layer_groups", ())))
 
     def with_overrides(self, **overrides: Any) -> "Recipe":
         """weight_* / activation_* / hadamard(_block) / dilation / kd_iterations keyword overrides; None
