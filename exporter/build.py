@@ -25,7 +25,7 @@ from exporter.export.onnx_export import (
     validation_timesteps,
 )
 from exporter.model_loading import LoadedDiT, load_dit
-from exporter.quant.quantize import QuantizedDiT
+from exporter.quant.quantized_model import QuantizedDiT
 from exporter.quant.recipes import Recipe, no_kernel_reason
 from exporter.rewrite.rewrite import run_rewrite
 from exporter.sampling import SamplerConfig

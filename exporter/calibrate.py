@@ -25,7 +25,8 @@ from exporter.quant.checkpoint import (
     weight_storage,
 )
 from exporter.quant.granularity import SearchOptions
-from exporter.quant.quantize import QuantizedDiT, quantize_model
+from exporter.quant.quantize import quantize_model
+from exporter.quant.quantized_model import QuantizedDiT
 from exporter.quant.recipes import Recipe
 from exporter.quant.report import measure, write_reports
 from exporter.sample_features import Features, sample_features

@@ -48,7 +48,7 @@ def test_group_scaled_fp4_works_with_the_shared_primitives():
 
 
 def test_format_selection_follows_the_distribution():
-    from exporter.quant.fp4 import select_format
+    from exporter.quant.hqdit import select_format
 
     gen = torch.Generator().manual_seed(0)
     gaussian = torch.randn(64, 128, generator=gen)

@@ -13,7 +13,8 @@ from exporter.quant.checkpoint import load_checkpoint
 from exporter.quant.policy import LayerPolicy, linear_roles
 from exporter.quant.primitives import sqnr_db
 from exporter.quant.qlinear import DynamicActivationQuant, FineGroupActivationQuant, StaticActivationQuant
-from exporter.quant.quantize import TimestepBuckets, quantize_model
+from exporter.quant.quantize import quantize_model
+from exporter.quant.quantized_model import TimestepBuckets
 from exporter.quant.recipes import RECIPES, get_recipe
 from tests.conftest import SAMPLER, save_tiny_pipeline
 

@@ -15,7 +15,7 @@ from exporter.export.onnx_graph import trace
 from exporter.export.ort_check import run, session
 from exporter.export.qdq import insert_qdq
 from exporter.model_loading import LoadedDiT
-from exporter.quant.quantize import QuantizedDiT
+from exporter.quant.quantized_model import QuantizedDiT
 
 
 def fp_onnx(transformer: nn.Module) -> onnx.ModelProto:

@@ -55,7 +55,7 @@ from exporter.quant.qlinear import (
     StaticActivationQuant,
     TimestepContext,
 )
-from exporter.quant.quantize import QuantizedDiT, TimestepBuckets
+from exporter.quant.quantized_model import QuantizedDiT, TimestepBuckets
 from exporter.quant.recipes import ACTIVATION_SCALES, Recipe
 from exporter.quant.two_level import split_two_level
 from exporter.quant.two_level_activations import ACT_GROUP_FACTORS

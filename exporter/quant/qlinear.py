@@ -13,6 +13,8 @@ stores, packed) and computes with the dequantized weight. Its input is quantized
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -20,6 +22,9 @@ from torch import nn
 from exporter.quant import fp4_fine_groups, two_level_activations
 from exporter.quant.hadamard import rotate
 from exporter.quant.primitives import QuantFormat, activation_group, choose_qparams, dequantize, fake_quantize
+
+if TYPE_CHECKING:
+    from exporter.quant.recipes import ActivationSpec
 
 
 class TimestepContext:
@@ -141,3 +146,10 @@ class QuantLinear(nn.Module):
     def extra_repr(self) -> str:
         rotation = f", hadamard={self.rotation_block}" if self.rotation_block else ""
         return f"{self.in_features}->{self.out_features}, {self.fmt.name}, group={self.group_size}{rotation}"
+
+
+def dynamic_activation(spec: ActivationSpec, group: int) -> nn.Module:
+    """The dynamic quantizer of a layer's input, per group of ``group`` channels."""
+    if spec.scales == "e4m3-groups":
+        return FineGroupActivationQuant(group)
+    return DynamicActivationQuant(spec.format, group)

@@ -10,12 +10,11 @@ blocks (final layer) are handled the same way in a last pass over the whole mode
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from exporter.errors import UserError
 from exporter.progress import Progress
 from exporter.quant import two_level_activations
 from exporter.quant.calibration import CalibrationSet
@@ -35,44 +34,14 @@ from exporter.quant.primitives import (
     quantize,
     search_clip_ratio,
 )
-from exporter.quant.qlinear import (
-    DynamicActivationQuant,
-    FineGroupActivationQuant,
-    QuantLinear,
-    StaticActivationQuant,
-    TimestepContext,
-)
-from exporter.quant.recipes import ActivationSpec, Recipe, WeightSpec
+from exporter.quant.qlinear import QuantLinear, StaticActivationQuant, TimestepContext, dynamic_activation
+from exporter.quant.quantized_model import QuantizedDiT, TimestepBuckets
+from exporter.quant.recipes import Recipe, WeightSpec
 from exporter.quant.static_clipping import ClipSearch
 from exporter.quant.two_level import two_level_scales
-from exporter.quant.vq_linear import VqLinear
+from exporter.quant.vq4dit import vq_quantize_model
 
 BATCH = 256
-
-
-@dataclass
-class TimestepBuckets:
-    """bucket_of_t [num_train_timesteps] int64 and the calibrated timesteps of each bucket."""
-
-    bucket_of_t: torch.Tensor
-    members: list[list[int]]
-
-    @property
-    def count(self) -> int:
-        return len(self.members)
-
-    @classmethod
-    def build(cls, calibrated: list[int], n_buckets: int | None, num_train_timesteps: int) -> "TimestepBuckets":
-        steps = sorted(set(calibrated), reverse=True)
-        n = len(steps) if n_buckets is None else n_buckets
-        if not 1 <= n <= len(steps):
-            raise UserError(f"timestep buckets must be between 1 and {len(steps)} (calibrated timesteps), got {n}")
-        members = [chunk.tolist() for chunk in torch.tensor(steps).tensor_split(n)]
-        bucket_of_step = {t: b for b, chunk in enumerate(members) for t in chunk}
-        anchors = torch.tensor(steps)
-        nearest = (torch.arange(num_train_timesteps)[:, None] - anchors[None, :]).abs().argmin(1)
-        bucket_of_t = torch.tensor([bucket_of_step[int(anchors[i])] for i in nearest])
-        return cls(bucket_of_t, members)
 
 
 @dataclass
@@ -109,20 +78,6 @@ class LayerStats:
         return (lo[:, 0], hi[:, 0]) if g == k else (lo, hi)
 
 
-@dataclass
-class QuantizedDiT:
-    transformer: nn.Module
-    context: TimestepContext
-    recipe: Recipe
-    buckets: TimestepBuckets
-    roles: dict[str, str]  # quantized layer name -> role
-    activation_ranges: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
-    calibration_losses: dict[str, list[float]] = field(default_factory=dict)  # per block: VQ4DiT, DilateQuant
-
-    def quant_linears(self) -> dict[str, QuantLinear | VqLinear]:
-        return {n: m for n, m in self.transformer.named_modules() if isinstance(m, (QuantLinear, VqLinear))}
-
-
 def quantize_weight(w: torch.Tensor, spec: WeightSpec, group: int,
                     hessian: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, QuantFormat]:
     """Codes [N, K], scales and zero-points [N, groups] and the format of an integer or FP4 weight
@@ -143,13 +98,6 @@ def quantize_weight(w: torch.Tensor, spec: WeightSpec, group: int,
         ratio = search_clip_ratio(w, fmt, group) if spec.clip_search else 1.0
         scale, zero = choose_qparams(w, fmt, group, clip_ratio=ratio)
     return quantize(w, scale, zero, fmt, group), scale, zero, fmt
-
-
-def dynamic_activation(spec: ActivationSpec, group: int) -> nn.Module:
-    """The dynamic quantizer of a layer's input, per group of ``group`` channels."""
-    if spec.scales == "e4m3-groups":
-        return FineGroupActivationQuant(group)
-    return DynamicActivationQuant(spec.format, group)
 
 
 def quantize_linear(linear: nn.Linear, recipe: Recipe, stats: LayerStats, quantize_input: bool,
@@ -241,8 +189,6 @@ def quantize_model(fp_transformer: nn.Module, recipe: Recipe, calib: Calibration
                    num_train_timesteps: int, n_buckets: int | None = None, progress: bool = True) -> QuantizedDiT:
     buckets = TimestepBuckets.build(calib.timesteps, n_buckets, num_train_timesteps)
     if recipe.weight.kind == "vq":
-        from exporter.quant.vq4dit import vq_quantize_model
-
         return vq_quantize_model(fp_transformer, recipe, calib, buckets, progress)
     model = copy.deepcopy(fp_transformer).eval()
     context = TimestepContext()

@@ -9,8 +9,9 @@ import torch
 
 from exporter.errors import UserError
 from exporter.kernels.layout import FP4_GROUP, INT4_GROUP
-from exporter.quant.fp4 import MAGNITUDES, Fp4Format, select_format
+from exporter.quant.fp4 import MAGNITUDES, Fp4Format
 from exporter.quant.fp4_groups import select_pow2_format
+from exporter.quant.hqdit import select_format
 from exporter.quant.policy import LayerPolicy
 from exporter.quant.primitives import PER_CHANNEL, PER_TENSOR, Fp8E4M3Format, IntFormat, QuantFormat
 from exporter.quant.vq import VqFormat

@@ -15,7 +15,7 @@ from exporter.atomic import atomic_file, atomic_write_text
 from exporter.quant.calibration import CalibrationSet
 from exporter.quant.hadamard import rotate
 from exporter.quant.primitives import sqnr_db
-from exporter.quant.quantize import QuantizedDiT
+from exporter.quant.quantized_model import QuantizedDiT
 
 
 def _finite(x: float) -> float | None:

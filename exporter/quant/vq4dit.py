@@ -32,7 +32,9 @@ from torch import nn
 
 from exporter.progress import Progress
 from exporter.quant.module_tree import replace_module
-from exporter.quant.quantize import dynamic_activation
+from exporter.quant.policy import linear_roles
+from exporter.quant.qlinear import TimestepContext, dynamic_activation
+from exporter.quant.quantized_model import QuantizedDiT
 from exporter.quant.vq import VqFormat, from_subvectors, kmeans, nearest, subvectors
 from exporter.quant.vq_linear import VqLinear
 
@@ -155,10 +157,6 @@ def calibrate_block(teacher: nn.Module, targets: dict[str, nn.Linear], fmt: VqFo
 def vq_quantize_model(fp_transformer: nn.Module, recipe, calib, buckets, progress: bool = True):
     """The QuantizedDiT of a VQ recipe: each block's targeted Linears calibrated against the FP
     block on the FP model's own block inputs (VQ4DiT) or, with method kmeans, nearest codewords."""
-    from exporter.quant.policy import linear_roles
-    from exporter.quant.qlinear import TimestepContext
-    from exporter.quant.quantize import QuantizedDiT
-
     spec = recipe.weight
     fmt = VqFormat(spec.vq_codewords, spec.vq_dim)
     iterations = spec.vq_iterations if spec.method == "vq4dit" else 0
