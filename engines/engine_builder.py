@@ -12,10 +12,10 @@ from pathlib import Path
 
 from engines.profiles import EngineProfile
 from engines.tensorrt_support import load_plugin_library, require_tensorrt
+from exporter import artifacts
 from exporter.atomic import atomic_write_bytes
 from exporter.errors import UserError
 
-TIMING_CACHE = "timing.cache"
 DEFAULT_OPTIMIZATION_LEVEL = 3
 
 
@@ -56,7 +56,7 @@ def build_engine(spec: EngineSpec, profile_shapes: dict, optimization_level: int
     config.builder_optimization_level = optimization_level
     if spec.fp16:
         config.set_flag(trt.BuilderFlag.FP16)
-    cache_path = spec.engine.parent / TIMING_CACHE
+    cache_path = spec.engine.parent / artifacts.TIMING_CACHE
     cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
     config.set_timing_cache(cache, ignore_mismatch=False)
     profile = builder.create_optimization_profile()
@@ -79,7 +79,7 @@ def trtexec_command(spec: EngineSpec, profile_shapes: dict,
                     optimization_level: int = DEFAULT_OPTIMIZATION_LEVEL) -> str:
     """The trtexec command that builds the same engine."""
     parts = ["trtexec", f"--onnx={spec.onnx}", f"--saveEngine={spec.engine}",
-             f"--timingCacheFile={spec.engine.parent / TIMING_CACHE}",
+             f"--timingCacheFile={spec.engine.parent / artifacts.TIMING_CACHE}",
              f"--builderOptimizationLevel={optimization_level}", *EngineProfile.trtexec_flags(profile_shapes)]
     if spec.strongly_typed:
         parts.append("--stronglyTyped")

@@ -9,15 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from engines.tensorrt_support import load_plugin_library, require_tensorrt
+from exporter import artifacts
 from exporter.atomic import atomic_write_text
+from exporter.comparison import Tolerances, comparison
 from exporter.errors import UserError
-from exporter.validate import INPUTS_FILE, REFERENCE_FILE, Tolerances, comparison
-
-REPORT = "engine_validation"
 
 
 def saved_validation_files(out_dir: Path) -> tuple[Path, Path]:
-    inputs, reference = out_dir / INPUTS_FILE, out_dir / REFERENCE_FILE
+    inputs, reference = out_dir / artifacts.VALIDATION_INPUTS, out_dir / artifacts.FP_REFERENCE_OUTPUTS
     for path in (inputs, reference):
         if not path.is_file():
             raise UserError(f"{path} does not exist (run dit-export validate first)")
@@ -46,7 +45,7 @@ def validate_engine(engine: Path, out_dir: Path, timesteps: list[int], step_weig
                           step_weights)
     report = {"engine": str(engine), "timesteps": timesteps, "tolerances": tolerances.__dict__,
               "passed": ok, "iterations": rows}
-    atomic_write_text(out_dir / f"{REPORT}.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_text(artifacts.report(out_dir, artifacts.ENGINE_VALIDATION_REPORT, "json"), json.dumps(report, indent=2) + "\n")
     stat = tolerances.quantization_stat
     lines = ["# Quantized TensorRT engine vs FP reference", "",
              f"| timestep | output | max abs | mean abs | median abs | step weight | {stat} abs x weight | passed |",
@@ -54,7 +53,7 @@ def validate_engine(engine: Path, out_dir: Path, timesteps: list[int], step_weig
     lines += [f"| {timesteps[r['iteration']]} | {r['output']} | {r['max_abs']:.3e} | {r['mean_abs']:.3e} | "
               f"{r['median_abs']:.3e} | {r['step_weight']:.3g} | {r[f'step_{stat}_abs']:.3e} | {r['passed']} |"
               for r in rows]
-    atomic_write_text(out_dir / f"{REPORT}.md", "\n".join(lines) + "\n")
+    atomic_write_text(artifacts.report(out_dir, artifacts.ENGINE_VALIDATION_REPORT, "md"), "\n".join(lines) + "\n")
     if not ok:
         bad = max(rows, key=lambda r: r[f"step_{stat}_abs"])
         raise UserError(f"validation failed: quantized engine vs FP reference, output {bad['output']} (timestep "
@@ -68,6 +67,6 @@ def polygraphy_command(engine: Path, out_dir: Path, plugin_library: Path | None,
     """The polygraphy command that repeats the comparison (one tolerance for every step: the
     least sensitive step's, in epsilon units, as in the ONNX validation report)."""
     plugins = f" --plugins {plugin_library}" if plugin_library is not None else ""
-    return (f"polygraphy run {engine} --model-type engine --trt{plugins} --load-inputs {out_dir / INPUTS_FILE} "
-            f"--load-outputs {out_dir / REFERENCE_FILE} --atol {tolerances.quantization_atol / min(step_weights):.3g} "
+    return (f"polygraphy run {engine} --model-type engine --trt{plugins} --load-inputs {out_dir / artifacts.VALIDATION_INPUTS} "
+            f"--load-outputs {out_dir / artifacts.FP_REFERENCE_OUTPUTS} --atol {tolerances.quantization_atol / min(step_weights):.3g} "
             f"--rtol 0 --check-error-stat {tolerances.quantization_stat}")

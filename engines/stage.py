@@ -28,11 +28,8 @@ from engines.tensorrt_support import (
     check_plugin_library,
     tensorrt_missing,
 )
-from exporter.export.onnx_export import ONNX_DIR
-from exporter.rewrite.rewrite import rewritten_paths
-from exporter.validate import Tolerances
-
-ENGINE_DIR = "engines"
+from exporter import artifacts
+from exporter.comparison import Tolerances
 
 
 @dataclass(frozen=True)
@@ -49,18 +46,17 @@ def plan_engines(out_dir: Path, precision: str, config, profile: EngineProfile =
                  plugin_library: Path | None = None,
                  optimization_level: int = DEFAULT_OPTIMIZATION_LEVEL) -> EnginePlan:
     """Checks what the engines are built from (UserError naming what is wrong) and where they go."""
-    onnx_dir = out_dir / ONNX_DIR
-    _, trt_onnx = rewritten_paths(onnx_dir / f"{precision}.qdq.onnx")
+    trt_onnx = artifacts.trt_onnx(artifacts.qdq_onnx(out_dir, precision))
     check_onnx(trt_onnx)
-    check_onnx(onnx_dir / "fp.onnx")
+    check_onnx(artifacts.fp_onnx(out_dir))
     shapes = profile.shapes(config)
     library = Path(plugin_library) if plugin_library is not None else PLUGIN_LIBRARY
     if plugin_library is not None:
         check_plugin_library(library)
-    engines = out_dir / ENGINE_DIR
-    return EnginePlan(EngineSpec(trt_onnx, engines / f"{precision}.engine", strongly_typed=True, fp16=False,
+    return EnginePlan(EngineSpec(trt_onnx, artifacts.engine(out_dir, precision), strongly_typed=True, fp16=False,
                                  plugin_library=library),
-                      EngineSpec(onnx_dir / "fp.onnx", engines / "fp16.engine", strongly_typed=False, fp16=True),
+                      EngineSpec(artifacts.fp_onnx(out_dir), artifacts.engine(out_dir, artifacts.FP16_ENGINE),
+                                 strongly_typed=False, fp16=True),
                       shapes, optimization_level, library, plugin_library is not None)
 
 
@@ -83,11 +79,11 @@ def run_engine_stage(plan: EnginePlan, out_dir: Path, timesteps: list[int], step
         return {"status": "not-available", "reason": missing,
                 "commands": commands(plan, out_dir, tolerances, step_weights)}
     check_plugin_library(plan.plugin_library)
-    (out_dir / ENGINE_DIR).mkdir(parents=True, exist_ok=True)
+    (out_dir / artifacts.ENGINE_DIR).mkdir(parents=True, exist_ok=True)
     quantized = build_engine(plan.quantized, plan.shapes, plan.optimization_level)
     fp16 = build_engine(plan.fp16, plan.shapes, plan.optimization_level)
     validation = validate_engine(plan.quantized.engine, out_dir, timesteps, step_weights, plan.plugin_library,
                                  tolerances)
     worst = max(r[f"step_{tolerances.quantization_stat}_abs"] for r in validation["iterations"])
     return {"status": "done", "quantized": quantized, "fp16": fp16, "validation_worst": worst,
-            "report": str(out_dir / "engine_validation.md")}
+            "report": str(artifacts.report(out_dir, artifacts.ENGINE_VALIDATION_REPORT, "md"))}

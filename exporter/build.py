@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from exporter import artifacts
 from exporter.atomic import atomic_write_text
 from exporter.calibrate import (
     CalibrationOptions,
@@ -16,10 +17,10 @@ from exporter.calibrate import (
     run_calibrate,
     saved_calibration,
 )
+from exporter.comparison import worst
 from exporter.digits import IMAGE_SIZE
 from exporter.evaluate import evaluate
 from exporter.export.onnx_export import (
-    ONNX_DIR,
     run_export,
     validation_step_weights,
     validation_timesteps,
@@ -29,7 +30,7 @@ from exporter.quant.quantized_model import QuantizedDiT
 from exporter.quant.recipes import Recipe, no_kernel_reason
 from exporter.rewrite.rewrite import run_rewrite
 from exporter.sampling import SamplerConfig
-from exporter.validate import run_rewrite_validation, run_validation, worst
+from exporter.validate import run_rewrite_validation, run_validation
 
 
 @dataclass
@@ -99,8 +100,8 @@ def run_build(model: str | None, recipe: Recipe, out_dir: Path, checkpoint: Path
             report.record(stage, "skipped", 0.0, reason=no_kernel)
     else:
         _engines(report, loaded, out_dir, timesteps, validation_step_weights(manifest, timesteps))
-    atomic_write_text(out_dir / "build_report.json", json.dumps(report.to_dict(), indent=2) + "\n")
-    print(f"build report: {out_dir / 'build_report.json'}", flush=True)
+    atomic_write_text(out_dir / artifacts.BUILD_REPORT, json.dumps(report.to_dict(), indent=2) + "\n")
+    print(f"build report: {out_dir / artifacts.BUILD_REPORT}", flush=True)
     return report
 
 
@@ -116,7 +117,7 @@ def _export_and_validate(report: BuildReport, qdit: QuantizedDiT, loaded: Loaded
     started = time.monotonic()
     validation = run_validation(Path(exported["fp_onnx"]), Path(exported["qdq_onnx"]), qdit.transformer,
                                 timesteps, step_weights, out_dir, calibration=saved_calibration(out_dir))
-    report.record("validate", "done", time.monotonic() - started, report=str(out_dir / "validation.md"),
+    report.record("validate", "done", time.monotonic() - started, report=str(artifacts.report(out_dir, artifacts.VALIDATION_REPORT, "md")),
                   exporter_mean_abs_worst=worst(validation["exporter_check"], "mean"),
                   quantization_mean_abs_worst=worst(validation["quantization_error"], "mean"),
                   inputs_from=validation["inputs_from"])
@@ -124,7 +125,7 @@ def _export_and_validate(report: BuildReport, qdit: QuantizedDiT, loaded: Loaded
 
 def _rewrite(report: BuildReport, qdit: QuantizedDiT, out_dir: Path, timesteps: list[int]) -> None:
     started = time.monotonic()
-    rewritten = run_rewrite(out_dir / ONNX_DIR / f"{qdit.recipe.name}.qdq.onnx")
+    rewritten = run_rewrite(artifacts.qdq_onnx(out_dir, qdit.recipe.name))
     checked = run_rewrite_validation(Path(rewritten["qdq_fp16io_onnx"]), Path(rewritten["rewritten_onnx"]),
                                      qdit.transformer, timesteps, out_dir, calibration=saved_calibration(out_dir))
     report.record("rewrite", "done", time.monotonic() - started, rewritten_onnx=rewritten["rewritten_onnx"],

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from exporter.artifacts import CALIBRATION_FILE, CHECKPOINT_DIR
 from exporter.atomic import atomic_write_text
 from exporter.errors import UserError
 from exporter.model_loading import LoadedDiT
@@ -31,9 +32,6 @@ from exporter.quant.recipes import Recipe
 from exporter.quant.report import measure, write_reports
 from exporter.sample_features import Features, sample_features
 from exporter.sampling import SamplerConfig
-
-CHECKPOINT_DIR = "quantized"
-CALIBRATION_FILE = "calibration.safetensors"
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from exporter import artifacts
 from exporter.cli_options import CalibrationFlags, RecipeFlags, takes_options
 from exporter.errors import UserError
 from exporter.quant.granularity import SearchOptions
@@ -176,19 +177,20 @@ def validate(
     """Compare the exported graphs with Polygraphy in ONNX Runtime: QDQ vs the PyTorch simulated
     model (exporter check) and QDQ vs the FP reference (quantization error)."""
     from exporter.calibrate import loaded_from_checkpoint, saved_calibration
-    from exporter.export.onnx_export import ONNX_DIR, validation_step_weights, validation_timesteps
+    from exporter.comparison import Tolerances, worst
+    from exporter.export.onnx_export import validation_step_weights, validation_timesteps
     from exporter.model_loading import load_dit
-    from exporter.validate import Tolerances, run_validation, worst
+    from exporter.validate import run_validation
 
     tolerances = Tolerances(exporter_atol, exporter_stat, quantization_atol, quantization_stat)
     quantized, manifest = loaded_from_checkpoint(checkpoint, load_dit(model))
     timesteps = validation_timesteps(manifest)
-    report = run_validation(out / ONNX_DIR / "fp.onnx", out / ONNX_DIR / f"{manifest['precision']}.qdq.onnx",
+    report = run_validation(artifacts.fp_onnx(out), artifacts.qdq_onnx(out, manifest["precision"]),
                             quantized.transformer, timesteps, validation_step_weights(manifest, timesteps), out,
                             tolerances, calibration=saved_calibration(out))
     for key, stat in (("exporter_check", tolerances.exporter_stat), ("quantization_error", tolerances.quantization_stat)):
         typer.echo(f"{key}: passed (worst {stat} {worst(report[key], stat):.3g})")
-    typer.echo(f"report: {out / 'validation.md'}")
+    typer.echo(f"report: {artifacts.report(out, artifacts.VALIDATION_REPORT, 'md')}")
 
 
 @app.command()
@@ -203,15 +205,16 @@ def rewrite(
     NAME.rewritten.onnx (with reference functions, runs in ONNX Runtime) and NAME.trt.onnx (for
     TensorRT), then compares the rewritten graph with the QDQ graph with Polygraphy."""
     from exporter.calibrate import loaded_from_checkpoint, saved_calibration
-    from exporter.export.onnx_export import ONNX_DIR, validation_timesteps
+    from exporter.comparison import worst
+    from exporter.export.onnx_export import validation_timesteps
     from exporter.model_loading import load_dit
     from exporter.quant.checkpoint import manifest_recipe, read_manifest
     from exporter.rewrite.rewrite import check_deployable, run_rewrite
-    from exporter.validate import run_rewrite_validation, worst
+    from exporter.validate import run_rewrite_validation
 
     check_deployable(manifest_recipe(read_manifest(checkpoint)))
     quantized, manifest = loaded_from_checkpoint(checkpoint, load_dit(model))
-    qdq = out / ONNX_DIR / f"{manifest['precision']}.qdq.onnx"
+    qdq = artifacts.qdq_onnx(out, manifest["precision"])
     result = run_rewrite(qdq)
     for plugin, count in result["replaced"].items():
         typer.echo(f"replaced: {count} x {plugin}")
@@ -257,7 +260,7 @@ def engine(
     validate the quantized one against the FP reference outputs with Polygraphy."""
     from engines.profiles import EngineProfile
     from engines.stage import plan_engines, run_engine_stage
-    from exporter.validate import Tolerances
+    from exporter.comparison import Tolerances
 
     precision, config, timesteps, weights = _engine_context(checkpoint, out)
     tolerances = Tolerances(quantization_atol=quantization_atol, quantization_stat=quantization_stat)
@@ -287,13 +290,12 @@ def bench(
     """Latency and memory of the quantized and FP16 engines, measured in one run; prints the ratio."""
     from engines.bench import bench_engines
     from engines.profiles import EngineProfile
-    from engines.stage import ENGINE_DIR
     from engines.tensorrt_support import PLUGIN_LIBRARY, check_plugin_library
 
     precision, config, _, _ = _engine_context(checkpoint, out)
     shapes = {name: s[1] for name, s in EngineProfile(batch, batch, batch).shapes(config).items()}
     library = check_plugin_library(plugin_library or PLUGIN_LIBRARY)
-    result = bench_engines(out / ENGINE_DIR / f"{precision}.engine", out / ENGINE_DIR / "fp16.engine", shapes,
+    result = bench_engines(artifacts.engine(out, precision), artifacts.engine(out, artifacts.FP16_ENGINE), shapes,
                            library, warmup, iterations)
     q, fp = result["quantized"], result["fp16"]
     typer.echo(f"{result['device']}, batch {batch}, median of {iterations} after {warmup} warm-up runs")

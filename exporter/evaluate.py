@@ -9,21 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from safetensors.torch import load_file, save
 
 from exporter.atomic import atomic_write_bytes, atomic_write_text
 from exporter.errors import UserError
 from exporter.model_loading import LoadedDiT
 from exporter.plots import save_sample_grid
-from exporter.sampling import SamplerConfig, balanced_labels, sample, to_images
+from exporter.sampling import SamplerConfig, balanced_labels, sample, sample_seeds, to_images
 
 METRICS = ("digits", "inception")
-
-
-def sample_seeds(seed: int, n: int) -> list[int]:
-    """Sample i of a run with ``seed`` always starts from the same noise, whatever N is."""
-    return [seed * 1_000_000 + i for i in range(n)]
 
 
 def evaluate(loaded: LoadedDiT, out_dir: Path, n: int, seed: int, sampler: SamplerConfig,

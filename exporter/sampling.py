@@ -141,3 +141,8 @@ def to_images(samples: torch.Tensor, vae_folder=None) -> torch.Tensor:
         with torch.no_grad():
             samples = torch.cat([vae.decode(z[None] / vae.config.scaling_factor).sample for z in samples])
     return ((samples.clamp(-1, 1) + 1) / 2).float()
+
+
+def sample_seeds(seed: int, n: int) -> list[int]:
+    """Sample i of a run with ``seed`` always starts from the same noise, whatever N is."""
+    return [seed * 1_000_000 + i for i in range(n)]

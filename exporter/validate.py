@@ -29,7 +29,7 @@ fp_reference_outputs.json` (or `--trt`, later) repeats comparison (b) outside th
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -37,30 +37,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from exporter import artifacts
 from exporter.atomic import atomic_file, atomic_write_text
+from exporter.comparison import Tolerances, comparison
 from exporter.errors import UserError
-from exporter.export.fp4_graph import reference_path
 from exporter.export.onnx_graph import INPUT_NAMES, OUTPUT_NAME
 from exporter.export.ort_check import session
 from exporter.quant.calibration import CalibrationSet
 
-STATS = ("max", "mean", "median")
 SIMULATED = "pytorch-simulated"
-INPUTS_FILE = "validation_inputs.json"
-REFERENCE_FILE = "fp_reference_outputs.json"
-
-
-@dataclass(frozen=True)
-class Tolerances:
-    exporter_atol: float = 5e-3  # (a), on exporter_stat of |qdq - simulated|
-    exporter_stat: str = "median"
-    quantization_atol: float = 0.02  # (b), on quantization_stat of |qdq - fp| x the step's weight
-    quantization_stat: str = "mean"
-
-    def __post_init__(self) -> None:
-        for stat in (self.exporter_stat, self.quantization_stat):
-            if stat not in STATS:
-                raise UserError(f"unknown error statistic '{stat}'; valid: {', '.join(STATS)}")
 
 
 def validation_feeds(transformer: nn.Module, timesteps: list[int], calibration: CalibrationSet | None = None,
@@ -97,36 +82,6 @@ def _simulated_results(model: nn.Module, feeds: list[dict[str, np.ndarray]]):
     return iterations
 
 
-def comparison(results, pair: tuple[int, int], atol: float, stat: str,
-                weights: list[float] | None = None) -> tuple[bool, list[dict[str, Any]]]:
-    """Polygraphy's error statistics per iteration and output; an iteration passes when its
-    ``stat`` times its weight (1 without weights) is at most ``atol``."""
-    from polygraphy.comparator import Comparator
-    from polygraphy.comparator.compare import SimpleCompareFunc
-
-    compare = SimpleCompareFunc(atol=float("inf"), rtol=0.0, check_error_stat=stat)
-    accuracy = Comparator.compare_accuracy(results, comparisons=[pair], compare_func=compare)
-    rows = []
-    for _, iterations in accuracy[0].items():
-        for i, outputs in enumerate(iterations):
-            for name, r in outputs.items():
-                row = {"iteration": i, "output": name, "max_abs": float(r.max_absdiff),
-                       "mean_abs": float(r.mean_absdiff), "median_abs": float(r.median_absdiff)}
-                if weights is not None:
-                    row["step_weight"] = weights[i]
-                    row[f"step_{stat}_abs"] = weights[i] * row[f"{stat}_abs"]
-                row["passed"] = row[f"step_{stat}_abs" if weights is not None else f"{stat}_abs"] <= atol
-                rows.append(row)
-    return all(r["passed"] for r in rows), rows
-
-
-def worst(section: dict[str, Any], stat: str) -> float:
-    """The largest ``stat`` absolute error over a report section's iterations (times the step
-    weights, where the section's check uses them)."""
-    key = f"step_{stat}_abs" if "step_weight" in section["iterations"][0] else f"{stat}_abs"
-    return max(r[key] for r in section["iterations"])
-
-
 def run_validation(fp_onnx: Path, qdq_onnx: Path, simulated: nn.Module, timesteps: list[int],
                    step_weights: list[float], out_dir: Path, tolerances: Tolerances = Tolerances(), calibration: CalibrationSet | None = None) -> dict[str, Any]:
     """Writes validation.json / validation.md and the Polygraphy inputs and reference outputs;
@@ -158,9 +113,9 @@ def run_validation(fp_onnx: Path, qdq_onnx: Path, simulated: nn.Module, timestep
 
     from polygraphy.comparator import RunResults
 
-    with atomic_file(out_dir / INPUTS_FILE) as tmp:
+    with atomic_file(out_dir / artifacts.VALIDATION_INPUTS) as tmp:
         save_json(feeds, str(tmp))
-    with atomic_file(out_dir / REFERENCE_FILE) as tmp:
+    with atomic_file(out_dir / artifacts.FP_REFERENCE_OUTPUTS) as tmp:
         RunResults([results[1]]).save(str(tmp))
     report = {
         "timesteps": timesteps, "inputs_per_timestep": len(feeds[0]["timestep"]), "inputs_from": source,
@@ -168,13 +123,13 @@ def run_validation(fp_onnx: Path, qdq_onnx: Path, simulated: nn.Module, timestep
         "exporter_check": {"against": SIMULATED, "passed": exporter_ok, "iterations": exporter_rows},
         "quantization_error": {"against": "fp-onnxrt", "passed": quant_ok, "iterations": quant_rows},
         # One tolerance for all steps: the per-step tolerance of the least sensitive step, in epsilon units.
-        "polygraphy_command": (f"polygraphy run {_runnable(qdq_onnx)} --onnxrt --load-inputs {out_dir / INPUTS_FILE} "
-                               f"--load-outputs {out_dir / REFERENCE_FILE} "
+        "polygraphy_command": (f"polygraphy run {_runnable(qdq_onnx)} --onnxrt --load-inputs {out_dir / artifacts.VALIDATION_INPUTS} "
+                               f"--load-outputs {out_dir / artifacts.FP_REFERENCE_OUTPUTS} "
                                f"--atol {tolerances.quantization_atol / min(step_weights):.3g} "
                                f"--rtol 0 --check-error-stat {tolerances.quantization_stat}"),
     }
-    atomic_write_text(out_dir / "validation.json", json.dumps(report, indent=2) + "\n")
-    atomic_write_text(out_dir / "validation.md", _markdown(report))
+    atomic_write_text(artifacts.report(out_dir, artifacts.VALIDATION_REPORT, "json"), json.dumps(report, indent=2) + "\n")
+    atomic_write_text(artifacts.report(out_dir, artifacts.VALIDATION_REPORT, "md"), _markdown(report))
     for ok, rows, what, atol, stat in ((exporter_ok, exporter_rows, f"QDQ vs {SIMULATED}", tolerances.exporter_atol,
                                         tolerances.exporter_stat),
                                        (quant_ok, quant_rows, "QDQ vs FP reference", tolerances.quantization_atol,
@@ -190,7 +145,7 @@ def run_validation(fp_onnx: Path, qdq_onnx: Path, simulated: nn.Module, timestep
 
 def _runnable(path: Path) -> Path:
     """The graph Polygraphy's ONNX Runtime backend can run: for FP4 graphs, their reference form."""
-    reference = reference_path(Path(path))
+    reference = artifacts.reference_onnx(Path(path))
     return reference if reference.exists() else path
 
 
@@ -249,13 +204,13 @@ def run_rewrite_validation(qdq_onnx: Path, rewritten_onnx: Path, transformer: nn
     ok, rows = comparison(results, (0, 1), atol, "max")
     report = {"timesteps": timesteps, "inputs_from": source, "atol": atol, "stat": "max",
               "rewrite_check": {"against": "qdq-onnxrt", "passed": ok, "iterations": rows}}
-    atomic_write_text(out_dir / "rewrite_validation.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_text(artifacts.report(out_dir, artifacts.REWRITE_VALIDATION_REPORT, "json"), json.dumps(report, indent=2) + "\n")
     lines = ["# Rewritten graph vs QDQ graph", "", f"Inputs at {', '.join(map(str, timesteps))}, from {source}; "
              f"tolerance {atol:g} on the max absolute difference.", "",
              "| timestep | output | max abs | mean abs | passed |", "| ---: | --- | ---: | ---: | --- |"]
     lines += [f"| {timesteps[r['iteration']]} | {r['output']} | {r['max_abs']:.3e} | {r['mean_abs']:.3e} | "
               f"{r['passed']} |" for r in rows]
-    atomic_write_text(out_dir / "rewrite_validation.md", "\n".join(lines) + "\n")
+    atomic_write_text(artifacts.report(out_dir, artifacts.REWRITE_VALIDATION_REPORT, "md"), "\n".join(lines) + "\n")
     if not ok:
         bad = max(rows, key=lambda r: r["max_abs"])
         raise UserError(f"validation failed: rewritten vs QDQ graph, output {bad['output']} (timestep "

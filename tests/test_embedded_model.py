@@ -3,10 +3,9 @@
 import torch
 
 from exporter.embedded import EMBEDDED_SAMPLER
-from exporter.evaluate import sample_seeds
 from exporter.fidelity import DigitsJudge
 from exporter.model_loading import load_dit
-from exporter.sampling import balanced_labels, sample
+from exporter.sampling import balanced_labels, sample, sample_seeds
 
 
 def test_embedded_model_samples_are_recognised_at_90_percent():

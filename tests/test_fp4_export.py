@@ -9,6 +9,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
+from exporter.artifacts import reference_onnx
 from exporter.errors import UserError
 from exporter.export.fp4_graph import (
     FP4_OPSET,
@@ -16,7 +17,6 @@ from exporter.export.fp4_graph import (
     fake_quantize,
     needs_reference,
     reference_graph,
-    reference_path,
 )
 from exporter.export.graph_builder import Builder
 from exporter.export.onnx_export import run_export
@@ -148,7 +148,7 @@ def test_fp4_export_writes_float4_weights_decode_tables_and_the_reference_file(t
     assert all(a.i == TensorProto.FLOAT4E2M1 for n in quantizers for a in n.attribute if a.name == "output_dtype")
     hadamards = [n for n in proto.graph.node if n.op_type == "MatMul" and any("hadamard" in i for i in n.input)]
     assert len(hadamards) == sum(layer.rotation_block > 1 for layer in layers)
-    assert result["reference_onnx"] == str(reference_path(tmp_path / "onnx" / "fp4-g32.qdq.onnx"))
+    assert result["reference_onnx"] == str(reference_onnx(tmp_path / "onnx" / "fp4-g32.qdq.onnx"))
     assert not needs_reference(onnx.load(result["reference_onnx"]))
     assert result["qdq_vs_simulated"]["mean_abs"] < 0.05 * result["qdq_vs_fp"]["mean_abs"]
 
@@ -168,4 +168,4 @@ def test_e2m1_weights_are_float4e2m1_and_int_exports_write_no_reference_file(tin
     qdit_int.recipe = qdit.recipe  # same file name as the FP4 export
     result = run_export(qdit_int, tiny.transformer, tmp_path, calib.timesteps[:2])
     assert result["reference_onnx"] is None
-    assert not reference_path(tmp_path / "onnx" / "w4a8-fp4.qdq.onnx").exists()
+    assert not reference_onnx(tmp_path / "onnx" / "w4a8-fp4.qdq.onnx").exists()

@@ -13,7 +13,6 @@ from onnx import numpy_helper
 
 from exporter.calibrate import CalibrationOptions, run_calibrate
 from exporter.errors import UserError
-from exporter.evaluate import sample_seeds
 from exporter.export.onnx_export import run_export
 from exporter.fidelity import DigitsJudge, FeatureStats, frechet_distance
 from exporter.kernels.linear import QuantizedWeight, kernel_weights
@@ -26,7 +25,7 @@ from exporter.quant.primitives import PER_CHANNEL
 from exporter.quant.recipes import get_recipe
 from exporter.quant.two_level import split_two_level
 from exporter.rewrite.rewrite import check_deployable, rewrite_graph
-from exporter.sampling import balanced_labels, sample
+from exporter.sampling import balanced_labels, sample, sample_seeds
 from tests.conftest import SAMPLER, save_tiny_pipeline
 
 

@@ -6,6 +6,8 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from exporter.artifacts import FP_REFERENCE_OUTPUTS, VALIDATION_INPUTS
+from exporter.comparison import Tolerances
 from exporter.errors import UserError
 from exporter.export.onnx_export import fp_onnx, qdq_onnx
 from exporter.export.onnx_files import write_onnx
@@ -14,7 +16,7 @@ from exporter.quant.calibration import collect_calibration_set
 from exporter.quant.quantize import quantize_model
 from exporter.quant.recipes import get_recipe
 from exporter.sampling import epsilon_step_weights
-from exporter.validate import INPUTS_FILE, REFERENCE_FILE, Tolerances, run_validation
+from exporter.validate import run_validation
 from tests.conftest import SAMPLER, save_tiny_pipeline
 
 
@@ -56,9 +58,9 @@ def test_validation_passes_and_writes_polygraphy_files(exported, tmp_path):
     worst_exporter = max(r["mean_abs"] for r in report["exporter_check"]["iterations"])
     worst_quant = max(r["mean_abs"] for r in report["quantization_error"]["iterations"])
     assert 0 < worst_quant and worst_exporter < worst_quant
-    reference = RunResults.load(str(tmp_path / REFERENCE_FILE))
+    reference = RunResults.load(str(tmp_path / FP_REFERENCE_OUTPUTS))
     assert [name for name, _ in reference] == ["fp-onnxrt"] and len(reference[0][1]) == len(timesteps)
-    feeds = load_json(str(tmp_path / INPUTS_FILE))
+    feeds = load_json(str(tmp_path / VALIDATION_INPUTS))
     assert sorted(feeds[0]) == ["class_labels", "sample", "timestep"]
     assert json.loads((tmp_path / "validation.json").read_text())["polygraphy_command"].startswith("polygraphy run")
     assert "## QDQ graph vs FP reference graph (quantization error): passed" in (tmp_path / "validation.md").read_text()

@@ -229,14 +229,13 @@ def section_sampling(n: int = 256) -> dict:
     import copy
 
     from exporter.embedded import EMBEDDED_SAMPLER
-    from exporter.evaluate import sample_seeds
     from exporter.fidelity import DigitsJudge
     from exporter.kernels.linear import use_kernels
     from exporter.model_loading import load_dit
     from exporter.quant.calibration import collect_calibration_set
     from exporter.quant.quantize import quantize_model
     from exporter.quant.recipes import get_recipe
-    from exporter.sampling import balanced_labels, sample
+    from exporter.sampling import balanced_labels, sample, sample_seeds
 
     loaded = load_dit(None)
     started = time.monotonic()

@@ -26,7 +26,6 @@ nearest, ties to even, and saturates as QuantizeLinear does.
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -185,6 +184,3 @@ def use_fp4_opset(proto: onnx.ModelProto) -> None:
 
 
 
-def reference_path(path: Path) -> Path:
-    """Where export writes the reference form of the graph at ``path``: NAME.reference.onnx."""
-    return path.with_name(f"{path.name.removesuffix('.onnx')}.reference.onnx")

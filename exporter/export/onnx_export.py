@@ -9,7 +9,8 @@ import onnx
 import torch
 from torch import nn
 
-from exporter.export.fp4_graph import needs_reference, reference_graph, reference_path
+from exporter import artifacts
+from exporter.export.fp4_graph import needs_reference, reference_graph
 from exporter.export.onnx_files import write_onnx
 from exporter.export.onnx_graph import trace
 from exporter.export.ort_check import run, session
@@ -29,7 +30,6 @@ def qdq_onnx(qdit: QuantizedDiT) -> onnx.ModelProto:
     return insert_qdq(proto, names, qdit.quant_linears(), qdit.buckets.bucket_of_t)
 
 
-ONNX_DIR = "onnx"
 
 
 def check_inputs(transformer: nn.Module, timesteps: list[int], seed: int = 0):
@@ -54,15 +54,14 @@ def run_export(qdit: QuantizedDiT, fp_transformer: nn.Module, out_dir: Path, tim
     and for graphs with FP4 their reference form <precision>.qdq.reference.onnx, which ONNX
     Runtime runs; runs the graphs in ONNX Runtime against the PyTorch models on one input per
     timestep."""
-    folder = out_dir / ONNX_DIR
-    fp_path = write_onnx(fp_onnx(fp_transformer), folder / "fp.onnx", external_data)
+    fp_path = write_onnx(fp_onnx(fp_transformer), artifacts.fp_onnx(out_dir), external_data)
     qdq = qdq_onnx(qdit)
-    qdq_path = folder / f"{qdit.recipe.name}.qdq.onnx"
+    qdq_path = artifacts.qdq_onnx(out_dir, qdit.recipe.name)
     runnable = None
     if needs_reference(qdq):
-        runnable = write_onnx(reference_graph(qdq), reference_path(qdq_path), external_data)
-    elif reference_path(qdq_path).exists():
-        reference_path(qdq_path).unlink()
+        runnable = write_onnx(reference_graph(qdq), artifacts.reference_onnx(qdq_path), external_data)
+    elif artifacts.reference_onnx(qdq_path).exists():
+        artifacts.reference_onnx(qdq_path).unlink()
     write_onnx(qdq, qdq_path, external_data)
     sample, timestep, labels = check_inputs(fp_transformer, timesteps)
     with torch.no_grad():

@@ -14,8 +14,9 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from exporter import artifacts
 from exporter.errors import UserError
-from exporter.export.fp4_graph import needs_reference, reference_graph, reference_path
+from exporter.export.fp4_graph import needs_reference, reference_graph
 from exporter.export.onnx_files import EXTERNAL_DATA_THRESHOLD, check_external_data, initializer_bytes, load_onnx
 
 
@@ -34,7 +35,7 @@ def session(model: str | Path | bytes) -> ort.InferenceSession:
             proto = load_onnx(Path(model))
             if initializer_bytes(proto) > EXTERNAL_DATA_THRESHOLD:
                 raise UserError(f"{model} holds FP4, which ONNX Runtime cannot run, and is too large to convert in "
-                                f"memory: run its reference form {reference_path(Path(model))} instead")
+                                f"memory: run its reference form {artifacts.reference_onnx(Path(model))} instead")
         source = reference_graph(proto).SerializeToString()
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 

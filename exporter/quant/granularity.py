@@ -34,7 +34,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from exporter.evaluate import sample_seeds
 from exporter.fidelity import FeatureStats, frechet_distance
 from exporter.model_loading import LoadedDiT
 from exporter.progress import Progress
@@ -46,7 +45,7 @@ from exporter.quant.qlinear import DynamicActivationQuant
 from exporter.quant.quantize import quantize_weight
 from exporter.quant.recipes import Recipe
 from exporter.sample_features import Features, sample_features
-from exporter.sampling import SamplerConfig, balanced_labels, sample
+from exporter.sampling import SamplerConfig, balanced_labels, sample, sample_seeds
 
 CANDIDATES = (32, 64, 128, 192, 288)
 Config = dict[str, tuple[int, int]]  # layer -> (weight group, activation group)

@@ -31,6 +31,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import TensorProto, helper
 
+from exporter import artifacts
 from exporter.errors import UserError
 from exporter.export.onnx_files import load_onnx, write_onnx
 from exporter.quant.recipes import Recipe, no_kernel_reason
@@ -183,27 +184,15 @@ def _export(graph: gs.Graph, inits: Initializers) -> onnx.ModelProto:
     return out
 
 
-def _stem(qdq_path: Path) -> str:
-    return qdq_path.name.removesuffix(".onnx").removesuffix(".qdq")
-
-
-def rewritten_paths(qdq_path: Path) -> tuple[Path, Path]:
-    return qdq_path.with_name(f"{_stem(qdq_path)}.rewritten.onnx"), qdq_path.with_name(f"{_stem(qdq_path)}.trt.onnx")
-
-
-def fp16io_path(qdq_path: Path) -> Path:
-    return qdq_path.with_name(f"{_stem(qdq_path)}.qdq-fp16io.onnx")
-
-
 def run_rewrite(qdq_path: Path, external_data: bool | None = None) -> dict:
     """Rewrites the QDQ graph at ``qdq_path`` and writes the three graphs next to it."""
     qdq_path = Path(qdq_path)
     if not qdq_path.is_file():
         raise UserError(f"ONNX file '{qdq_path}' does not exist (run dit-export export first)")
     result = rewrite_graph(load_onnx(qdq_path))
-    rewritten_path, trt_path = rewritten_paths(qdq_path)
+    rewritten_path, trt_path = artifacts.rewritten_onnx(qdq_path), artifacts.trt_onnx(qdq_path)
     write_onnx(result.rewritten, rewritten_path, external_data)
     write_onnx(result.tensorrt, trt_path, external_data)
-    write_onnx(result.fp16io, fp16io_path(qdq_path), external_data)
+    write_onnx(result.fp16io, artifacts.qdq_fp16io_onnx(qdq_path), external_data)
     return {"rewritten_onnx": str(rewritten_path), "tensorrt_onnx": str(trt_path),
-            "qdq_fp16io_onnx": str(fp16io_path(qdq_path)), **result.summary(), "layers": result.layers}
+            "qdq_fp16io_onnx": str(artifacts.qdq_fp16io_onnx(qdq_path)), **result.summary(), "layers": result.layers}
