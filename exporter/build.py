@@ -10,26 +10,18 @@ from typing import Any
 
 from exporter import artifacts
 from exporter.atomic import atomic_write_text
-from exporter.calibrate import (
-    CalibrationOptions,
-    as_loaded,
-    open_checkpoint,
-    run_calibrate,
-    saved_calibration,
-)
+from exporter.calibrate import CalibrationOptions, run_calibrate
 from exporter.comparison import worst
 from exporter.digits import IMAGE_SIZE
 from exporter.evaluate import evaluate
-from exporter.export.onnx_export import (
-    run_export,
-    validation_step_weights,
-    validation_timesteps,
-)
-from exporter.model_loading import LoadedDiT, load_dit
+from exporter.export.onnx_export import run_export
+from exporter.model_loading import LoadedDiT, default_sampler, load_dit
+from exporter.quant.calibration import saved_calibration
+from exporter.quant.checkpoint import as_loaded, open_checkpoint
 from exporter.quant.quantized_model import QuantizedDiT
 from exporter.quant.recipes import Recipe, no_kernel_reason
 from exporter.rewrite.rewrite import run_rewrite
-from exporter.sampling import SamplerConfig
+from exporter.sampling import SamplerConfig, validation_step_weights, validation_timesteps
 from exporter.validate import run_rewrite_validation, run_validation
 
 
@@ -51,12 +43,6 @@ class BuildReport:
 def digits_shaped(transformer) -> bool:
     cfg = transformer.config
     return cfg.in_channels == 1 and cfg.sample_size == IMAGE_SIZE
-
-
-def default_sampler(loaded: LoadedDiT) -> SamplerConfig:
-    from exporter.embedded import EMBEDDED_SAMPLER
-
-    return EMBEDDED_SAMPLER if loaded.is_embedded else SamplerConfig()
 
 
 def run_build(model: str | None, recipe: Recipe, out_dir: Path, checkpoint: Path | None, eval_samples: int,

@@ -18,8 +18,6 @@ from exporter.quant.calibration import (
     collect_calibration_set,
 )
 from exporter.quant.checkpoint import (
-    check_made_from,
-    load_checkpoint,
     model_fingerprint,
     read_manifest,
     save_checkpoint,
@@ -142,29 +140,3 @@ def searched_recipe(loaded: LoadedDiT, recipe: Recipe, sampler: SamplerConfig, c
                "mean_group": mean_group(result.config),
                "evaluations": result.evaluations, "seconds": details["seconds"]}
     return replace(recipe, layer_groups=groups), summary
-
-
-def saved_calibration(out_dir: Path) -> CalibrationSet | None:
-    """The calibration data a run wrote into out_dir, if any."""
-    path = out_dir / CALIBRATION_FILE
-    return CalibrationSet.load(path) if path.is_file() else None
-
-
-def open_checkpoint(folder: Path, model: LoadedDiT | None = None) -> tuple[QuantizedDiT, dict[str, Any]]:
-    """The quantized model and manifest; with ``model``, checks the checkpoint was made from it."""
-    qdit, manifest = load_checkpoint(folder)
-    if model is not None:
-        check_made_from(manifest, model.transformer, model.source, folder)
-    return qdit, manifest
-
-
-def as_loaded(qdit: QuantizedDiT, manifest: dict[str, Any], folder: Path) -> LoadedDiT:
-    """The quantized model in the shape sampling and eval take."""
-    vae = manifest.get("vae_folder")
-    return LoadedDiT(qdit.transformer, manifest["scheduler_config"], f"{folder} ({manifest['precision']})",
-                     Path(folder), Path(vae) if vae and Path(vae).is_dir() else None)
-
-
-def loaded_from_checkpoint(folder: Path, model: LoadedDiT | None = None) -> tuple[LoadedDiT, dict[str, Any]]:
-    qdit, manifest = open_checkpoint(folder, model)
-    return as_loaded(qdit, manifest, folder), manifest

@@ -40,7 +40,7 @@ def sampler_from_options(loaded, sampler: Optional[str], steps: Optional[int], g
                          base=None):
     from dataclasses import replace
 
-    from exporter.build import default_sampler
+    from exporter.model_loading import default_sampler
 
     base = base or default_sampler(loaded)
     overrides = {k: v for k, v in dict(kind=sampler, steps=steps, guidance_scale=guidance).items() if v is not None}
@@ -113,9 +113,8 @@ def calibrate(
     recipe_flags: RecipeFlags = None, calibration_flags: CalibrationFlags = None,
 ) -> None:
     """Calibrate and quantize a DiT; write the quantized checkpoint and SQNR / range reports."""
-    from exporter.build import default_sampler
     from exporter.calibrate import run_calibrate
-    from exporter.model_loading import load_dit
+    from exporter.model_loading import default_sampler, load_dit
 
     recipe = recipe_from_options(recipe_flags)
     loaded = load_dit(model)
@@ -176,10 +175,11 @@ def validate(
 ) -> None:
     """Compare the exported graphs with Polygraphy in ONNX Runtime: QDQ vs the PyTorch simulated
     model (exporter check) and QDQ vs the FP reference (quantization error)."""
-    from exporter.calibrate import loaded_from_checkpoint, saved_calibration
     from exporter.comparison import Tolerances, worst
-    from exporter.export.onnx_export import validation_step_weights, validation_timesteps
     from exporter.model_loading import load_dit
+    from exporter.quant.calibration import saved_calibration
+    from exporter.quant.checkpoint import loaded_from_checkpoint
+    from exporter.sampling import validation_step_weights, validation_timesteps
     from exporter.validate import run_validation
 
     tolerances = Tolerances(exporter_atol, exporter_stat, quantization_atol, quantization_stat)
@@ -204,12 +204,12 @@ def rewrite(
     """Replace every quantized GEMM of the QDQ graph by a TensorRT plugin node: writes
     NAME.rewritten.onnx (with reference functions, runs in ONNX Runtime) and NAME.trt.onnx (for
     TensorRT), then compares the rewritten graph with the QDQ graph with Polygraphy."""
-    from exporter.calibrate import loaded_from_checkpoint, saved_calibration
     from exporter.comparison import worst
-    from exporter.export.onnx_export import validation_timesteps
     from exporter.model_loading import load_dit
-    from exporter.quant.checkpoint import manifest_recipe, read_manifest
+    from exporter.quant.calibration import saved_calibration
+    from exporter.quant.checkpoint import loaded_from_checkpoint, manifest_recipe, read_manifest
     from exporter.rewrite.rewrite import check_deployable, run_rewrite
+    from exporter.sampling import validation_timesteps
     from exporter.validate import run_rewrite_validation
 
     check_deployable(manifest_recipe(read_manifest(checkpoint)))
@@ -231,9 +231,9 @@ def _engine_context(checkpoint: Path, out: Path):
     """Precision, model config, validation timesteps and step weights of a checkpoint's build."""
     from types import SimpleNamespace
 
-    from exporter.export.onnx_export import validation_step_weights, validation_timesteps
     from exporter.quant.checkpoint import manifest_recipe, read_manifest
     from exporter.rewrite.rewrite import check_deployable
+    from exporter.sampling import validation_step_weights, validation_timesteps
 
     manifest = read_manifest(checkpoint)
     check_deployable(manifest_recipe(manifest))
@@ -330,7 +330,7 @@ def eval_command(
 
     label = "fp"
     if checkpoint is not None:
-        from exporter.calibrate import loaded_from_checkpoint
+        from exporter.quant.checkpoint import loaded_from_checkpoint
 
         loaded, manifest = loaded_from_checkpoint(checkpoint, load_dit(model) if model else None)
         label = manifest["precision"]

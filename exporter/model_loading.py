@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from exporter.embedded import EMBEDDED_DIT_DIR, SCHEDULER_CONFIG
+from exporter.embedded import EMBEDDED_DIT_DIR, EMBEDDED_SAMPLER, SCHEDULER_CONFIG
 from exporter.errors import UserError
+from exporter.sampling import SamplerConfig
 
 SUPPORTED_ARCHITECTURES = ("DiTTransformer2DModel",)
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -114,3 +115,8 @@ def _load_folder(folder: Path, source: str) -> LoadedDiT:
     scheduler_config = _read_json(scheduler_file) if scheduler_file.is_file() else dict(SCHEDULER_CONFIG)
     vae_folder = folder / "vae" if (folder / "vae" / "config.json").is_file() else None
     return LoadedDiT(transformer, scheduler_config, source, folder, vae_folder)
+
+
+def default_sampler(loaded: LoadedDiT) -> SamplerConfig:
+    """The sampler a model is deployed with: the embedded model's own, else the defaults."""
+    return EMBEDDED_SAMPLER if loaded.is_embedded else SamplerConfig()

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+import numpy as np
 import torch
 
 from exporter.errors import UserError
@@ -146,3 +147,14 @@ def to_images(samples: torch.Tensor, vae_folder=None) -> torch.Tensor:
 def sample_seeds(seed: int, n: int) -> list[int]:
     """Sample i of a run with ``seed`` always starts from the same noise, whatever N is."""
     return [seed * 1_000_000 + i for i in range(n)]
+
+
+def validation_timesteps(manifest: dict, count: int = 6) -> list[int]:
+    """``count`` timesteps spread over the deployed sampler's, first and last included."""
+    steps = sampler_timesteps(manifest["scheduler_config"], SamplerConfig(**manifest["sampler"]))
+    return [steps[i] for i in np.linspace(0, len(steps) - 1, min(len(steps), count)).round().astype(int)]
+
+
+def validation_step_weights(manifest: dict, timesteps: list[int]) -> list[float]:
+    """How much each timestep's epsilon error moves the deployed sampler's next sample."""
+    return epsilon_step_weights(manifest["scheduler_config"], SamplerConfig(**manifest["sampler"]), timesteps)

@@ -133,3 +133,19 @@ def test_fp8_e4m3_fake_quant_rounds_to_the_fp8_grid_and_saturates():
     assert torch.equal(out, expected)
     assert out.abs().max() <= 448 * scale.max() + 1e-6
     assert format_from_name("fp8e4m3") == fmt and format_from_name("uint4") == IntFormat(4, False)
+
+
+def test_hessians_of_layers_fed_one_input_share_its_product():
+    from exporter.quant.gptq import HessianAccumulator, SharedProducts
+
+    x = torch.randn(3, 10, 8, generator=torch.Generator().manual_seed(1))
+    shared = SharedProducts()
+    q, k, alone = HessianAccumulator(8, shared), HessianAccumulator(8, shared), HessianAccumulator(8)
+    for acc in (q, k, alone):
+        acc.add(x)
+    assert shared.last[0] is x and torch.equal(q.h, k.h) and torch.equal(q.h, alone.h)
+    other = x.clone()
+    q.add(other)  # a new tensor, equal or not, gets its own product
+    assert shared.last[0] is other
+    shared.forget()
+    assert shared.last is None

@@ -5,11 +5,11 @@ import json
 import pytest
 import torch
 
-from exporter.calibrate import CalibrationOptions, loaded_from_checkpoint, run_calibrate
+from exporter.calibrate import CalibrationOptions, run_calibrate
 from exporter.errors import UserError
 from exporter.model_loading import load_dit
 from exporter.quant.calibration import CalibrationSet
-from exporter.quant.checkpoint import load_checkpoint
+from exporter.quant.checkpoint import load_checkpoint, loaded_from_checkpoint
 from exporter.quant.policy import LayerPolicy, linear_roles
 from exporter.quant.primitives import sqnr_db
 from exporter.quant.qlinear import DynamicActivationQuant, FineGroupActivationQuant, StaticActivationQuant

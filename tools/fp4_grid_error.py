@@ -20,8 +20,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from exporter.build import default_sampler  # noqa: E402
-from exporter.model_loading import load_dit  # noqa: E402
+from exporter.model_loading import (
+    default_sampler,  # noqa: E402
+    load_dit,  # noqa: E402
+)
 from exporter.quant import fp4_fine_groups, fp4_groups  # noqa: E402
 from exporter.quant.calibration import collect_calibration_set  # noqa: E402
 

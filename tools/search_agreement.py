@@ -26,10 +26,13 @@ from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from exporter.build import default_sampler  # noqa: E402
 from exporter.evaluate import evaluate  # noqa: E402
 from exporter.fidelity import DigitsJudge  # noqa: E402
-from exporter.model_loading import LoadedDiT, load_dit  # noqa: E402
+from exporter.model_loading import (  # noqa: E402
+    LoadedDiT,
+    default_sampler,  # noqa: E402
+    load_dit,
+)
 from exporter.quant.calibration import collect_calibration_set  # noqa: E402
 from exporter.quant.granularity import (  # noqa: E402
     CANDIDATES,

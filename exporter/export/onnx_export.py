@@ -17,6 +17,7 @@ from exporter.export.ort_check import run, session
 from exporter.export.qdq import insert_qdq
 from exporter.model_loading import LoadedDiT
 from exporter.quant.quantized_model import QuantizedDiT
+from exporter.sampling import validation_timesteps
 
 
 def fp_onnx(transformer: nn.Module) -> onnx.ModelProto:
@@ -90,18 +91,3 @@ def export_checkpoint(checkpoint: Path, loaded: LoadedDiT, out_dir: Path, extern
     qdit, manifest = load_checkpoint(checkpoint)
     check_made_from(manifest, loaded.transformer, loaded.source, checkpoint)
     return run_export(qdit, loaded.transformer, out_dir, validation_timesteps(manifest), external_data)
-
-
-def validation_timesteps(manifest: dict, count: int = 6) -> list[int]:
-    """``count`` timesteps spread over the deployed sampler's, first and last included."""
-    from exporter.sampling import SamplerConfig, sampler_timesteps
-
-    steps = sampler_timesteps(manifest["scheduler_config"], SamplerConfig(**manifest["sampler"]))
-    return [steps[i] for i in np.linspace(0, len(steps) - 1, min(len(steps), count)).round().astype(int)]
-
-
-def validation_step_weights(manifest: dict, timesteps: list[int]) -> list[float]:
-    """How much each timestep's epsilon error moves the deployed sampler's next sample."""
-    from exporter.sampling import SamplerConfig, epsilon_step_weights
-
-    return epsilon_step_weights(manifest["scheduler_config"], SamplerConfig(**manifest["sampler"]), timesteps)

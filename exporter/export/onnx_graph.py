@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from exporter.export.onnx_files import deduplicate_initializers
+from exporter.quant.module_tree import replace_module
 from exporter.quant.qlinear import QuantLinear
 from exporter.quant.vq_linear import VqLinear
 
@@ -41,15 +42,13 @@ class _Entry(nn.Module):
 
 
 class _Marker(torch.autograd.Function):
-    modules: list[QuantLinear | VqLinear] = []  # the layers of the trace in progress, by marker index
-
     @staticmethod
-    def forward(ctx, x: torch.Tensor, layer: int) -> torch.Tensor:  # noqa: ARG004
+    def forward(ctx, x: torch.Tensor, layer: int, out_features: int) -> torch.Tensor:  # noqa: ARG004
         # Only shapes matter while tracing: the marker's output values are never used.
-        return x.new_zeros(*x.shape[:-1], _Marker.modules[layer].out_features)
+        return x.new_zeros(*x.shape[:-1], out_features)
 
     @staticmethod
-    def symbolic(g, x, layer: int):
+    def symbolic(g, x, layer: int, out_features: int):  # noqa: ARG004
         return g.op(f"{MARKER_DOMAIN}::{MARKER_OP}", x, layer_i=layer)
 
 
@@ -59,7 +58,7 @@ class _Marked(nn.Module):
         self.module, self.layer = module, layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _Marker.apply(x, self.layer)
+        return _Marker.apply(x, self.layer, self.module.out_features)
 
 
 @contextlib.contextmanager
@@ -88,10 +87,7 @@ def trace(transformer: nn.Module) -> tuple[onnx.ModelProto, list[str]]:
     model = copy.deepcopy(transformer).eval()
     names = [n for n, m in model.named_modules() if isinstance(m, (QuantLinear, VqLinear))]
     for i, name in enumerate(names):
-        parent, _, child = name.rpartition(".")
-        holder = model.get_submodule(parent) if parent else model
-        setattr(holder, child, _Marked(getattr(holder, child), i))
-    _Marker.modules = [model.get_submodule(n).module for n in names]
+        replace_module(model, name, _Marked(model.get_submodule(name), i))
     dynamic = {name: {0: "batch"} for name in (*INPUT_NAMES, OUTPUT_NAME)}
     # Through a file: over 2 GB the exporter writes external data, which onnx.load reads back.
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(), torch.no_grad(), _quiet_stderr():
@@ -100,7 +96,6 @@ def trace(transformer: nn.Module) -> tuple[onnx.ModelProto, list[str]]:
                           input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME], dynamic_axes=dynamic,
                           opset_version=OPSET, dynamo=False, do_constant_folding=True)
         proto = onnx.load(str(Path(tmp) / "model.onnx"))
-    _Marker.modules = []
     deduplicate_initializers(proto)
     proto.ir_version = IR_VERSION
     return proto, names

@@ -16,6 +16,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
+from exporter.artifacts import CALIBRATION_FILE
 from exporter.atomic import atomic_write_bytes
 from exporter.errors import UserError
 from exporter.model_loading import LoadedDiT
@@ -86,3 +87,9 @@ def collect_calibration_set(loaded: LoadedDiT, sampler: SamplerConfig, trajector
 
 def calibration_summary(calib: CalibrationSet) -> dict[str, Any]:
     return {"inputs": len(calib), "timesteps": len(calib.timesteps), "sampler": calib.sampler.to_dict()}
+
+
+def saved_calibration(out_dir: Path) -> CalibrationSet | None:
+    """The calibration data a run wrote into out_dir, if any."""
+    path = out_dir / CALIBRATION_FILE
+    return CalibrationSet.load(path) if path.is_file() else None

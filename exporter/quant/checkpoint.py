@@ -42,6 +42,7 @@ from torch import nn
 
 from exporter.atomic import atomic_directory
 from exporter.errors import UserError
+from exporter.model_loading import LoadedDiT
 from exporter.quant import fp4_fine_groups
 from exporter.quant.fp4 import Fp4Format
 from exporter.quant.fp4_groups import split_pow2
@@ -292,3 +293,23 @@ def _quant_linear_from(layer: dict[str, Any], tensors: dict[str, torch.Tensor], 
     act = _load_activation(layer, tensors, bucket_of_t, context)
     return QuantLinear(codes, scale, zero, fmt, w["group_size"], tensors.get(f"{name}.bias"), act,
                        rotation_block=int(layer.get("rotation_block", 0)))
+
+
+def open_checkpoint(folder: Path, model: LoadedDiT | None = None) -> tuple[QuantizedDiT, dict[str, Any]]:
+    """The quantized model and manifest; with ``model``, checks the checkpoint was made from it."""
+    qdit, manifest = load_checkpoint(folder)
+    if model is not None:
+        check_made_from(manifest, model.transformer, model.source, folder)
+    return qdit, manifest
+
+
+def as_loaded(qdit: QuantizedDiT, manifest: dict[str, Any], folder: Path) -> LoadedDiT:
+    """The quantized model in the shape sampling and eval take."""
+    vae = manifest.get("vae_folder")
+    return LoadedDiT(qdit.transformer, manifest["scheduler_config"], f"{folder} ({manifest['precision']})",
+                     Path(folder), Path(vae) if vae and Path(vae).is_dir() else None)
+
+
+def loaded_from_checkpoint(folder: Path, model: LoadedDiT | None = None) -> tuple[LoadedDiT, dict[str, Any]]:
+    qdit, manifest = open_checkpoint(folder, model)
+    return as_loaded(qdit, manifest, folder), manifest

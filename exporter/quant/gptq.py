@@ -28,36 +28,40 @@ from exporter.quant.primitives import (
 from exporter.quant.two_level import row_scales, search_factors
 
 
+class SharedProducts:
+    """X^T X of the last input, for accumulators fed the same tensor (q, k and v read one input):
+    give them one instance and each input's product is computed once."""
+
+    def __init__(self) -> None:
+        self.last: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def product(self, x: torch.Tensor) -> torch.Tensor:
+        """X^T X of x [..., K] in float64 (float32 products); the same tensor object, the same product."""
+        if self.last is None or self.last[0] is not x:
+            flat = x.detach().reshape(-1, x.shape[-1]).float()
+            self.last = (x, (flat.T @ flat).double())
+        return self.last[1]
+
+    def forget(self) -> None:
+        """Drops the last input and its product (they hold memory until then)."""
+        self.last = None
+
+
 class HessianAccumulator:
-    """Running 2/n X^T X of a Linear layer's inputs [..., K] (float32 products, float64 sum).
+    """Running 2/n X^T X of a Linear layer's inputs [..., K] (float32 products, float64 sum)."""
 
-    Layers fed the same tensor (q, k and v) share one product: ``add`` remembers the last input.
-    """
-
-    _last: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    def __init__(self, k: int) -> None:
+    def __init__(self, k: int, shared: SharedProducts | None = None) -> None:
         self.h = torch.zeros(k, k, dtype=torch.float64)
         self.n = 0
+        self.shared = shared if shared is not None else SharedProducts()
 
     def add(self, x: torch.Tensor) -> None:
-        x = x.detach()
-        cached = HessianAccumulator._last
-        if cached is not None and cached[0] is x:
-            xtx = cached[1]
-        else:
-            flat = x.reshape(-1, x.shape[-1]).float()
-            xtx = (flat.T @ flat).double()
-            HessianAccumulator._last = (x, xtx)
+        xtx = self.shared.product(x)
         rows = x.numel() // x.shape[-1]
         total = self.n + rows
         self.h *= self.n / total
         self.h += (2.0 / total) * xtx
         self.n = total
-
-    @staticmethod
-    def forget() -> None:
-        HessianAccumulator._last = None
 
 
 def _group_qparams(w: torch.Tensor, fmt: QuantFormat, clip_search: bool) -> tuple[torch.Tensor, torch.Tensor]:

@@ -38,7 +38,7 @@ from exporter.fidelity import FeatureStats, frechet_distance
 from exporter.model_loading import LoadedDiT
 from exporter.progress import Progress
 from exporter.quant.calibration import CalibrationSet
-from exporter.quant.gptq import HessianAccumulator
+from exporter.quant.gptq import HessianAccumulator, SharedProducts
 from exporter.quant.policy import linear_roles
 from exporter.quant.primitives import PER_CHANNEL, dequantize
 from exporter.quant.qlinear import DynamicActivationQuant
@@ -149,7 +149,8 @@ class GroupSearch:
         self.evaluations = 0
 
     def _hessians(self, names: list[str]) -> dict[str, torch.Tensor]:
-        acc = {n: HessianAccumulator(self.model.get_submodule(n).in_features) for n in names}
+        shared = SharedProducts()
+        acc = {n: HessianAccumulator(self.model.get_submodule(n).in_features, shared) for n in names}
         hooks = [self.model.get_submodule(n).register_forward_hook(lambda _m, i, _o, a=acc[n]: a.add(i[0]))
                  for n in names]
         try:
@@ -158,9 +159,8 @@ class GroupSearch:
         finally:
             for h in hooks:
                 h.remove()
-        hessians = {n: a.h for n, a in acc.items()}
-        HessianAccumulator.forget()
-        return hessians
+        shared.forget()
+        return {n: a.h for n, a in acc.items()}
 
     @staticmethod
     def _quantized(w: torch.Tensor, recipe: Recipe, group: int, hessian: torch.Tensor | None) -> torch.Tensor:

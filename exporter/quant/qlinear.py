@@ -119,29 +119,44 @@ class FineGroupActivationQuant(nn.Module):
         return fp4_fine_groups.dequantize(codes, level, s).reshape(x.shape).to(x.dtype)
 
 
-class QuantLinear(nn.Module):
+class DecodedLinear(nn.Module):
+    """y = act(prepare(x)) W^T + b: a Linear whose weight W [N, K] is decoded once from its
+    quantized form into the buffer ``weight``, which each kind of layer sets from its own."""
+
+    def __init__(self, in_features: int, out_features: int, bias: torch.Tensor | None,
+                 act: nn.Module | None) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.act = in_features, out_features, act
+        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """The input as the layer's quantizer sees it (as it is, unless a kind of layer transforms it)."""
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.prepare(x)
+        if self.act is not None:
+            x = self.act(x)
+        return F.linear(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+
+class QuantLinear(DecodedLinear):
     """y = act(x R) (W R)^T + b, where the codes hold W R quantized and R is a block-diagonal
     Hadamard rotation with blocks of ``rotation_block`` channels (0: no rotation, R = I)."""
 
     def __init__(self, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, fmt: QuantFormat,
                  group_size: int, bias: torch.Tensor | None, act: nn.Module | None = None,
                  rotation_block: int = 0) -> None:
-        super().__init__()
-        self.out_features, self.in_features = codes.shape
-        self.fmt, self.group_size, self.act = fmt, group_size, act
+        super().__init__(codes.shape[1], codes.shape[0], bias, act)
+        self.fmt, self.group_size = fmt, group_size
         self.rotation_block = rotation_block
         self.register_buffer("codes", codes)
         self.register_buffer("w_scale", scale.float())
         self.register_buffer("w_zero", zero.float())
-        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
         self.register_buffer("weight", dequantize(codes, self.w_scale, self.w_zero, fmt, group_size), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.rotation_block:
-            x = rotate(x, self.rotation_block)
-        if self.act is not None:
-            x = self.act(x)
-        return F.linear(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return rotate(x, self.rotation_block) if self.rotation_block else x
 
     def extra_repr(self) -> str:
         rotation = f", hadamard={self.rotation_block}" if self.rotation_block else ""

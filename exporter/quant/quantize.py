@@ -21,7 +21,7 @@ from exporter.quant.calibration import CalibrationSet
 from exporter.quant.dilatequant import train_activation_scales
 from exporter.quant.dilation import channel_maxima, dilate_block
 from exporter.quant.fp4_groups import pow2_scales
-from exporter.quant.gptq import HessianAccumulator, gptq_quantize
+from exporter.quant.gptq import HessianAccumulator, SharedProducts, gptq_quantize
 from exporter.quant.hadamard import block_size_for, rotate, rotate_linear_weight
 from exporter.quant.module_tree import replace_module
 from exporter.quant.policy import linear_roles
@@ -54,9 +54,10 @@ class LayerStats:
     hessian: HessianAccumulator | None = None
 
     @classmethod
-    def empty(cls, buckets: int, channels: int, hessian: bool) -> "LayerStats":
+    def empty(cls, buckets: int, channels: int, hessian: SharedProducts | None) -> "LayerStats":
+        """No ranges yet; a Hessian accumulator sharing ``hessian``'s products, when given."""
         return cls(torch.full((buckets, channels), float("inf")), torch.full((buckets, channels), -float("inf")),
-                   HessianAccumulator(channels) if hessian else None)
+                   HessianAccumulator(channels, hessian) if hessian is not None else None)
 
     def add(self, x: torch.Tensor, buckets: torch.Tensor) -> None:
         flat = x.detach().float().reshape(x.shape[0], -1, x.shape[-1])
@@ -126,14 +127,14 @@ def quantize_linear(linear: nn.Linear, recipe: Recipe, stats: LayerStats, quanti
     return QuantLinear(codes, scale, zero, fmt, group, linear.bias, act, rotation_block=block)
 
 
-def _distil(block: nn.Module, teacher: nn.Module, hidden: list[torch.Tensor], batches: list, state: dict,
+def _distil(block: nn.Module, teacher: nn.Module, hidden: list[torch.Tensor], batches: list,
             context: TimestepContext, iterations: int, advance) -> list[float]:
     """DilateQuant's temporal parallel quantizer on one block (exporter/quant/dilatequant.py)."""
     targets = [teacher(h, timestep=t, class_labels=y) for h, (_, t, y) in zip(hidden, batches)]
 
     def forward(i: int) -> torch.Tensor:
         _, t, y = batches[i]
-        state["t"], context.timestep = t, t
+        context.timestep = t
         return block(hidden[i], timestep=t, class_labels=y)
 
     return train_activation_scales(block, targets, forward, iterations, advance=advance)
@@ -164,12 +165,13 @@ def _observe(targets: dict[str, nn.Linear], observers: dict, blocks: dict[str, i
 
 def _collect(targets: dict[str, nn.Linear], recipe: Recipe, blocks: dict[str, int], n_buckets: int, run,
              current_buckets) -> dict[str, LayerStats]:
-    stats = {name: LayerStats.empty(n_buckets, m.in_features, recipe.weight.method == "gptq")
-             for name, m in targets.items()}
+    shared = SharedProducts() if recipe.weight.method == "gptq" else None
+    stats = {name: LayerStats.empty(n_buckets, m.in_features, shared) for name, m in targets.items()}
     try:
         _observe(targets, stats, blocks, run, current_buckets)
     finally:
-        HessianAccumulator.forget()
+        if shared is not None:
+            shared.forget()
     return stats
 
 
@@ -197,10 +199,9 @@ def quantize_model(fp_transformer: nn.Module, recipe: Recipe, calib: Calibration
     quantized_roles: dict[str, str] = {}
     ranges: dict[str, tuple[list[float], list[float]]] = {}
     batches = list(calib.batches(BATCH))
-    state = {"t": None}
 
     def current_buckets() -> torch.Tensor:
-        return buckets.bucket_of_t[state["t"]]
+        return buckets.bucket_of_t[context.timestep]
 
     def quantize_targets(prefix: str, targets: dict[str, nn.Module], run) -> None:
         quantized_input = {n: roles[prefix + n] in recipe.policy.activations for n in targets}
@@ -226,7 +227,7 @@ def quantize_model(fp_transformer: nn.Module, recipe: Recipe, calib: Calibration
     def run_block(block: nn.Module, keep: bool) -> list[torch.Tensor]:
         out = []
         for h, (_, t, y) in zip(hidden, batches):
-            state["t"], context.timestep = t, t
+            context.timestep = t  # a block alone: the transformer's pre-hook does not see it
             result = block(h, timestep=t, class_labels=y)
             if keep:
                 out.append(result)
@@ -244,7 +245,7 @@ def quantize_model(fp_transformer: nn.Module, recipe: Recipe, calib: Calibration
         if targets:
             quantize_targets(prefix, targets, lambda: run_block(block, False))
         if teacher is not None and targets:
-            losses[f"block {b}"] = _distil(block, teacher, hidden, batches, state, context, recipe.kd_iterations,
+            losses[f"block {b}"] = _distil(block, teacher, hidden, batches, context, recipe.kd_iterations,
                                            distil_bar.advance)
         hidden = run_block(block, True)
         bar.advance()
@@ -253,8 +254,7 @@ def quantize_model(fp_transformer: nn.Module, recipe: Recipe, calib: Calibration
     if outer:
         def run_model() -> None:
             for x, t, y in batches:
-                state["t"] = t
-                model(x, t, y)
+                model(x, t, y)  # the context records t
         quantize_targets("", outer, run_model)
     bar.advance()
     return QuantizedDiT(model, context, recipe, buckets, quantized_roles, ranges, losses)

@@ -58,7 +58,9 @@ def _enums() -> list[str]:
                 f"inline char const* toString({name} value)", "{", "    switch (value)", "    {"]
         for v in values:
             out.append(f'    case {name}::{_enumerator(v)}: return "{v}";')
-        out += ["    }", '    return "";', "}", ""]
+        out += ["    }", '    return "";', "}", "",
+                f"inline void assignField({name}& field, FieldView const& e)", "{",
+                f"    parse{name}(e.text(), field);", "}", ""]
     return out
 
 
@@ -74,16 +76,13 @@ def _condition(when, var: str) -> str:
     return f"{var}.{name} != 0" if values == NONZERO else _is(name, values, var)
 
 
-def _int_check(f: Field) -> str:
-    """C++: the int field ``v`` breaks the field's rule."""
-    parts = [f"v < {f.minimum}"]
-    if f.maximum:
-        parts.append(f"v > {f.maximum}")
-    if f.values:
-        parts.append("!(" + " || ".join(f"v == {v}" for v in f.values) + ")")
-    if f.multiple_of > 1:
-        parts.append(f"v % {f.multiple_of} != 0")
-    return " || ".join(parts)
+def _field_spec(f: Field) -> str:
+    """C++: the FieldSpec initializer of a field."""
+    values = ", ".join(map(str, f.values))
+    choices = ", ".join(f'"{v}"' for v in f.choices)
+    kind = "FieldType::kChar" if f.is_string else "FieldType::kInt32"
+    return (f'{{"{f.name}", {kind}, {f.minimum}, {f.maximum}, {f.multiple_of}, {len(f.values)}, {{{values}}}, '
+            f'{len(f.choices)}, {{{choices}}}, "{f.rule()}"}}')
 
 
 def _rule_broken(rule: Rule) -> str:
@@ -93,6 +92,50 @@ def _rule_broken(rule: Rule) -> str:
     if rule.multiple_of:
         then.append(f"out.{rule.then} % {rule.multiple_of} != 0")
     return f"({_is(rule.when, rule.when_values, 'out')}) && ({' || '.join(then)})"
+
+
+def _field_parser() -> list[str]:
+    """C++: what a field may be (FieldSpec) and the one parser every plugin's fields go through."""
+    fields = [f for c in CONTRACTS.values() for f in c.fields]
+    most_values = max(len(f.values) for f in fields)
+    most_choices = max(len(f.choices) for f in fields)
+    return [
+        "// What a field may be: an int32 within bounds (maximum 0: none), a multiple of multipleOf and,",
+        "// when values are listed, one of them; or one of the listed texts. rule says it in words.",
+        "struct FieldSpec", "{", "    char const* name;", "    FieldType type;", "    int32_t minimum;",
+        "    int32_t maximum;", "    int32_t multipleOf;", "    int32_t nbValues;",
+        f"    int32_t values[{most_values}];", "    int32_t nbChoices;", f"    char const* choices[{most_choices}];",
+        "    char const* rule;", "", "    bool allows(int32_t v) const", "    {",
+        "        bool listed = nbValues == 0;", "        for (int32_t i = 0; i < nbValues; ++i)",
+        "            listed = listed || v == values[i];",
+        "        return listed && v >= minimum && (maximum == 0 || v <= maximum) && v % multipleOf == 0;", "    }", "",
+        "    bool allows(std::string_view text) const", "    {",
+        "        for (int32_t i = 0; i < nbChoices; ++i)", "            if (text == choices[i])",
+        "                return true;", "        return false;", "    }", "};", "",
+        "inline void assignField(int32_t& field, FieldView const& e)", "{",
+        "    field = *static_cast<int32_t const*>(e.data);", "}", "",
+        "// Reads Info's fields into out (visitFields(out, visit) calls visit(name, field) for each);",
+        "// returns an empty string or what is wrong.",
+        "template <typename Info, typename Fields, typename VisitFields>",
+        "inline std::string parseFields(FieldView const* entries, int32_t count, Fields& out, VisitFields&& visitFields)",
+        "{", "    bool seen[Info::kNbFields] = {};", "    for (int32_t i = 0; i < count; ++i)", "    {",
+        "        FieldView const& e = entries[i];", "        std::string_view const name(e.name);",
+        "        int32_t k = 0;", "        while (k < Info::kNbFields && name != Info::kFieldSpecs[k].name)",
+        "            ++k;", "        if (k == Info::kNbFields)",
+        '            return std::string(Info::kName) + ": unknown field " + std::string(name);',
+        "        FieldSpec const& spec = Info::kFieldSpecs[k];",
+        '        std::string const must = std::string(Info::kName) + ": field " + spec.name + " must be ";',
+        "        if (spec.type == FieldType::kInt32 && (e.type != FieldType::kInt32 || e.length != 1))",
+        '            return must + "one int32";',
+        "        bool const allowed = spec.type == FieldType::kInt32",
+        "            ? spec.allows(*static_cast<int32_t const*>(e.data))",
+        "            : e.type == FieldType::kChar && spec.allows(e.text());",
+        "        if (!allowed)", "            return must + spec.rule;",
+        "        visitFields(out, [&](char const* field, auto& value) {", "            if (name == field)",
+        "                assignField(value, e);", "        });", "        seen[k] = true;", "    }",
+        "    for (int32_t k = 0; k < Info::kNbFields; ++k)", "        if (!seen[k])",
+        '            return std::string(Info::kName) + ": missing field " + Info::kFieldSpecs[k].name;',
+        '    return "";', "}", ""]
 
 
 def _plugin(c: PluginContract) -> list[str]:
@@ -105,10 +148,9 @@ def _plugin(c: PluginContract) -> list[str]:
            "    // Compute capability (major * 10 + minor) the plugin's kernels need at least.",
            f"    static constexpr int32_t kMinArch = {FP8_MIN_ARCH if c.name in FP8_PLUGINS else 0};",
            f"    static constexpr int32_t kNbFields = {len(c.fields)};",
-           "    static constexpr char const* kFieldNames[kNbFields] = {"
-           + ", ".join(f'"{f.name}"' for f in c.fields) + "};",
-           "    static constexpr FieldType kFieldTypes[kNbFields] = {"
-           + ", ".join("FieldType::kChar" if f.is_string else "FieldType::kInt32" for f in c.fields) + "};",
+           "    static constexpr FieldSpec kFieldSpecs[kNbFields] = {",
+           *(f"        {_field_spec(f)}," for f in c.fields),
+           "    };",
            f"    static constexpr int32_t kMaxInputs = {len(c.inputs)};",
            "    static constexpr char const* kInputNames[kMaxInputs] = {"
            + ", ".join(f'"{p.name}"' for p in c.inputs) + "};",
@@ -121,31 +163,16 @@ def _plugin(c: PluginContract) -> list[str]:
         out += _comment(f"{f.doc}: {f.rule()}", "    ")
         out.append(f"    {_enum_name(f.name) if f.is_string else 'int32_t'} {f.name}{{}};")
     out += ["};", "",
+            "// Calls visit(name, field) for every field, in the contract's order.",
+            "template <typename Visitor>",
+            f"inline void visit{s}({s}& f, Visitor&& visit)", "{"]
+    out += [f'    visit("{f.name}", f.{f.name});' for f in c.fields]
+    out += ["}", "",
             "// Reads the fields from (name, type, data, length) entries; returns an empty string or what is wrong.",
             f"inline std::string parse{s}(FieldView const* entries, int32_t count, {s}& out)", "{",
-            f"    bool seen[{c.name}Info::kNbFields] = {{}};",
-            "    for (int32_t i = 0; i < count; ++i)", "    {",
-            "        FieldView const& e = entries[i];", "        std::string_view name(e.name);"]
-    for i, f in enumerate(c.fields):
-        out.append(f'        if (name == "{f.name}")')
-        out.append("        {")
-        if f.is_string:
-            allowed = " || ".join(f'e.text() == "{v}"' for v in f.choices)
-            out += [f"            if (e.type != FieldType::kChar || !({allowed})",
-                    f"                || !parse{_enum_name(f.name)}(e.text(), out.{f.name}))",
-                    f'                return "{c.name}: field {f.name} must be {f.rule()}";']
-        else:
-            out += ["            if (e.type != FieldType::kInt32 || e.length != 1)",
-                    f'                return "{c.name}: field {f.name} must be one int32";',
-                    "            int32_t const v = *static_cast<int32_t const*>(e.data);",
-                    f"            if ({_int_check(f)})",
-                    f'                return "{c.name}: field {f.name} must be {f.rule()}";',
-                    f"            out.{f.name} = v;"]
-        out += [f"            seen[{i}] = true;", "            continue;", "        }"]
-    out += [f'        return std::string("{c.name}: unknown field ") + std::string(name);', "    }",
-            f"    for (int32_t i = 0; i < {c.name}Info::kNbFields; ++i)",
-            "        if (!seen[i])",
-            f'            return std::string("{c.name}: missing field ") + {c.name}Info::kFieldNames[i];']
+            f"    std::string const wrong = parseFields<{c.name}Info>(entries, count, out,",
+            f"        [](auto& fields, auto&& visit) {{ visit{s}(fields, visit); }});",
+            "    if (!wrong.empty())", "        return wrong;"]
     for rule in c.rules:
         out += [f"    if ({_rule_broken(rule)})", f'        return "{c.name}: {rule.why}";']
     out += ['    return "";', "}", "",
@@ -168,12 +195,7 @@ def _plugin(c: PluginContract) -> list[str]:
             out.append(f"        in.port[in.count] = {i};")
             out.append(f"        in.{p.name} = in.count++;")
             out.append("    }")
-    out += ["    return in;", "}", "",
-            "// Calls visit(name, field) for every field, in the contract's order.",
-            "template <typename Visitor>",
-            f"inline void visit{s}({s}& f, Visitor&& visit)", "{"]
-    out += [f'    visit("{f.name}", f.{f.name});' for f in c.fields]
-    out += ["}", ""]
+    out += ["    return in;", "}", ""]
     return out
 
 
@@ -207,6 +229,7 @@ def generate() -> str:
         "// Channels per group of the FP4 and UINT4 activation quantizers (exporter/kernels/layout.py).",
         f"constexpr int32_t kFp4ActGroup = {FP4_GROUP};", f"constexpr int32_t kInt4ActGroup = {INT4_GROUP};", "",
         *_enums(),
+        *_field_parser(),
     ]
     for c in contracts:
         lines += _plugin(c)

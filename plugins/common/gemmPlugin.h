@@ -437,8 +437,8 @@ public:
     {
         for (int32_t i = 0; i < Info::kNbFields; ++i)
         {
-            bool const text = Info::kFieldTypes[i] == FieldType::kChar;
-            mFieldNames.emplace_back(Info::kFieldNames[i], nullptr,
+            bool const text = Info::kFieldSpecs[i].type == FieldType::kChar;
+            mFieldNames.emplace_back(Info::kFieldSpecs[i].name, nullptr,
                 text ? nvinfer1::PluginFieldType::kCHAR : nvinfer1::PluginFieldType::kINT32, 1);
         }
         mCollection.nbFields = static_cast<int32_t>(mFieldNames.size());

@@ -55,6 +55,11 @@ inline char const* toString(ActMode value)
     return "";
 }
 
+inline void assignField(ActMode& field, FieldView const& e)
+{
+    parseActMode(e.text(), field);
+}
+
 enum class ActFormat : int32_t { kNone = 0, kInt8 = 1, kFp4e2m1 = 2, kUint4 = 3, kFp4e2m1Hadamard = 4 };
 
 inline bool parseActFormat(std::string_view text, ActFormat& out)
@@ -80,6 +85,11 @@ inline char const* toString(ActFormat value)
     return "";
 }
 
+inline void assignField(ActFormat& field, FieldView const& e)
+{
+    parseActFormat(e.text(), field);
+}
+
 enum class WeightFormat : int32_t { kE2m1 = 0, kE3m0 = 1, kE1m2 = 2 };
 
 inline bool parseWeightFormat(std::string_view text, WeightFormat& out)
@@ -101,6 +111,84 @@ inline char const* toString(WeightFormat value)
     return "";
 }
 
+inline void assignField(WeightFormat& field, FieldView const& e)
+{
+    parseWeightFormat(e.text(), field);
+}
+
+// What a field may be: an int32 within bounds (maximum 0: none), a multiple of multipleOf and,
+// when values are listed, one of them; or one of the listed texts. rule says it in words.
+struct FieldSpec
+{
+    char const* name;
+    FieldType type;
+    int32_t minimum;
+    int32_t maximum;
+    int32_t multipleOf;
+    int32_t nbValues;
+    int32_t values[2];
+    int32_t nbChoices;
+    char const* choices[3];
+    char const* rule;
+
+    bool allows(int32_t v) const
+    {
+        bool listed = nbValues == 0;
+        for (int32_t i = 0; i < nbValues; ++i)
+            listed = listed || v == values[i];
+        return listed && v >= minimum && (maximum == 0 || v <= maximum) && v % multipleOf == 0;
+    }
+
+    bool allows(std::string_view text) const
+    {
+        for (int32_t i = 0; i < nbChoices; ++i)
+            if (text == choices[i])
+                return true;
+        return false;
+    }
+};
+
+inline void assignField(int32_t& field, FieldView const& e)
+{
+    field = *static_cast<int32_t const*>(e.data);
+}
+
+// Reads Info's fields into out (visitFields(out, visit) calls visit(name, field) for each);
+// returns an empty string or what is wrong.
+template <typename Info, typename Fields, typename VisitFields>
+inline std::string parseFields(FieldView const* entries, int32_t count, Fields& out, VisitFields&& visitFields)
+{
+    bool seen[Info::kNbFields] = {};
+    for (int32_t i = 0; i < count; ++i)
+    {
+        FieldView const& e = entries[i];
+        std::string_view const name(e.name);
+        int32_t k = 0;
+        while (k < Info::kNbFields && name != Info::kFieldSpecs[k].name)
+            ++k;
+        if (k == Info::kNbFields)
+            return std::string(Info::kName) + ": unknown field " + std::string(name);
+        FieldSpec const& spec = Info::kFieldSpecs[k];
+        std::string const must = std::string(Info::kName) + ": field " + spec.name + " must be ";
+        if (spec.type == FieldType::kInt32 && (e.type != FieldType::kInt32 || e.length != 1))
+            return must + "one int32";
+        bool const allowed = spec.type == FieldType::kInt32
+            ? spec.allows(*static_cast<int32_t const*>(e.data))
+            : e.type == FieldType::kChar && spec.allows(e.text());
+        if (!allowed)
+            return must + spec.rule;
+        visitFields(out, [&](char const* field, auto& value) {
+            if (name == field)
+                assignField(value, e);
+        });
+        seen[k] = true;
+    }
+    for (int32_t k = 0; k < Info::kNbFields; ++k)
+        if (!seen[k])
+            return std::string(Info::kName) + ": missing field " + Info::kFieldSpecs[k].name;
+    return "";
+}
+
 // ---- DitIntGemm ----
 // INT8 or INT4 weights with a float scale per output channel (INT4: times an integer factor 1..16
 // per group, two-level scales), INT8 activations with one scale per token (static per timestep
@@ -116,8 +204,14 @@ struct DitIntGemmInfo
     // Compute capability (major * 10 + minor) the plugin's kernels need at least.
     static constexpr int32_t kMinArch = 0;
     static constexpr int32_t kNbFields = 6;
-    static constexpr char const* kFieldNames[kNbFields] = {"in_features", "out_features", "weight_bits", "act_mode", "act_format", "has_bias"};
-    static constexpr FieldType kFieldTypes[kNbFields] = {FieldType::kInt32, FieldType::kInt32, FieldType::kInt32, FieldType::kChar, FieldType::kChar, FieldType::kInt32};
+    static constexpr FieldSpec kFieldSpecs[kNbFields] = {
+        {"in_features", FieldType::kInt32, 16, 0, 16, 0, {}, 0, {}, "an integer >= 16, a multiple of 16"},
+        {"out_features", FieldType::kInt32, 16, 0, 16, 0, {}, 0, {}, "an integer >= 16, a multiple of 16"},
+        {"weight_bits", FieldType::kInt32, 0, 0, 1, 2, {4, 8}, 0, {}, "one of 4, 8"},
+        {"act_mode", FieldType::kChar, 0, 0, 1, 0, {}, 3, {"none", "static", "dynamic"}, "one of none, static, dynamic"},
+        {"act_format", FieldType::kChar, 0, 0, 1, 0, {}, 3, {"none", "int8", "uint4"}, "one of none, int8, uint4"},
+        {"has_bias", FieldType::kInt32, 0, 0, 1, 2, {0, 1}, 0, {}, "one of 0, 1"},
+    };
     static constexpr int32_t kMaxInputs = 8;
     static constexpr char const* kInputNames[kMaxInputs] = {"x", "weight", "weight_factor", "weight_scale", "act_scale_table", "act_groups", "timestep_bucket", "bias"};
     static constexpr PortType kInputTypes[kMaxInputs] = {PortType::kFloat16, PortType::kInt8, PortType::kInt8, PortType::kFloat32, PortType::kFloat32, PortType::kInt8, PortType::kInt64, PortType::kFloat32};
@@ -145,79 +239,25 @@ struct DitIntGemmFields
     int32_t has_bias{};
 };
 
+// Calls visit(name, field) for every field, in the contract's order.
+template <typename Visitor>
+inline void visitDitIntGemmFields(DitIntGemmFields& f, Visitor&& visit)
+{
+    visit("in_features", f.in_features);
+    visit("out_features", f.out_features);
+    visit("weight_bits", f.weight_bits);
+    visit("act_mode", f.act_mode);
+    visit("act_format", f.act_format);
+    visit("has_bias", f.has_bias);
+}
+
 // Reads the fields from (name, type, data, length) entries; returns an empty string or what is wrong.
 inline std::string parseDitIntGemmFields(FieldView const* entries, int32_t count, DitIntGemmFields& out)
 {
-    bool seen[DitIntGemmInfo::kNbFields] = {};
-    for (int32_t i = 0; i < count; ++i)
-    {
-        FieldView const& e = entries[i];
-        std::string_view name(e.name);
-        if (name == "in_features")
-        {
-            if (e.type != FieldType::kInt32 || e.length != 1)
-                return "DitIntGemm: field in_features must be one int32";
-            int32_t const v = *static_cast<int32_t const*>(e.data);
-            if (v < 16 || v % 16 != 0)
-                return "DitIntGemm: field in_features must be an integer >= 16, a multiple of 16";
-            out.in_features = v;
-            seen[0] = true;
-            continue;
-        }
-        if (name == "out_features")
-        {
-            if (e.type != FieldType::kInt32 || e.length != 1)
-                return "DitIntGemm: field out_features must be one int32";
-            int32_t const v = *static_cast<int32_t const*>(e.data);
-            if (v < 16 || v % 16 != 0)
-                return "DitIntGemm: field out_features must be an integer >= 16, a multiple of 16";
-            out.out_features = v;
-            seen[1] = true;
-            continue;
-        }
-        if (name == "weight_bits")
-        {
-            if (e.type != FieldType::kInt32 || e.length != 1)
-                return "DitIntGemm: field weight_bits must be one int32";
-            int32_t const v = *static_cast<int32_t const*>(e.data);
-            if (v < 0 || !(v == 4 || v == 8))
-                return "DitIntGemm: field weight_bits must be one of 4, 8";
-            out.weight_bits = v;
-            seen[2] = true;
-            continue;
-        }
-        if (name == "act_mode")
-        {
-            if (e.type != FieldType::kChar || !(e.text() == "none" || e.text() == "static" || e.text() == "dynamic")
-                || !parseActMode(e.text(), out.act_mode))
-                return "DitIntGemm: field act_mode must be one of none, static, dynamic";
-            seen[3] = true;
-            continue;
-        }
-        if (name == "act_format")
-        {
-            if (e.type != FieldType::kChar || !(e.text() == "none" || e.text() == "int8" || e.text() == "uint4")
-                || !parseActFormat(e.text(), out.act_format))
-                return "DitIntGemm: field act_format must be one of none, int8, uint4";
-            seen[4] = true;
-            continue;
-        }
-        if (name == "has_bias")
-        {
-            if (e.type != FieldType::kInt32 || e.length != 1)
-                return "DitIntGemm: field has_bias must be one int32";
-            int32_t const v = *static_cast<int32_t const*>(e.data);
-            if (v < 0 || !(v == 0 || v == 1))
-                return "DitIntGemm: field has_bias must be one of 0, 1";
-            out.has_bias = v;
-            seen[5] = true;
-            continue;
-        }
-        return std::string("DitIntGemm: unknown field ") + std::string(name);
-    }
-    for (int32_t i = 0; i < DitIntGemmInfo::kNbFields; ++i)
-        if (!seen[i])
-            return std::string("DitIntGemm: missing field ") + DitIntGemmInfo::kFieldNames[i];
+    std::string const wrong = parseFields<DitIntGemmInfo>(entries, count, out,
+        [](auto& fields, auto&& visit) { visitDitIntGemmFields(fields, visit); });
+    if (!wrong.empty())
+        return wrong;
     if ((out.act_mode == ActMode::kNone) && (!(out.act_format == ActFormat::kNone)))
         return "DitIntGemm: act_mode none takes act_format none";
     if ((out.act_mode == ActMode::kDynamic) && (!(out.act_format == ActFormat::kInt8)))
@@ -296,18 +336,6 @@ inline DitIntGemmInputs ditIntGemmInputs(DitIntGemmFields const& f)
     return in;
 }
 
-// Calls visit(name, field) for every field, in the contract's order.
-template <typename Visitor>
-inline void visitDitIntGemmFields(DitIntGemmFields& f, Visitor&& visit)
-{
-    visit("in_features", f.in_features);
-    visit("out_features", f.out_features);
-    visit("weight_bits", f.weight_bits);
-    visit("act_mode", f.act_mode);
-    visit("act_format", f.act_format);
-    visit("has_bias", f.has_bias);
-}
-
 // ---- DitFp4Gemm ----
 // FP4 weights on power-of-two groups: W[n, k] = s[n] 2^t[n, g] v[n, k] with v an FP4 value and g =
 // k / 32, exact E4M3 operands v 2^t; FP4 E2M1 activations on fine groups of 32 channels, a float
@@ -324,8 +352,15 @@ struct DitFp4GemmInfo
     // Compute capability (major * 10 + minor) the plugin's kernels need at least.
     static constexpr int32_t kMinArch = 89;
     static constexpr int32_t kNbFields = 7;
-    static constexpr char const* kFieldNames[kNbFields] = {"in_features", "out_features", "weight_bits", "weight_format", "act_mode", "act_format", "has_bias"};
-    static constexpr FieldType kFieldTypes[kNbFields] = {FieldType::kInt32, FieldType::kInt32, FieldType::kInt32, FieldType::kChar, FieldType::kChar, FieldType::kChar, FieldType::kInt32};
+    static constexpr FieldSpec kFieldSpecs[kNbFields] = {
+        {"in_features", FieldType::kInt32, 16, 0, 16, 0, {}, 0, {}, "an integer >= 16, a multiple of 16"},
+        {"out_features", FieldType::kInt32, 16, 0, 16, 0, {}, 0, {}, "an integer >= 16, a multiple of 16"},
+        {"weight_bits", FieldType::kInt32, 0, 0, 1, 2, {4, 8}, 0, {}, "one of 4, 8"},
+        {"weight_format", FieldType::kChar, 0, 0, 1, 0, {}, 3, {"e2m1", "e3m0", "e1m2"}, "one of e2m1, e3m0, e1m2"},
+        {"act_mode", FieldType::kChar, 0, 0, 1, 0, {}, 2, {"none", "dynamic"}, "one of none, dynamic"},
+        {"act_format", FieldType::kChar, 0, 0, 1, 0, {}, 3, {"none", "fp4e2m1", "fp4e2m1_hadamard"}, "one of none, fp4e2m1, fp4e2m1_hadamard"},
+        {"has_bias", FieldType::kInt32, 0, 0, 1, 2, {0, 1}, 0, {}, "one of 0, 1"},
+    };
     static constexpr int32_t kMaxInputs = 5;
     static constexpr char const* kInputNames[kMaxInputs] = {"x", "weight", "weight_offset", "weight_scale", "bias"};
     static constexpr PortType kInputTypes[kMaxInputs] = {PortType::kFloat16, PortType::kInt8, PortType::kInt8, PortType::kFloat32, PortType::kFloat32};
@@ -355,87 +390,26 @@ struct DitFp4GemmFields
     int32_t has_bias{};
 };
 
+// Calls visit(name, field) for every field, in the contract's order.
+template <typename Visitor>
+inline void visitDitFp4GemmFields(DitFp4GemmFields& f, Visitor&& visit)
+{
+    visit("in_features", f.in_features);
+    visit("out_features", f.out_features);
+    visit("weight_bits", f.weight_bits);
+    visit("weight_format", f.weight_format);
+    visit("act_mode", f.act_mode);
+    visit("act_format", f.act_format);
+    visit("has_bias", f.has_bias);
+}
+
 // Reads the fields from (name, type, data, length) entries; returns an empty string or what is wrong.
 inline std::string parseDitFp4GemmFields(FieldView const* entries, int32_t count, DitFp4GemmFields& out)
 {
-    bool seen[DitFp4GemmInfo::kNbFields] = {};
-    for (int32_t i = 0; i < count; ++i)
-    {
-        FieldView const& e = entries[i];
-        std::string_view name(e.name);
-        if (name == "in_features")
-        {
-            if (e.type != FieldType::kInt32 || e.length != 1)
-                return "DitFp4Gemm: field in_features must be one int32";
-            int32_t const v = *static_cast<int32_t const*>(e.data);
-            if (v < 16 || v % 16 != 0)
-                return "DitFp4Gemm: field in_features must be an integer >= 16, a multiple of 16";
-            out.in_features = v;
-            seen[0] = true;
-            continue;
-        }
-        if (name == "out_features")
-        {
-            if (e.type != FieldType::kInt32 || e.length != 1)
-                return "DitFp4Gemm: field out_features must be one int32";
-            int32_t const v = *static_cast<int32_t const*>(e.data);
-            if (v < 16 || v % 16 != 0)
-                return "DitFp4Gemm: field out_features must be an integer >= 16, a multiple of 16";
-            out.out_features = v;
-            seen[1] = true;
-            continue;
-        }
-        if (name == "weight_bits")
-        {
-            if (e.type != FieldType::kInt32 || e.length != 1)
-                return "DitFp4Gemm: field weight_bits must be one int32";
-            int32_t const v = *static_cast<int32_t const*>(e.data);
-            if (v < 0 || !(v == 4 || v == 8))
-                return "DitFp4Gemm: field weight_bits must be one of 4, 8";
-            out.weight_bits = v;
-            seen[2] = true;
-            continue;
-        }
-        if (name == "weight_format")
-        {
-            if (e.type != FieldType::kChar || !(e.text() == "e2m1" || e.text() == "e3m0" || e.text() == "e1m2")
-                || !parseWeightFormat(e.text(), out.weight_format))
-                return "DitFp4Gemm: field weight_format must be one of e2m1, e3m0, e1m2";
-            seen[3] = true;
-            continue;
-        }
-        if (name == "act_mode")
-        {
-            if (e.type != FieldType::kChar || !(e.text() == "none" || e.text() == "dynamic")
-                || !parseActMode(e.text(), out.act_mode))
-                return "DitFp4Gemm: field act_mode must be one of none, dynamic";
-            seen[4] = true;
-            continue;
-        }
-        if (name == "act_format")
-        {
-            if (e.type != FieldType::kChar || !(e.text() == "none" || e.text() == "fp4e2m1" || e.text() == "fp4e2m1_hadamard")
-                || !parseActFormat(e.text(), out.act_format))
-                return "DitFp4Gemm: field act_format must be one of none, fp4e2m1, fp4e2m1_hadamard";
-            seen[5] = true;
-            continue;
-        }
-        if (name == "has_bias")
-        {
-            if (e.type != FieldType::kInt32 || e.length != 1)
-                return "DitFp4Gemm: field has_bias must be one int32";
-            int32_t const v = *static_cast<int32_t const*>(e.data);
-            if (v < 0 || !(v == 0 || v == 1))
-                return "DitFp4Gemm: field has_bias must be one of 0, 1";
-            out.has_bias = v;
-            seen[6] = true;
-            continue;
-        }
-        return std::string("DitFp4Gemm: unknown field ") + std::string(name);
-    }
-    for (int32_t i = 0; i < DitFp4GemmInfo::kNbFields; ++i)
-        if (!seen[i])
-            return std::string("DitFp4Gemm: missing field ") + DitFp4GemmInfo::kFieldNames[i];
+    std::string const wrong = parseFields<DitFp4GemmInfo>(entries, count, out,
+        [](auto& fields, auto&& visit) { visitDitFp4GemmFields(fields, visit); });
+    if (!wrong.empty())
+        return wrong;
     if ((out.act_mode == ActMode::kNone) && (!(out.act_format == ActFormat::kNone)))
         return "DitFp4Gemm: act_mode none takes act_format none";
     if ((out.act_mode == ActMode::kDynamic) && (!(out.act_format == ActFormat::kFp4e2m1 || out.act_format == ActFormat::kFp4e2m1Hadamard)))
@@ -490,19 +464,6 @@ inline DitFp4GemmInputs ditFp4GemmInputs(DitFp4GemmFields const& f)
     return in;
 }
 
-// Calls visit(name, field) for every field, in the contract's order.
-template <typename Visitor>
-inline void visitDitFp4GemmFields(DitFp4GemmFields& f, Visitor&& visit)
-{
-    visit("in_features", f.in_features);
-    visit("out_features", f.out_features);
-    visit("weight_bits", f.weight_bits);
-    visit("weight_format", f.weight_format);
-    visit("act_mode", f.act_mode);
-    visit("act_format", f.act_format);
-    visit("has_bias", f.has_bias);
-}
-
 // ---- DitVqGemm ----
 // Codebook weights (VQ4DiT): row n of W is K / D sub-vectors, sub-vector s the codeword indices[n,
 // s] of an FP16 codebook; FP16 activations: vq_gemm.
@@ -515,8 +476,13 @@ struct DitVqGemmInfo
     // Compute capability (major * 10 + minor) the plugin's kernels need at least.
     static constexpr int32_t kMinArch = 0;
     static constexpr int32_t kNbFields = 5;
-    static constexpr char const* kFieldNames[kNbFields] = {"in_features", "out_features", "codewords", "codeword_dim", "has_bias"};
-    static constexpr FieldType kFieldTypes[kNbFields] = {FieldType::kInt32, FieldType::kInt32, FieldType::kInt32, FieldType::kInt32, FieldType::kInt32};
+    static constexpr FieldSpec kFieldSpecs[kNbFields] = {
+        {"in_features", FieldType::kInt32, 16, 0, 16, 0, {}, 0, {}, "an integer >= 16, a multiple of 16"},
+        {"out_features", FieldType::kInt32, 16, 0, 16, 0, {}, 0, {}, "an integer >= 16, a multiple of 16"},
+        {"codewords", FieldType::kInt32, 2, 256, 1, 0, {}, 0, {}, "an integer >= 2 and <= 256"},
+        {"codeword_dim", FieldType::kInt32, 0, 0, 1, 2, {2, 4}, 0, {}, "one of 2, 4"},
+        {"has_bias", FieldType::kInt32, 0, 0, 1, 2, {0, 1}, 0, {}, "one of 0, 1"},
+    };
     static constexpr int32_t kMaxInputs = 4;
     static constexpr char const* kInputNames[kMaxInputs] = {"x", "indices", "codebook", "bias"};
     static constexpr PortType kInputTypes[kMaxInputs] = {PortType::kFloat16, PortType::kInt8, PortType::kFloat16, PortType::kFloat32};
@@ -538,74 +504,24 @@ struct DitVqGemmFields
     int32_t has_bias{};
 };
 
+// Calls visit(name, field) for every field, in the contract's order.
+template <typename Visitor>
+inline void visitDitVqGemmFields(DitVqGemmFields& f, Visitor&& visit)
+{
+    visit("in_features", f.in_features);
+    visit("out_features", f.out_features);
+    visit("codewords", f.codewords);
+    visit("codeword_dim", f.codeword_dim);
+    visit("has_bias", f.has_bias);
+}
+
 // Reads the fields from (name, type, data, length) entries; returns an empty string or what is wrong.
 inline std::string parseDitVqGemmFields(FieldView const* entries, int32_t count, DitVqGemmFields& out)
 {
-    bool seen[DitVqGemmInfo::kNbFields] = {};
-    for (int32_t i = 0; i < count; ++i)
-    {
-        FieldView const& e = entries[i];
-        std::string_view name(e.name);
-        if (name == "in_features")
-        {
-            if (e.type != FieldType::kInt32 || e.length != 1)
-                return "DitVqGemm: field in_features must be one int32";
-            int32_t const v = *static_cast<int32_t const*>(e.data);
-            if (v < 16 || v % 16 != 0)
-                return "DitVqGemm: field in_features must be an integer >= 16, a multiple of 16";
-            out.in_features = v;
-            seen[0] = true;
-            continue;
-        }
-        if (name == "out_features")
-        {
-            if (e.type != FieldType::kInt32 || e.length != 1)
-                return "DitVqGemm: field out_features must be one int32";
-            int32_t const v = *static_cast<int32_t const*>(e.data);
-            if (v < 16 || v % 16 != 0)
-                return "DitVqGemm: field out_features must be an integer >= 16, a multiple of 16";
-            out.out_features = v;
-            seen[1] = true;
-            continue;
-        }
-        if (name == "codewords")
-        {
-            if (e.type != FieldType::kInt32 || e.length != 1)
-                return "DitVqGemm: field codewords must be one int32";
-            int32_t const v = *static_cast<int32_t const*>(e.data);
-            if (v < 2 || v > 256)
-                return "DitVqGemm: field codewords must be an integer >= 2 and <= 256";
-            out.codewords = v;
-            seen[2] = true;
-            continue;
-        }
-        if (name == "codeword_dim")
-        {
-            if (e.type != FieldType::kInt32 || e.length != 1)
-                return "DitVqGemm: field codeword_dim must be one int32";
-            int32_t const v = *static_cast<int32_t const*>(e.data);
-            if (v < 0 || !(v == 2 || v == 4))
-                return "DitVqGemm: field codeword_dim must be one of 2, 4";
-            out.codeword_dim = v;
-            seen[3] = true;
-            continue;
-        }
-        if (name == "has_bias")
-        {
-            if (e.type != FieldType::kInt32 || e.length != 1)
-                return "DitVqGemm: field has_bias must be one int32";
-            int32_t const v = *static_cast<int32_t const*>(e.data);
-            if (v < 0 || !(v == 0 || v == 1))
-                return "DitVqGemm: field has_bias must be one of 0, 1";
-            out.has_bias = v;
-            seen[4] = true;
-            continue;
-        }
-        return std::string("DitVqGemm: unknown field ") + std::string(name);
-    }
-    for (int32_t i = 0; i < DitVqGemmInfo::kNbFields; ++i)
-        if (!seen[i])
-            return std::string("DitVqGemm: missing field ") + DitVqGemmInfo::kFieldNames[i];
+    std::string const wrong = parseFields<DitVqGemmInfo>(entries, count, out,
+        [](auto& fields, auto&& visit) { visitDitVqGemmFields(fields, visit); });
+    if (!wrong.empty())
+        return wrong;
     return "";
 }
 
@@ -640,17 +556,6 @@ inline DitVqGemmInputs ditVqGemmInputs(DitVqGemmFields const& f)
         in.bias = in.count++;
     }
     return in;
-}
-
-// Calls visit(name, field) for every field, in the contract's order.
-template <typename Visitor>
-inline void visitDitVqGemmFields(DitVqGemmFields& f, Visitor&& visit)
-{
-    visit("in_features", f.in_features);
-    visit("out_features", f.out_features);
-    visit("codewords", f.codewords);
-    visit("codeword_dim", f.codeword_dim);
-    visit("has_bias", f.has_bias);
 }
 
 } // namespace dit_export
