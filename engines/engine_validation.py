@@ -1,6 +1,6 @@
 """The quantized engine against the FP reference outputs that `dit-export validate` saved, with
 Polygraphy's TrtRunner and the same Comparator, tolerances and step weights as the ONNX
-validation (exporter/validate.py)."""
+validation (exporter/stages/validate.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Any
 from engines.tensorrt_support import load_plugin_library, require_tensorrt
 from exporter import artifacts
 from exporter.atomic import atomic_write_text
-from exporter.comparison import Tolerances, comparison
 from exporter.errors import UserError
+from exporter.onnx.comparison import Tolerances, comparison
 
 
 def saved_validation_files(out_dir: Path) -> tuple[Path, Path]:

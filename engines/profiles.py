@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from exporter.errors import UserError
-from exporter.export.onnx_graph import INPUT_NAMES
+from exporter.onnx.tracing import INPUT_NAMES
 
 Shape = tuple[int, ...]
 

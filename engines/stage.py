@@ -9,27 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engines.engine_builder import (
-    DEFAULT_OPTIMIZATION_LEVEL,
-    EngineSpec,
-    build_engine,
-    check_onnx,
-    trtexec_command,
-)
-from engines.engine_validation import (
-    polygraphy_command,
-    saved_validation_files,
-    validate_engine,
-)
+from engines.engine_builder import DEFAULT_OPTIMIZATION_LEVEL, EngineSpec, build_engine, check_onnx, trtexec_command
+from engines.engine_validation import polygraphy_command, saved_validation_files, validate_engine
 from engines.profiles import EngineProfile
-from engines.tensorrt_support import (
-    BUILD_PLUGINS,
-    PLUGIN_LIBRARY,
-    check_plugin_library,
-    tensorrt_missing,
-)
+from engines.tensorrt_support import BUILD_PLUGINS, PLUGIN_LIBRARY, check_plugin_library, tensorrt_missing
 from exporter import artifacts
-from exporter.comparison import Tolerances
+from exporter.onnx.comparison import Tolerances
 
 
 @dataclass(frozen=True)

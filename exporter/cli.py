@@ -11,10 +11,10 @@ import typer
 from exporter import artifacts
 from exporter.cli_options import CalibrationFlags, RecipeFlags, takes_options
 from exporter.errors import UserError
-from exporter.quant.granularity import SearchOptions
+from exporter.models.sampling import SamplerConfig
+from exporter.quant.methods.qdit_group_search import SearchOptions
 from exporter.quant.recipes import RECIPES
-from exporter.sampling import SamplerConfig
-from exporter.validate import REWRITE_ATOL
+from exporter.stages.validate import REWRITE_ATOL
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Quantize a Diffusion Transformer (DiT) and export it to ONNX and TensorRT.")
@@ -40,7 +40,7 @@ def sampler_from_options(loaded, sampler: Optional[str], steps: Optional[int], g
                          base=None):
     from dataclasses import replace
 
-    from exporter.model_loading import default_sampler
+    from exporter.models.loading import default_sampler
 
     base = base or default_sampler(loaded)
     overrides = {k: v for k, v in dict(kind=sampler, steps=steps, guidance_scale=guidance).items() if v is not None}
@@ -76,7 +76,7 @@ def recipe_from_options(flags: RecipeFlags):
 
 
 def calibration_options(flags: CalibrationFlags):
-    from exporter.calibrate import CalibrationOptions
+    from exporter.stages.calibrate import CalibrationOptions
 
     if flags.group_search and (flags.search_epochs < 1 or flags.search_population < 2 or flags.search_budget <= 0
                                or flags.search_samples < 2):
@@ -113,8 +113,8 @@ def calibrate(
     recipe_flags: RecipeFlags = None, calibration_flags: CalibrationFlags = None,
 ) -> None:
     """Calibrate and quantize a DiT; write the quantized checkpoint and SQNR / range reports."""
-    from exporter.calibrate import run_calibrate
-    from exporter.model_loading import default_sampler, load_dit
+    from exporter.models.loading import default_sampler, load_dit
+    from exporter.stages.calibrate import run_calibrate
 
     recipe = recipe_from_options(recipe_flags)
     loaded = load_dit(model)
@@ -136,7 +136,7 @@ def build(
     recipe_flags: RecipeFlags = None, calibration_flags: CalibrationFlags = None,
 ) -> None:
     """Run every stage of the pipeline that exists, writing artifacts and a build report."""
-    from exporter.build import run_build
+    from exporter.stages.build import run_build
 
     recipe = recipe_from_options(recipe_flags)
     run_build(model, recipe, out, checkpoint, eval_samples, seed,
@@ -153,8 +153,8 @@ def export_command(
                                                  help="weights in NAME.onnx.data (default: only over 2 GB)"),
 ) -> None:
     """Export the FP reference ONNX and the QDQ ONNX of a quantized checkpoint."""
-    from exporter.export.onnx_export import export_checkpoint
-    from exporter.model_loading import load_dit
+    from exporter.models.loading import load_dit
+    from exporter.stages.export import export_checkpoint
 
     result = export_checkpoint(checkpoint, load_dit(model), out, external_data)
     for key, value in result.items():
@@ -175,12 +175,12 @@ def validate(
 ) -> None:
     """Compare the exported graphs with Polygraphy in ONNX Runtime: QDQ vs the PyTorch simulated
     model (exporter check) and QDQ vs the FP reference (quantization error)."""
-    from exporter.comparison import Tolerances, worst
-    from exporter.model_loading import load_dit
+    from exporter.models.loading import load_dit
+    from exporter.models.sampling import validation_step_weights, validation_timesteps
+    from exporter.onnx.comparison import Tolerances, worst
     from exporter.quant.calibration import saved_calibration
     from exporter.quant.checkpoint import loaded_from_checkpoint
-    from exporter.sampling import validation_step_weights, validation_timesteps
-    from exporter.validate import run_validation
+    from exporter.stages.validate import run_validation
 
     tolerances = Tolerances(exporter_atol, exporter_stat, quantization_atol, quantization_stat)
     quantized, manifest = loaded_from_checkpoint(checkpoint, load_dit(model))
@@ -204,13 +204,13 @@ def rewrite(
     """Replace every quantized GEMM of the QDQ graph by a TensorRT plugin node: writes
     NAME.rewritten.onnx (with reference functions, runs in ONNX Runtime) and NAME.trt.onnx (for
     TensorRT), then compares the rewritten graph with the QDQ graph with Polygraphy."""
-    from exporter.comparison import worst
-    from exporter.model_loading import load_dit
+    from exporter.models.loading import load_dit
+    from exporter.models.sampling import validation_timesteps
+    from exporter.onnx.comparison import worst
     from exporter.quant.calibration import saved_calibration
     from exporter.quant.checkpoint import loaded_from_checkpoint, manifest_recipe, read_manifest
-    from exporter.rewrite.rewrite import check_deployable, run_rewrite
-    from exporter.sampling import validation_timesteps
-    from exporter.validate import run_rewrite_validation
+    from exporter.stages.rewrite import check_deployable, run_rewrite
+    from exporter.stages.validate import run_rewrite_validation
 
     check_deployable(manifest_recipe(read_manifest(checkpoint)))
     quantized, manifest = loaded_from_checkpoint(checkpoint, load_dit(model))
@@ -231,9 +231,9 @@ def _engine_context(checkpoint: Path, out: Path):
     """Precision, model config, validation timesteps and step weights of a checkpoint's build."""
     from types import SimpleNamespace
 
+    from exporter.models.sampling import validation_step_weights, validation_timesteps
     from exporter.quant.checkpoint import manifest_recipe, read_manifest
-    from exporter.rewrite.rewrite import check_deployable
-    from exporter.sampling import validation_step_weights, validation_timesteps
+    from exporter.stages.rewrite import check_deployable
 
     manifest = read_manifest(checkpoint)
     check_deployable(manifest_recipe(manifest))
@@ -260,7 +260,7 @@ def engine(
     validate the quantized one against the FP reference outputs with Polygraphy."""
     from engines.profiles import EngineProfile
     from engines.stage import plan_engines, run_engine_stage
-    from exporter.comparison import Tolerances
+    from exporter.onnx.comparison import Tolerances
 
     precision, config, timesteps, weights = _engine_context(checkpoint, out)
     tolerances = Tolerances(quantization_atol=quantization_atol, quantization_stat=quantization_stat)
@@ -325,8 +325,8 @@ def eval_command(
                                                      "(e.g. the FP model's fp_samples.safetensors) to compare with"),
 ) -> None:
     """Fidelity benchmark: sample N images with fixed seeds, score them, draw a grid."""
-    from exporter.evaluate import evaluate
-    from exporter.model_loading import load_dit
+    from exporter.models.loading import load_dit
+    from exporter.stages.evaluate import evaluate
 
     label = "fp"
     if checkpoint is not None:

@@ -21,7 +21,7 @@ from typing import Optional
 
 import typer
 
-from exporter.quant.granularity import SearchOptions
+from exporter.quant.methods.qdit_group_search import SearchOptions
 from exporter.quant.recipes import RECIPES
 
 PRECISION_HELP = f"{', '.join(RECIPES)} (dit-export precisions describes them)"

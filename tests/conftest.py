@@ -13,9 +13,9 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from exporter.model_loading import load_dit
+from exporter.models.loading import load_dit
+from exporter.models.sampling import SamplerConfig
 from exporter.quant.calibration import collect_calibration_set
-from exporter.sampling import SamplerConfig
 
 TINY_DIT = dict(num_attention_heads=2, attention_head_dim=16, in_channels=1, out_channels=1, num_layers=1,
                 sample_size=8, patch_size=2, num_embeds_ada_norm=10)

@@ -11,8 +11,8 @@ import subprocess
 
 import pytest
 
-from exporter.rewrite.contract import CONTRACTS, ENUMS, PluginContract
-from exporter.rewrite.header import HEADER
+from exporter.contract.header import HEADER
+from exporter.contract.plugin_contract import CONTRACTS, ENUMS, PluginContract
 
 HARNESS = r'''
 #include "dit_export/plugin_contract.h"

@@ -1,6 +1,6 @@
 import torch
 
-from exporter.digits import IMAGE_SIZE, load_digit_images, train_held_out_split
+from exporter.models.digits import IMAGE_SIZE, load_digit_images, train_held_out_split
 
 
 def test_digit_images_are_upsampled_in_model_range():

@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from exporter.errors import UserError
-from exporter.export.onnx_export import run_export
+from exporter.numerics.two_level import split_two_level
+from exporter.numerics.two_level_activations import ACT_GROUP_FACTORS
 from exporter.quant.checkpoint import load_checkpoint, save_checkpoint
-from exporter.quant.dilation import DILATED_INPUTS, channel_maxima, dilate_block
+from exporter.quant.methods.dilation import DILATED_INPUTS, channel_maxima, dilate_block
 from exporter.quant.quantize import quantize_model
 from exporter.quant.recipes import get_recipe
-from exporter.quant.two_level import split_two_level
-from exporter.quant.two_level_activations import ACT_GROUP_FACTORS
+from exporter.stages.export import run_export
 
 
 def _inputs(calib, n=32):

@@ -2,10 +2,10 @@
 
 import torch
 
-from exporter.embedded import EMBEDDED_SAMPLER
-from exporter.fidelity import DigitsJudge
-from exporter.model_loading import load_dit
-from exporter.sampling import balanced_labels, sample, sample_seeds
+from exporter.evaluation.fidelity import DigitsJudge
+from exporter.models.embedded import EMBEDDED_SAMPLER
+from exporter.models.loading import load_dit
+from exporter.models.sampling import balanced_labels, sample, sample_seeds
 
 
 def test_embedded_model_samples_are_recognised_at_90_percent():

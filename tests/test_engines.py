@@ -16,12 +16,12 @@ from engines.profiles import EngineProfile
 from engines.stage import plan_engines, run_engine_stage
 from engines.tensorrt_support import tensorrt_missing
 from exporter.errors import UserError
-from exporter.export.onnx_export import run_export
+from exporter.models.sampling import epsilon_step_weights
 from exporter.quant.quantize import quantize_model
 from exporter.quant.recipes import get_recipe
-from exporter.rewrite.rewrite import run_rewrite
-from exporter.sampling import epsilon_step_weights
-from exporter.validate import run_validation
+from exporter.stages.export import run_export
+from exporter.stages.rewrite import run_rewrite
+from exporter.stages.validate import run_validation
 from tests.conftest import SAMPLER
 
 ROOT = Path(__file__).resolve().parents[1]

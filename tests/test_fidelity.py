@@ -2,11 +2,11 @@ import numpy as np
 import pytest
 import torch
 
-from exporter.classifier import load_classifier
-from exporter.digits import load_digit_images, train_held_out_split
-from exporter.embedded import CLASSIFIER_FILE
 from exporter.errors import UserError
-from exporter.fidelity import DigitsJudge, FeatureStats, frechet_distance
+from exporter.evaluation.fidelity import DigitsJudge, FeatureStats, frechet_distance
+from exporter.models.classifier import load_classifier
+from exporter.models.digits import load_digit_images, train_held_out_split
+from exporter.models.embedded import CLASSIFIER_FILE
 
 
 def test_frechet_distance_matches_the_closed_form_for_gaussians():

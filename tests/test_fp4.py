@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from exporter.quant.fp4 import FP4_FORMATS, MAGNITUDES, Fp4Format
-from exporter.quant.primitives import choose_qparams, fake_quantize, sqnr_db
+from exporter.numerics.fp4 import FP4_FORMATS, MAGNITUDES, Fp4Format
+from exporter.numerics.primitives import choose_qparams, fake_quantize, sqnr_db
 
 
 @pytest.mark.parametrize("fmt", FP4_FORMATS, ids=lambda f: f.name)
@@ -48,7 +48,7 @@ def test_group_scaled_fp4_works_with_the_shared_primitives():
 
 
 def test_format_selection_follows_the_distribution():
-    from exporter.quant.hqdit import select_format
+    from exporter.quant.methods.hqdit import select_format
 
     gen = torch.Generator().manual_seed(0)
     gaussian = torch.randn(64, 128, generator=gen)
@@ -59,7 +59,7 @@ def test_format_selection_follows_the_distribution():
 
 
 def test_fp4_codes_through_quantize_and_dequantize():
-    from exporter.quant.primitives import dequantize, format_from_name, quantize
+    from exporter.numerics.primitives import dequantize, format_from_name, quantize
 
     w = torch.randn(16, 40, generator=torch.Generator().manual_seed(1))
     for fmt in FP4_FORMATS:

@@ -11,20 +11,14 @@ from onnx.reference import ReferenceEvaluator
 
 from exporter.artifacts import reference_onnx
 from exporter.errors import UserError
-from exporter.export.fp4_graph import (
-    FP4_OPSET,
-    decode_table,
-    fake_quantize,
-    needs_reference,
-    reference_graph,
-)
-from exporter.export.graph_builder import Builder
-from exporter.export.onnx_export import run_export
-from exporter.export.ort_check import session
-from exporter.quant.fp4 import FP4_FORMATS, Fp4Format
-from exporter.quant.packing import pack_int4
+from exporter.numerics.fp4 import FP4_FORMATS, Fp4Format
+from exporter.numerics.packing import pack_int4
+from exporter.onnx.fp4_graph import FP4_OPSET, decode_table, fake_quantize, needs_reference, reference_graph
+from exporter.onnx.graph_builder import Builder
+from exporter.onnx.ort_check import session
 from exporter.quant.quantize import quantize_model
 from exporter.quant.recipes import get_recipe
+from exporter.stages.export import run_export
 
 
 def _model(nodes, inputs, outputs, initializers=(), opset=FP4_OPSET) -> onnx.ModelProto:

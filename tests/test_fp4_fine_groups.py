@@ -1,4 +1,4 @@
-"""The fine activation grid of `fp4` (exporter/quant/fp4_fine_groups.py): its multipliers against
+"""The fine activation grid of `fp4` (exporter/numerics/fp4_fine_groups.py): its multipliers against
 E4M3 itself, the level choice against a brute-force search, and the ONNX subgraph (comparisons
 only) and the simulated quantizer against fp4_fine_groups.quantize / dequantize, exactly."""
 
@@ -8,13 +8,13 @@ import torch
 from onnx import TensorProto, helper
 from onnx.reference import ReferenceEvaluator
 
-from exporter.export.fp4_graph import FP4_OPSET, needs_reference, reference_graph
-from exporter.export.graph_builder import Builder
-from exporter.export.ort_check import session
-from exporter.export.qdq import _fine_group_activation, fine_group_scale
-from exporter.quant import fp4_fine_groups
-from exporter.quant.fp4 import MAGNITUDES
-from exporter.quant.fp4_groups import EXPONENTS, TINY
+from exporter.numerics import fp4_fine_groups
+from exporter.numerics.fp4 import MAGNITUDES
+from exporter.numerics.fp4_groups import EXPONENTS, TINY
+from exporter.onnx.fp4_graph import FP4_OPSET, needs_reference, reference_graph
+from exporter.onnx.graph_builder import Builder
+from exporter.onnx.ort_check import session
+from exporter.onnx.qdq import _fine_group_activation, fine_group_scale
 from exporter.quant.qlinear import FineGroupActivationQuant
 
 GROUP = 32
@@ -115,7 +115,7 @@ def test_fine_groups_come_within_a_few_per_cent_of_float_group_scales():
     """Squared error relative to FP32 group scales (max|x| / 6): power-of-two groups are about 19 %
     above them on these Gaussian groups, fine groups clipping at 6.5 about 11 % (at 7, 6 %: the
     Gaussian optimum is not the model's, fp4_fine_groups.py)."""
-    from exporter.quant import fp4_groups
+    from exporter.numerics import fp4_groups
 
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(512, 256, generator=gen) * torch.rand(512, 8, 1, generator=gen).expand(-1, -1, 32).reshape(512, 256)

@@ -7,15 +7,15 @@ import json
 import pytest
 import torch
 
-from exporter.calibrate import CalibrationOptions, run_calibrate
 from exporter.errors import UserError
-from exporter.quant import fp4_groups
+from exporter.numerics import fp4_groups
+from exporter.numerics.fp4 import FP4_FORMATS, Fp4Format
+from exporter.numerics.primitives import PER_CHANNEL, IntFormat, choose_qparams, dequantize, quantize, search_clip_ratio
 from exporter.quant.checkpoint import load_checkpoint
-from exporter.quant.fp4 import FP4_FORMATS, Fp4Format
-from exporter.quant.gptq import gptq_quantize
-from exporter.quant.primitives import PER_CHANNEL, IntFormat, choose_qparams, dequantize, quantize, search_clip_ratio
+from exporter.quant.methods.gptq import gptq_quantize
 from exporter.quant.qlinear import DynamicActivationQuant, FineGroupActivationQuant
 from exporter.quant.recipes import ActivationSpec, WeightSpec, get_recipe
+from exporter.stages.calibrate import CalibrationOptions, run_calibrate
 from tests.conftest import SAMPLER
 
 GROUP = 32

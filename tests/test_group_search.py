@@ -11,21 +11,21 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from exporter.calibrate import CalibrationOptions, run_calibrate
 from exporter.errors import UserError
-from exporter.export.onnx_export import run_export
-from exporter.fidelity import DigitsJudge, FeatureStats, frechet_distance
+from exporter.evaluation.fidelity import DigitsJudge, FeatureStats, frechet_distance
 from exporter.kernels.linear import QuantizedWeight, kernel_weights
 from exporter.kernels.variants import AOT_LAYOUTS
-from exporter.model_loading import load_dit
+from exporter.models.loading import load_dit
+from exporter.models.sampling import balanced_labels, sample, sample_seeds
+from exporter.numerics.primitives import PER_CHANNEL
+from exporter.numerics.two_level import split_two_level
 from exporter.quant.calibration import collect_calibration_set
 from exporter.quant.checkpoint import load_checkpoint
-from exporter.quant.granularity import SEED_RUN, GroupSearch, SearchOptions, evolve, mean_group
-from exporter.quant.primitives import PER_CHANNEL
+from exporter.quant.methods.qdit_group_search import SEED_RUN, GroupSearch, SearchOptions, evolve, mean_group
 from exporter.quant.recipes import get_recipe
-from exporter.quant.two_level import split_two_level
-from exporter.rewrite.rewrite import check_deployable, rewrite_graph
-from exporter.sampling import balanced_labels, sample, sample_seeds
+from exporter.stages.calibrate import CalibrationOptions, run_calibrate
+from exporter.stages.export import run_export
+from exporter.stages.rewrite import check_deployable, rewrite_graph
 from tests.conftest import SAMPLER, save_tiny_pipeline
 
 

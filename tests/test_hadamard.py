@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from exporter.quant.hadamard import block_size_for, hadamard_matrix, rotate, rotate_linear_weight
-from exporter.quant.primitives import IntFormat, choose_qparams, fake_quantize, sqnr_db
+from exporter.numerics.hadamard import block_size_for, hadamard_matrix, rotate, rotate_linear_weight
+from exporter.numerics.primitives import IntFormat, choose_qparams, fake_quantize, sqnr_db
 
 
 @pytest.mark.parametrize("n", [1, 2, 8, 128])

@@ -12,7 +12,7 @@ pytest.importorskip("triton", reason="the kernels are Triton kernels")
 
 from exporter.errors import UserError
 from exporter.kernels.linear import KernelLinear, use_kernels
-from exporter.model_loading import load_dit
+from exporter.models.loading import load_dit
 from exporter.quant.calibration import collect_calibration_set
 from exporter.quant.quantize import quantize_model
 from exporter.quant.recipes import get_recipe

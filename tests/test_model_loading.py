@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from exporter.errors import UserError
-from exporter.model_loading import load_dit
+from exporter.models.loading import load_dit
 from tests.conftest import save_tiny_pipeline
 
 

@@ -8,11 +8,11 @@ import onnx
 import pytest
 import torch
 
-from exporter.export.onnx_export import check_inputs, error_stats, fp_onnx, qdq_onnx
-from exporter.export.ort_check import run, session
-from exporter.model_loading import load_dit
+from exporter.models.loading import load_dit
+from exporter.onnx.ort_check import run, session
 from exporter.quant.quantize import quantize_model
 from exporter.quant.recipes import WeightSpec, get_recipe
+from exporter.stages.export import check_inputs, error_stats, fp_onnx, qdq_onnx
 from tests.conftest import SAMPLER
 
 RECIPES = {
@@ -108,7 +108,7 @@ def test_export_is_deterministic(tiny, calib):
 
 def test_external_data_round_trips_and_stays_inside_the_folder(tiny, calib, tmp_path):
     from exporter.errors import UserError
-    from exporter.export.onnx_files import check_external_data, load_onnx, write_onnx
+    from exporter.onnx.files import check_external_data, load_onnx, write_onnx
 
     qdit = quantize_model(tiny.transformer, get_recipe("w4a8"), calib, 1000, progress=False)
     inline = write_onnx(qdq_onnx(qdit), tmp_path / "inline" / "m.onnx")
@@ -138,7 +138,7 @@ def test_external_data_round_trips_and_stays_inside_the_folder(tiny, calib, tmp_
 
 
 def test_written_files_are_byte_identical(tiny, calib, tmp_path):
-    from exporter.export.onnx_files import write_onnx
+    from exporter.onnx.files import write_onnx
 
     qdit = quantize_model(tiny.transformer, get_recipe("w4a8"), calib, 1000, progress=False)
     a = write_onnx(qdq_onnx(qdit), tmp_path / "a" / "m.onnx", external_data=True)
@@ -166,9 +166,9 @@ def test_embedders_repeated_in_every_block_are_stored_once(tmp_path):
 def test_export_refuses_a_checkpoint_whose_manifest_does_not_match_its_tensors(tiny, calib, tmp_path):
     import json
 
-    from exporter.calibrate import CalibrationOptions, run_calibrate
     from exporter.errors import UserError
-    from exporter.export.onnx_export import export_checkpoint
+    from exporter.stages.calibrate import CalibrationOptions, run_calibrate
+    from exporter.stages.export import export_checkpoint
 
     run_calibrate(tiny, get_recipe("w4a8"), SAMPLER, CalibrationOptions(data=calib.save(tmp_path / "c")), tmp_path,
                   progress=False)

@@ -3,8 +3,18 @@ import math
 import pytest
 import torch
 
-from exporter.quant.primitives import (PER_CHANNEL, PER_TENSOR, IntFormat, choose_qparams, dequantize,
-                                       fake_quantize, num_groups, quantize, search_clip_ratio, sqnr_db)
+from exporter.numerics.primitives import (
+    PER_CHANNEL,
+    PER_TENSOR,
+    IntFormat,
+    choose_qparams,
+    dequantize,
+    fake_quantize,
+    num_groups,
+    quantize,
+    search_clip_ratio,
+    sqnr_db,
+)
 
 FORMATS = [IntFormat(8, True), IntFormat(8, False), IntFormat(4, True), IntFormat(4, False)]
 GROUPINGS = [PER_TENSOR, PER_CHANNEL, 32, 48, 128]
@@ -83,8 +93,8 @@ def test_bad_bit_width():
 
 
 def test_gptq_beats_round_to_nearest_on_the_layer_output():
-    from exporter.quant.gptq import HessianAccumulator, gptq_quantize
-    from exporter.quant.primitives import dequantize
+    from exporter.numerics.primitives import dequantize
+    from exporter.quant.methods.gptq import HessianAccumulator, gptq_quantize
 
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2048, 96, generator=gen) @ torch.randn(96, 96, generator=gen)  # correlated inputs
@@ -93,7 +103,7 @@ def test_gptq_beats_round_to_nearest_on_the_layer_output():
     for chunk in x.split(500):
         acc.add(chunk)
     torch.testing.assert_close(acc.h, 2 * x.double().T @ x.double() / len(x), rtol=1e-4, atol=1e-4)
-    from exporter.quant.fp4 import Fp4Format
+    from exporter.numerics.fp4 import Fp4Format
 
     for fmt, g in [(IntFormat(4), 32), (IntFormat(4, symmetric=False), 40), (IntFormat(3), PER_CHANNEL),
                    (Fp4Format("e2m1"), 32), (Fp4Format("e3m0"), 16)]:
@@ -109,7 +119,7 @@ def test_gptq_beats_round_to_nearest_on_the_layer_output():
 @pytest.mark.parametrize("k", [1, 7, 64])
 @pytest.mark.parametrize("signed", [True, False])
 def test_int4_packing_round_trips_in_onnx_nibble_order(k, signed):
-    from exporter.quant.packing import pack_int4, unpack_int4
+    from exporter.numerics.packing import pack_int4, unpack_int4
 
     lo, hi = (-8, 8) if signed else (0, 16)
     codes = torch.randint(lo, hi, (3, k), generator=torch.Generator().manual_seed(k))
@@ -122,7 +132,7 @@ def test_int4_packing_round_trips_in_onnx_nibble_order(k, signed):
 
 
 def test_fp8_e4m3_fake_quant_rounds_to_the_fp8_grid_and_saturates():
-    from exporter.quant.primitives import Fp8E4M3Format, format_from_name
+    from exporter.numerics.primitives import Fp8E4M3Format, format_from_name
 
     fmt = Fp8E4M3Format()
     x = torch.tensor([[0.0, 1.0, 1.0625, 1.1, -3.3, 500.0, -1000.0, 0.001]])
@@ -136,7 +146,7 @@ def test_fp8_e4m3_fake_quant_rounds_to_the_fp8_grid_and_saturates():
 
 
 def test_hessians_of_layers_fed_one_input_share_its_product():
-    from exporter.quant.gptq import HessianAccumulator, SharedProducts
+    from exporter.quant.methods.gptq import HessianAccumulator, SharedProducts
 
     x = torch.randn(3, 10, 8, generator=torch.Generator().manual_seed(1))
     shared = SharedProducts()

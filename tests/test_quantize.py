@@ -5,17 +5,17 @@ import json
 import pytest
 import torch
 
-from exporter.calibrate import CalibrationOptions, run_calibrate
 from exporter.errors import UserError
-from exporter.model_loading import load_dit
+from exporter.models.loading import load_dit
+from exporter.numerics.primitives import sqnr_db
 from exporter.quant.calibration import CalibrationSet
 from exporter.quant.checkpoint import load_checkpoint, loaded_from_checkpoint
 from exporter.quant.policy import LayerPolicy, linear_roles
-from exporter.quant.primitives import sqnr_db
 from exporter.quant.qlinear import DynamicActivationQuant, FineGroupActivationQuant, StaticActivationQuant
 from exporter.quant.quantize import quantize_model
 from exporter.quant.quantized_model import TimestepBuckets
 from exporter.quant.recipes import RECIPES, get_recipe
+from exporter.stages.calibrate import CalibrationOptions, run_calibrate
 from tests.conftest import SAMPLER, save_tiny_pipeline
 
 
@@ -150,7 +150,7 @@ def test_unknown_precision_lists_the_valid_ones():
 
 
 def test_fp4_weights_take_a_format_per_layer(tiny, calib):
-    from exporter.quant.fp4 import Fp4Format
+    from exporter.numerics.fp4 import Fp4Format
 
     q = quantize_model(tiny.transformer, get_recipe("w4a8-fp4"), calib, 1000, progress=False)
     formats = {layer.fmt for layer in q.quant_linears().values()}
@@ -168,7 +168,7 @@ def test_a_fixed_hadamard_block_rotates_the_quantized_activations_groups_only(ti
 def test_hadamard_rotation_keeps_the_layer_and_is_stored(tiny, calib, tmp_path):
     from dataclasses import replace
 
-    from exporter.quant.hadamard import rotate
+    from exporter.numerics.hadamard import rotate
 
     recipe = replace(get_recipe("w8a8"), hadamard=True)
     q = quantize_model(tiny.transformer, recipe, calib, 1000, progress=False)

@@ -11,22 +11,22 @@ import pytest
 import torch
 from onnx import TensorProto, numpy_helper
 
+from exporter.contract.header import HEADER, generate
+from exporter.contract.plugin_contract import CONTRACTS, DOMAIN, FP4_GEMM, INT_GEMM
 from exporter.errors import UserError
-from exporter.export.onnx_export import check_inputs, fp_onnx, qdq_onnx
-from exporter.export.onnx_files import write_onnx
-from exporter.export.ort_check import session
 from exporter.kernels.linear import QuantizedWeight, activation_kind, kernel_weights
 from exporter.kernels.variants import AOT_LAYOUTS
-from exporter.model_loading import load_dit
+from exporter.models.loading import load_dit
+from exporter.numerics.packing import pack_int4
+from exporter.numerics.two_level_activations import kernel_tables
+from exporter.onnx.files import write_onnx
+from exporter.onnx.ort_check import session
 from exporter.quant.calibration import collect_calibration_set
-from exporter.quant.packing import pack_int4
 from exporter.quant.quantize import quantize_model
 from exporter.quant.recipes import DEPLOY_INSTEAD, get_recipe
-from exporter.quant.two_level_activations import kernel_tables
-from exporter.rewrite.contract import CONTRACTS, DOMAIN, FP4_GEMM, INT_GEMM
-from exporter.rewrite.header import HEADER, generate
-from exporter.rewrite.rewrite import check_deployable, rewrite_graph, run_rewrite
-from exporter.validate import run_rewrite_validation
+from exporter.stages.export import check_inputs, fp_onnx, qdq_onnx
+from exporter.stages.rewrite import check_deployable, rewrite_graph, run_rewrite
+from exporter.stages.validate import run_rewrite_validation
 from tests.conftest import SAMPLER, save_tiny_pipeline
 
 PRECISIONS = ["w8a8", "w4a8", "w4a8-naive", "w4a4", "fp4", "vq3", "vq2"]  # the deployable ones
@@ -276,7 +276,7 @@ def test_contract_rejects_fields_that_do_not_fit():
 
 
 def test_generated_header_is_current():
-    assert HEADER.read_text() == generate(), "run: python -m exporter.rewrite.header > " + str(HEADER)
+    assert HEADER.read_text() == generate(), "run: python -m exporter.contract.header > " + str(HEADER)
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="no C++ compiler")

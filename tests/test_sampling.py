@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from exporter.errors import UserError
-from exporter.model_loading import load_dit
-from exporter.sampling import SamplerConfig, balanced_labels, guided_epsilon, sample, sampler_timesteps
+from exporter.models.loading import load_dit
+from exporter.models.sampling import SamplerConfig, balanced_labels, guided_epsilon, sample, sampler_timesteps
 from tests.conftest import save_tiny_pipeline
 
 DDIM_4 = SamplerConfig(kind="ddim", steps=4, guidance_scale=2.0)

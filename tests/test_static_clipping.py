@@ -3,8 +3,8 @@ data, per timestep bucket and channel group, and the least-error ratio is kept."
 
 import torch
 
-from exporter.quant.primitives import IntFormat, qparams_from_range
-from exporter.quant.static_clipping import RATIOS, ClipSearch
+from exporter.numerics.primitives import IntFormat, qparams_from_range
+from exporter.quant.methods.static_clipping import RATIOS, ClipSearch
 
 
 def _error(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, fmt: IntFormat) -> float:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from exporter.kernels import swar
-from exporter.quant import fp4_groups
+from exporter.numerics import fp4_groups
 
 BYTES = np.arange(256, dtype=np.uint32)
 # every byte value in every byte position, with different neighbours in the other positions

@@ -24,6 +24,6 @@ def test_same_seed_same_weights_other_seed_other_weights(tmp_path):
     train(tmp_path / "c", 1)
     assert weights(tmp_path / "a") == weights(tmp_path / "b")
     assert all(x != y for x, y in zip(weights(tmp_path / "a"), weights(tmp_path / "c")))
-    from exporter.model_loading import load_dit
+    from exporter.models.loading import load_dit
 
     assert load_dit(str(tmp_path / "a" / "embedded_dit")).transformer.config.num_layers == 4

@@ -15,11 +15,11 @@ from exporter.kernels.activation_quant import quantize_rows
 from exporter.kernels.fp8_gemm import Fp8Weights, fp8_gemm
 from exporter.kernels.int8_gemm import Int8Weights, Tiles, int8_gemm, pack_int4_chunks, unpack_int4_chunks
 from exporter.kernels.vq_gemm import VqWeights, vq_gemm
-from exporter.quant import fp4_fine_groups, fp4_groups, two_level_activations
-from exporter.quant.hadamard import rotate
-from exporter.quant.primitives import PER_CHANNEL, Fp8E4M3Format, IntFormat, choose_qparams, quantize
+from exporter.numerics import fp4_fine_groups, fp4_groups, two_level_activations
+from exporter.numerics.hadamard import rotate
+from exporter.numerics.primitives import PER_CHANNEL, Fp8E4M3Format, IntFormat, choose_qparams, quantize
+from exporter.numerics.vq import pack_indices
 from exporter.quant.qlinear import StaticActivationQuant, TimestepContext
-from exporter.quant.vq import pack_indices
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SMALL = Tiles(32, 32, 64)  # several tiles and K steps even at small shapes
@@ -226,7 +226,7 @@ def test_fp4_group_codes_at_the_grid_edges():
 
 @pytest.mark.parametrize("m,k", [(1, 32), (77, 256), (3, 1152), (4, 2048 + 64)])
 def test_rotated_fp4_group_codes_are_the_rotation_then_the_grid(m, k):
-    """fp4_hadamard rotates each group of 32 by exporter/quant/hadamard.py's butterflies, in the
+    """fp4_hadamard rotates each group of 32 by exporter/numerics/hadamard.py's butterflies, in the
     same float32 order, before the fine-group grid: the codes and scales agree to the bit."""
     from tests.test_fp4_fine_groups import _activation_inputs
 

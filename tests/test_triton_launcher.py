@@ -108,9 +108,9 @@ def test_embedded_source_is_deterministic_and_holds_every_image(built, tmp_path)
 
 
 def test_fp4_formats_are_in_one_order_in_python_the_launcher_and_the_contract():
+    from exporter.contract.plugin_contract import ENUMS
     from exporter.kernels.variants import FP4_KINDS
-    from exporter.quant.fp4_groups import EXPONENTS
-    from exporter.rewrite.contract import ENUMS
+    from exporter.numerics.fp4_groups import EXPONENTS
 
     header = (ROOT / "plugins" / "kernels" / "tritonLauncher.h").read_text()
     launcher = {int(i): kind.lower() for kind, i in re.findall(r"DIT_TRITON_FP4_(\w+) = (\d)", header)}

@@ -8,13 +8,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from exporter.calibrate import CalibrationOptions, run_calibrate
 from exporter.errors import UserError
-from exporter.quant.checkpoint import load_checkpoint
-from exporter.quant.gptq import gptq_quantize
-from exporter.quant.primitives import PER_CHANNEL, IntFormat, choose_qparams, dequantize, quantize
-from exporter.quant.recipes import RECIPES, WeightSpec, get_recipe
-from exporter.quant.two_level import (
+from exporter.numerics.primitives import PER_CHANNEL, IntFormat, choose_qparams, dequantize, quantize
+from exporter.numerics.two_level import (
     INT4_GROUP_FACTORS,
     clear_low_mantissa,
     row_scales,
@@ -22,6 +18,10 @@ from exporter.quant.two_level import (
     split_two_level,
     two_level_scales,
 )
+from exporter.quant.checkpoint import load_checkpoint
+from exporter.quant.methods.gptq import gptq_quantize
+from exporter.quant.recipes import RECIPES, WeightSpec, get_recipe
+from exporter.stages.calibrate import CalibrationOptions, run_calibrate
 from tests.conftest import SAMPLER
 
 INT4 = IntFormat(4)

@@ -7,16 +7,16 @@ import pytest
 from onnx import numpy_helper
 
 from exporter.artifacts import FP_REFERENCE_OUTPUTS, VALIDATION_INPUTS
-from exporter.comparison import Tolerances
 from exporter.errors import UserError
-from exporter.export.onnx_export import fp_onnx, qdq_onnx
-from exporter.export.onnx_files import write_onnx
-from exporter.model_loading import load_dit
+from exporter.models.loading import load_dit
+from exporter.models.sampling import epsilon_step_weights
+from exporter.onnx.comparison import Tolerances
+from exporter.onnx.files import write_onnx
 from exporter.quant.calibration import collect_calibration_set
 from exporter.quant.quantize import quantize_model
 from exporter.quant.recipes import get_recipe
-from exporter.sampling import epsilon_step_weights
-from exporter.validate import run_validation
+from exporter.stages.export import fp_onnx, qdq_onnx
+from exporter.stages.validate import run_validation
 from tests.conftest import SAMPLER, save_tiny_pipeline
 
 

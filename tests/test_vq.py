@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from exporter.quant.vq import VqFormat, from_subvectors, kmeans, nearest, pack_indices, subvectors, unpack_indices
+from exporter.numerics.vq import VqFormat, from_subvectors, kmeans, nearest, pack_indices, subvectors, unpack_indices
 
 
 def test_formats_give_their_bits_per_weight_and_reject_bad_sizes():

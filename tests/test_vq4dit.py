@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from exporter.errors import UserError
+from exporter.numerics.vq import VqFormat, nearest, subvectors
 from exporter.quant.checkpoint import load_checkpoint, save_checkpoint, weight_storage
+from exporter.quant.methods.vq4dit import SoftVqLinear, Vq4DitOptions, calibrate_block, nearest_vq
 from exporter.quant.qlinear import DynamicActivationQuant
 from exporter.quant.quantize import quantize_model
 from exporter.quant.recipes import WeightSpec, get_recipe
-from exporter.quant.vq import VqFormat, nearest, subvectors
-from exporter.quant.vq4dit import SoftVqLinear, Vq4DitOptions, calibrate_block, nearest_vq
 from exporter.quant.vq_linear import VqLinear
 
 

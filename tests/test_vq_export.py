@@ -7,13 +7,13 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from exporter.export.graph_builder import Builder
-from exporter.export.onnx_export import run_export
-from exporter.export.ort_check import session
-from exporter.export.vq_graph import packed_stream, vq_weight
+from exporter.onnx.graph_builder import Builder
+from exporter.onnx.ort_check import session
+from exporter.onnx.vq_graph import packed_stream, vq_weight
 from exporter.quant.quantize import quantize_model
 from exporter.quant.recipes import get_recipe
 from exporter.quant.vq_linear import VqLinear
+from exporter.stages.export import run_export
 
 
 def _layer(codewords: int, dim: int, n: int, k: int, seed: int = 0) -> VqLinear:

@@ -24,12 +24,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from exporter.export.onnx_export import fp_onnx, qdq_onnx  # noqa: E402
-from exporter.export.onnx_files import write_onnx  # noqa: E402
+from exporter.models.sampling import SamplerConfig  # noqa: E402
+from exporter.onnx.files import write_onnx  # noqa: E402
 from exporter.quant.calibration import CalibrationSet  # noqa: E402
 from exporter.quant.quantize import quantize_model  # noqa: E402
 from exporter.quant.recipes import get_recipe  # noqa: E402
-from exporter.sampling import SamplerConfig  # noqa: E402
+from exporter.stages.export import fp_onnx, qdq_onnx  # noqa: E402
 
 XL = dict(num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8, num_layers=28,
           sample_size=32, patch_size=2, num_embeds_ada_norm=1000)

@@ -31,15 +31,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from exporter.calibrate import CalibrationOptions, run_calibrate  # noqa: E402
-from exporter.evaluate import evaluate  # noqa: E402
-from exporter.model_loading import (
+from exporter.models.loading import (
     default_sampler,  # noqa: E402
     load_dit,  # noqa: E402
 )
 from exporter.quant.checkpoint import loaded_from_checkpoint  # noqa: E402
-from exporter.quant.granularity import SearchOptions  # noqa: E402
+from exporter.quant.methods.qdit_group_search import SearchOptions  # noqa: E402
 from exporter.quant.recipes import PER_CHANNEL, Recipe, WeightSpec, get_recipe  # noqa: E402
+from exporter.stages.calibrate import CalibrationOptions, run_calibrate  # noqa: E402
+from exporter.stages.evaluate import evaluate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "RESULTS.md"

@@ -5,8 +5,8 @@
 
 Runs the FP model on calibration inputs, takes each block Linear's input and quantizes it to E2M1
 in groups of 32 channels three ways: FP32 group scales (max|x| / 6, `fp4-g32` without rotation),
-fine groups (`fp4`, exporter/quant/fp4_fine_groups.py) and power-of-two groups
-(exporter/quant/fp4_groups.py). Prints each grid's relative squared error ||q(x) - x||^2 / ||x||^2
+fine groups (`fp4`, exporter/numerics/fp4_fine_groups.py) and power-of-two groups
+(exporter/numerics/fp4_groups.py). Prints each grid's relative squared error ||q(x) - x||^2 / ||x||^2
 and the two deployable grids' ratios to the FP32 one.
 """
 
@@ -20,11 +20,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from exporter.model_loading import (
+from exporter.models.loading import (
     default_sampler,  # noqa: E402
     load_dit,  # noqa: E402
 )
-from exporter.quant import fp4_fine_groups, fp4_groups  # noqa: E402
+from exporter.numerics import fp4_fine_groups, fp4_groups  # noqa: E402
 from exporter.quant.calibration import collect_calibration_set  # noqa: E402
 
 GROUP = 32

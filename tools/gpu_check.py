@@ -98,7 +98,7 @@ def _gemm_candidates(m: int, k: int, n: int, fp8: bool):
     from exporter.kernels.fp8_gemm import Fp8Weights, fp8_gemm
     from exporter.kernels.int8_gemm import Int8Weights, int8_gemm
     from exporter.kernels.vq_gemm import VqWeights, vq_gemm
-    from exporter.quant import fp4_groups, two_level_activations
+    from exporter.numerics import fp4_groups, two_level_activations
 
     dev = "cuda"
     x = torch.randn(m, k, device=dev, dtype=torch.float16)
@@ -178,10 +178,10 @@ def _quantize_on_kernels(model) -> int:
     dynamic per-token INT8 activations, adaLN's modulation weight-only and the embedders FP
     (Q-DiT's layer policy)."""
     from exporter.kernels.linear import KernelLinear
+    from exporter.numerics.primitives import IntFormat, quantize
+    from exporter.numerics.two_level import two_level_scales
     from exporter.quant.module_tree import replace_module
-    from exporter.quant.primitives import IntFormat, quantize
     from exporter.quant.qlinear import DynamicActivationQuant, QuantLinear
-    from exporter.quant.two_level import two_level_scales
 
     int4 = IntFormat(4)
     count = 0
@@ -228,14 +228,14 @@ def section_forward() -> dict:
 def section_sampling(n: int = 256) -> dict:
     import copy
 
-    from exporter.embedded import EMBEDDED_SAMPLER
-    from exporter.fidelity import DigitsJudge
+    from exporter.evaluation.fidelity import DigitsJudge
     from exporter.kernels.linear import use_kernels
-    from exporter.model_loading import load_dit
+    from exporter.models.embedded import EMBEDDED_SAMPLER
+    from exporter.models.loading import load_dit
+    from exporter.models.sampling import balanced_labels, sample, sample_seeds
     from exporter.quant.calibration import collect_calibration_set
     from exporter.quant.quantize import quantize_model
     from exporter.quant.recipes import get_recipe
-    from exporter.sampling import balanced_labels, sample, sample_seeds
 
     loaded = load_dit(None)
     started = time.monotonic()

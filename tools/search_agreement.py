@@ -26,15 +26,14 @@ from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from exporter.evaluate import evaluate  # noqa: E402
-from exporter.fidelity import DigitsJudge  # noqa: E402
-from exporter.model_loading import (  # noqa: E402
+from exporter.evaluation.fidelity import DigitsJudge  # noqa: E402
+from exporter.models.loading import (  # noqa: E402
     LoadedDiT,
     default_sampler,  # noqa: E402
     load_dit,
 )
 from exporter.quant.calibration import collect_calibration_set  # noqa: E402
-from exporter.quant.granularity import (  # noqa: E402
+from exporter.quant.methods.qdit_group_search import (  # noqa: E402
     CANDIDATES,
     GroupSearch,
     SearchOptions,
@@ -44,6 +43,7 @@ from exporter.quant.granularity import (  # noqa: E402
 )
 from exporter.quant.quantize import quantize_model  # noqa: E402
 from exporter.quant.recipes import get_recipe  # noqa: E402
+from exporter.stages.evaluate import evaluate  # noqa: E402
 
 
 def random_config(search: GroupSearch, rng: random.Random) -> dict:

@@ -25,9 +25,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from exporter.atomic import atomic_directory, atomic_write_bytes  # noqa: E402
-from exporter.classifier import DigitsClassifier, shift_augment  # noqa: E402
-from exporter.digits import load_digit_images, train_held_out_split  # noqa: E402
-from exporter.embedded import CLASSIFIER_FILE, DIT_CONFIG, EMBEDDED_DIT_DIR, SCHEDULER_CONFIG  # noqa: E402
+from exporter.models.classifier import DigitsClassifier, shift_augment  # noqa: E402
+from exporter.models.digits import load_digit_images, train_held_out_split  # noqa: E402
+from exporter.models.embedded import CLASSIFIER_FILE, DIT_CONFIG, EMBEDDED_DIT_DIR, SCHEDULER_CONFIG  # noqa: E402
 
 
 def train_classifier(seed: int, steps: int, out_file: Path = CLASSIFIER_FILE) -> float:

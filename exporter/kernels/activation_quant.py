@@ -6,13 +6,13 @@ scale per row that the GEMM families take.
     FP8      codes float8_e4m3fn [M, K] = e4m3(clamp(x / s, -448, 448)), nearest, ties to even
              (rounded in float32 first, so the conversion itself is exact)
     FP4      float8_e4m3fn [M, K]: E2M1 on fine groups of GROUP channels as exact E4M3 operands
-             (exporter/quant/fp4_fine_groups.py)
-    FP4 Hadamard  the same of x with each group rotated first, x H_GROUP (exporter/quant/hadamard.py's
+             (exporter/numerics/fp4_fine_groups.py)
+    FP4 Hadamard  the same of x with each group rotated first, x H_GROUP (exporter/numerics/hadamard.py's
              butterflies, in the same order), for weights stored as W H
     INT4     int8 [M, K] (static only): UINT4 on two-level group scales as exact INT8 operands
              (q - z) f, q = clamp(round(x / (s f) + z), 0, 15), with s the row's scale and f, z
              the group's bytes in `groups` [buckets, K / GROUP, 2]
-             (exporter/quant/two_level_activations.py)
+             (exporter/numerics/two_level_activations.py)
     scale    float32 [M]: dynamic, max|x| / qmax of the row (at least TINY); static, the row of
              the per-timestep table `table[bucket[row // rows_per_sample]]` (INT8, FP8, INT4)
 
@@ -31,10 +31,10 @@ import torch
 import triton
 import triton.language as tl
 
-from exporter.kernels.layout import FP4_GROUP
-from exporter.quant import fp4_fine_groups
-from exporter.quant.fp4_groups import EXPONENTS, TINY
-from exporter.quant.hadamard import norm
+from exporter.numerics import fp4_fine_groups
+from exporter.numerics.fp4_groups import EXPONENTS, TINY
+from exporter.numerics.hadamard import norm
+from exporter.numerics.kernel_layout import FP4_GROUP
 
 INT8: tl.constexpr = tl.constexpr(0)
 FP8: tl.constexpr = tl.constexpr(1)
@@ -53,7 +53,7 @@ ROUNDING = 12582912.0  # 1.5 * 2**23: adding and subtracting it rounds |y| < 2**
 
 @triton.jit
 def e2m1_index(magnitude):
-    """Nearest E2M1 magnitude index, ties to the even index (exporter/quant/fp4.py's thresholds)."""
+    """Nearest E2M1 magnitude index, ties to the even index (exporter/numerics/fp4.py's thresholds)."""
     return ((magnitude > 0.25).to(tl.int32) + (magnitude >= 0.75).to(tl.int32) + (magnitude > 1.25).to(tl.int32)
             + (magnitude >= 1.75).to(tl.int32) + (magnitude > 2.5).to(tl.int32) + (magnitude >= 3.5).to(tl.int32)
             + (magnitude > 5.0).to(tl.int32))

@@ -4,11 +4,11 @@ E4M3 x E4M3 -> FP32 MMA (FP8 tensor cores: sm_89, sm_90) and one rescale in the 
     a         float8_e4m3fn [M, K]   activation operands (activation_quant.py)
     a_scale   float32 [M]            one scale per token
     weights, FP8:  codes float8_e4m3fn [N, K]
-    weights, FP4:  codes uint8 [N, K / 2], FP4 codes (exporter/quant/fp4.py) in int8_gemm's chunk
+    weights, FP4:  codes uint8 [N, K / 2], FP4 codes (exporter/numerics/fp4.py) in int8_gemm's chunk
                    layout, and offset uint8 [N, K / SPAN], each group's exponent t - t_min per
                    SPAN channels (as int8_gemm's factors): the
                    E4M3 operands v * 2**t are built in registers with integer operations, four at
-                   a time (swar.py, exporter/quant/fp4_groups.py)
+                   a time (swar.py, exporter/numerics/fp4_groups.py)
     w_scale   float32 [N];  bias float32 [N] or none;  y float16 / bfloat16 / float32 [M, N]
 
 An FP4 code c becomes its operand byte as table(c & 7) + 8 (t - t_min), zero for magnitude
@@ -36,7 +36,7 @@ from exporter.kernels.int8_gemm import (
 )
 from exporter.kernels.swar import fp4_to_e4m3, ptx
 from exporter.kernels.tiles import Tiles, dense_dot_loop, grid_size, program_tile, store_rescaled
-from exporter.quant.fp4_groups import EXPONENTS, e4m3_byte_table, e4m3_operand, e4m3_table_words
+from exporter.numerics.fp4_groups import EXPONENTS, e4m3_byte_table, e4m3_operand, e4m3_table_words
 
 
 @triton.jit

@@ -13,7 +13,7 @@ INT8 x INT8 -> INT32 MMA and one float rescale in the epilogue.
                      its low nibble and 2 SPAN c + SPAN + j in its high one (`pack_int4_chunks`);
                      factor uint8 [N, K / SPAN] in 1..16, each group's factor repeated for each of
                      its SPAN-channel spans (two-level scales,
-                     exporter/quant/two_level.py). The INT8 operands code * factor are built in
+                     exporter/numerics/two_level.py). The INT8 operands code * factor are built in
                      registers four at a time (swar.py): about one integer instruction each.
     w_scale   float32 [N]       the per-output-channel scale
     bias      float32 [N] or none; y float16 / bfloat16 / float32 [M, N]
@@ -36,9 +36,9 @@ import torch
 import triton
 import triton.language as tl
 
-from exporter.kernels import layout
 from exporter.kernels.swar import INT4_TIMES_FACTOR, ptx
 from exporter.kernels.tiles import Tiles, dense_dot_loop, gemm_tiles, grid_size, program_tile, store_rescaled
+from exporter.numerics import kernel_layout as layout
 
 SPAN: tl.constexpr = tl.constexpr(layout.SPAN)
 # Triton's interpreter runs no inline PTX: there the operands are built with Triton's own operations.

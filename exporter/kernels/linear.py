@@ -31,13 +31,14 @@ from exporter.errors import UserError
 from exporter.kernels.activation_quant import BLOCK, quantize_rows
 from exporter.kernels.fp8_gemm import Fp8Weights, fp8_gemm
 from exporter.kernels.int8_gemm import SPAN, Int8Weights, check_spans, int8_gemm
-from exporter.kernels.layout import FP4_GROUP, INT4_GROUP
 from exporter.kernels.vq_gemm import VqWeights, vq_gemm
-from exporter.quant import two_level_activations
-from exporter.quant.fp4 import Fp4Format
-from exporter.quant.fp4_groups import EXPONENTS, e4m3_operand, split_pow2
+from exporter.numerics import two_level_activations
+from exporter.numerics.fp4 import Fp4Format
+from exporter.numerics.fp4_groups import EXPONENTS, e4m3_operand, split_pow2
+from exporter.numerics.kernel_layout import FP4_GROUP, INT4_GROUP
+from exporter.numerics.primitives import IntFormat, QuantFormat, activation_group
+from exporter.numerics.two_level import split_two_level
 from exporter.quant.module_tree import replace_module
-from exporter.quant.primitives import IntFormat, QuantFormat, activation_group
 from exporter.quant.qlinear import (
     DynamicActivationQuant,
     FineGroupActivationQuant,
@@ -45,7 +46,6 @@ from exporter.quant.qlinear import (
     StaticActivationQuant,
     TimestepContext,
 )
-from exporter.quant.two_level import split_two_level
 from exporter.quant.vq_linear import VqLinear
 
 INT8, UINT4 = IntFormat(8), IntFormat(4, symmetric=False)

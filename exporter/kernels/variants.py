@@ -21,11 +21,11 @@ from exporter.kernels.activation_quant import DYNAMIC_ONLY, FORMATS, INTEGER_COD
 from exporter.kernels.activation_quant import constants as quantize_constants
 from exporter.kernels.fp8_gemm import fp4_ptx, fp8_gemm_kernel
 from exporter.kernels.int8_gemm import int8_gemm_kernel
-from exporter.kernels.layout import ALIGNMENT, FP4_GROUP, INT4_GROUP, K_STEP
 from exporter.kernels.linear import PackedLayouts
 from exporter.kernels.tiles import LARGE_TILES_ABOVE, Tiles, gemm_tiles
 from exporter.kernels.vq_gemm import VQ_BLOCK_K, vq_gemm_kernel
-from exporter.quant.fp4_groups import EXPONENTS, e4m3_byte_table
+from exporter.numerics.fp4_groups import EXPONENTS, e4m3_byte_table
+from exporter.numerics.kernel_layout import ALIGNMENT, FP4_GROUP, INT4_GROUP, K_STEP
 
 ALL_ARCHS = (80, 89, 90)
 FP8_ARCHS = (89, 90)  # FP8 tensor cores: Ada and Hopper

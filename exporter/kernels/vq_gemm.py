@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from exporter.kernels.tiles import Tiles, gemm_tiles, grid_size, program_tile
-from exporter.quant.vq import unpack_indices
+from exporter.numerics.vq import unpack_indices
 
 
 @triton.jit
@@ -60,7 +60,7 @@ class VqWeights:
 
     @classmethod
     def from_stream(cls, codebook: torch.Tensor, stream: torch.Tensor, n: int, k: int) -> VqWeights:
-        """From the checkpoint's bit stream of log2(codewords)-bit indices (exporter/quant/vq.py)."""
+        """From the checkpoint's bit stream of log2(codewords)-bit indices (exporter/numerics/vq.py)."""
         codewords, d = codebook.shape
         if codewords > 256 or k % d:
             raise ValueError(f"the kernel takes up to 256 codewords and K a multiple of the codeword size, "

@@ -1,1 +1,1 @@
-"""Quantization: numeric primitives (pure torch) and the model transforms built on them."""
+"""Quantization: recipes, quantized layers, the block-by-block driver, calibration data, checkpoints and reports; the papers' methods in methods/."""

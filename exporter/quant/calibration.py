@@ -19,8 +19,8 @@ from safetensors.torch import load_file, save
 from exporter.artifacts import CALIBRATION_FILE
 from exporter.atomic import atomic_write_bytes
 from exporter.errors import UserError
-from exporter.model_loading import LoadedDiT
-from exporter.sampling import SamplerConfig, balanced_labels, null_class, sample
+from exporter.models.loading import LoadedDiT
+from exporter.models.sampling import SamplerConfig, balanced_labels, null_class, sample
 
 
 @dataclass

@@ -5,10 +5,10 @@
                         layer its role, shapes and weight / activation formats
     tensors.safetensors for each quantized layer `L`:
                           L.codes     4-bit: uint8 [N, ceil(K/2)], ONNX nibble order
-                                      (exporter/quant/packing.py); 8-bit: int8 / uint8 [N, K]
+                                      (exporter/numerics/packing.py); 8-bit: int8 / uint8 [N, K]
                           L.w_scale   float32 [N, groups]; with two-level scales (manifest
                                       "scales": "two-level") exactly s[n] * f[n, g], which
-                                      exporter/quant/two_level.py's split_two_level recovers;
+                                      exporter/numerics/two_level.py's split_two_level recovers;
                                       with FP4 power-of-two groups ("scales": "pow2-groups")
                                       exactly s[n] * 2**t[n, g], which fp4_groups.split_pow2
                                       recovers
@@ -16,12 +16,12 @@
                           L.bias      float32 [N] (if the layer has one)
                           L.a_scale, L.a_zero   float32 [buckets] or [buckets, groups] (static
                                       activations only); with two-level scales exactly s[b] * f[b, g]
-                                      (exporter/quant/two_level_activations.py)
+                                      (exporter/numerics/two_level_activations.py)
                         VQ layers instead of codes and scales:
                           L.codebook     float16 [codewords, dim]
                           L.assignments  uint8: the codeword index of each sub-vector, row-major
                                          [N, ceil(K/dim)], as a little-endian bit stream of
-                                         log2(codewords) bits each (exporter/quant/vq.py)
+                                         log2(codewords) bits each (exporter/numerics/vq.py)
                         timestep_buckets   int64 [num_train_timesteps]: t -> bucket row
                         fp.<name>       every parameter and buffer that is not quantized
 
@@ -42,13 +42,16 @@ from torch import nn
 
 from exporter.atomic import atomic_directory
 from exporter.errors import UserError
-from exporter.model_loading import LoadedDiT
-from exporter.quant import fp4_fine_groups
-from exporter.quant.fp4 import Fp4Format
-from exporter.quant.fp4_groups import split_pow2
+from exporter.models.loading import LoadedDiT
+from exporter.numerics import fp4_fine_groups
+from exporter.numerics.fp4 import Fp4Format
+from exporter.numerics.fp4_groups import split_pow2
+from exporter.numerics.packing import pack_int4, unpack_int4
+from exporter.numerics.primitives import IntFormat, format_from_name
+from exporter.numerics.two_level import split_two_level
+from exporter.numerics.two_level_activations import ACT_GROUP_FACTORS
+from exporter.numerics.vq import VqFormat, pack_indices, unpack_indices
 from exporter.quant.module_tree import replace_module
-from exporter.quant.packing import pack_int4, unpack_int4
-from exporter.quant.primitives import IntFormat, format_from_name
 from exporter.quant.qlinear import (
     DynamicActivationQuant,
     FineGroupActivationQuant,
@@ -58,9 +61,6 @@ from exporter.quant.qlinear import (
 )
 from exporter.quant.quantized_model import QuantizedDiT, TimestepBuckets
 from exporter.quant.recipes import ACTIVATION_SCALES, Recipe
-from exporter.quant.two_level import split_two_level
-from exporter.quant.two_level_activations import ACT_GROUP_FACTORS
-from exporter.quant.vq import VqFormat, pack_indices, unpack_indices
 from exporter.quant.vq_linear import VqLinear
 
 FORMAT = "dit-export-quantized"

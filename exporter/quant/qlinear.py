@@ -8,7 +8,7 @@ stores, packed) and computes with the dequantized weight. Its input is quantized
   pass in progress (``TimestepContext``), per sample; or
 - dynamically: scale and zero-point computed from the activation itself per token (and per group
   of channels), as Q-DiT does; or, for FP4 on fine groups, a float per token times m 2**t per
-  group of channels (exporter/quant/fp4_fine_groups.py), the operands of an FP8 MMA.
+  group of channels (exporter/numerics/fp4_fine_groups.py), the operands of an FP8 MMA.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from exporter.quant import fp4_fine_groups, two_level_activations
-from exporter.quant.hadamard import rotate
-from exporter.quant.primitives import QuantFormat, activation_group, choose_qparams, dequantize, fake_quantize
+from exporter.numerics import fp4_fine_groups, two_level_activations
+from exporter.numerics.hadamard import rotate
+from exporter.numerics.primitives import QuantFormat, activation_group, choose_qparams, dequantize, fake_quantize
 
 if TYPE_CHECKING:
     from exporter.quant.recipes import ActivationSpec
@@ -50,7 +50,7 @@ class StaticActivationQuant(nn.Module):
     """Scale and zero-point per timestep bucket, for the whole token (tables [n_buckets]) or per
     group of channels (tables [n_buckets, groups], groups dividing the channels evenly).
     ``two_level``: the group scales are on the two-level grid s[b] f[b, g]
-    (exporter/quant/two_level_activations.py), trained through it."""
+    (exporter/numerics/two_level_activations.py), trained through it."""
 
     def __init__(self, fmt: QuantFormat, scale: torch.Tensor, zero: torch.Tensor, bucket_of_t: torch.Tensor,
                  context: TimestepContext, two_level: bool = False) -> None:

@@ -15,17 +15,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from exporter.progress import Progress
-from exporter.quant import two_level_activations
-from exporter.quant.calibration import CalibrationSet
-from exporter.quant.dilatequant import train_activation_scales
-from exporter.quant.dilation import channel_maxima, dilate_block
-from exporter.quant.fp4_groups import pow2_scales
-from exporter.quant.gptq import HessianAccumulator, SharedProducts, gptq_quantize
-from exporter.quant.hadamard import block_size_for, rotate, rotate_linear_weight
-from exporter.quant.module_tree import replace_module
-from exporter.quant.policy import linear_roles
-from exporter.quant.primitives import (
+from exporter.numerics import two_level_activations
+from exporter.numerics.fp4_groups import pow2_scales
+from exporter.numerics.hadamard import block_size_for, rotate, rotate_linear_weight
+from exporter.numerics.primitives import (
     PER_CHANNEL,
     QuantFormat,
     activation_group,
@@ -34,12 +27,19 @@ from exporter.quant.primitives import (
     quantize,
     search_clip_ratio,
 )
+from exporter.numerics.two_level import two_level_scales
+from exporter.progress import Progress
+from exporter.quant.calibration import CalibrationSet
+from exporter.quant.methods.dilatequant import train_activation_scales
+from exporter.quant.methods.dilation import channel_maxima, dilate_block
+from exporter.quant.methods.gptq import HessianAccumulator, SharedProducts, gptq_quantize
+from exporter.quant.methods.static_clipping import ClipSearch
+from exporter.quant.methods.vq4dit import vq_quantize_model
+from exporter.quant.module_tree import replace_module
+from exporter.quant.policy import linear_roles
 from exporter.quant.qlinear import QuantLinear, StaticActivationQuant, TimestepContext, dynamic_activation
 from exporter.quant.quantized_model import QuantizedDiT, TimestepBuckets
 from exporter.quant.recipes import Recipe, WeightSpec
-from exporter.quant.static_clipping import ClipSearch
-from exporter.quant.two_level import two_level_scales
-from exporter.quant.vq4dit import vq_quantize_model
 
 BATCH = 256
 
@@ -83,8 +83,8 @@ def quantize_weight(w: torch.Tensor, spec: WeightSpec, group: int,
                     hessian: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, QuantFormat]:
     """Codes [N, K], scales and zero-points [N, groups] and the format of an integer or FP4 weight
     [N, K] in groups of ``group``: GPTQ with ``hessian`` when the spec says gptq, else
-    round-to-nearest; float group scales, two-level ones (exporter/quant/two_level.py) or FP4
-    power-of-two groups (exporter/quant/fp4_groups.py)."""
+    round-to-nearest; float group scales, two-level ones (exporter/numerics/two_level.py) or FP4
+    power-of-two groups (exporter/numerics/fp4_groups.py)."""
     fmt = spec.format_for(w)
     two_level, pow2 = spec.scales == "two-level", spec.scales == "pow2-groups"
     if spec.method == "gptq":
@@ -129,7 +129,7 @@ def quantize_linear(linear: nn.Linear, recipe: Recipe, stats: LayerStats, quanti
 
 def _distil(block: nn.Module, teacher: nn.Module, hidden: list[torch.Tensor], batches: list,
             context: TimestepContext, iterations: int, advance) -> list[float]:
-    """DilateQuant's temporal parallel quantizer on one block (exporter/quant/dilatequant.py)."""
+    """DilateQuant's temporal parallel quantizer on one block (exporter/quant/methods/dilatequant.py)."""
     targets = [teacher(h, timestep=t, class_labels=y) for h, (_, t, y) in zip(hidden, batches)]
 
     def forward(i: int) -> torch.Tensor:

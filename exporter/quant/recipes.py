@@ -8,13 +8,13 @@ from typing import Any, Literal
 import torch
 
 from exporter.errors import UserError
-from exporter.kernels.layout import FP4_GROUP, INT4_GROUP
-from exporter.quant.fp4 import MAGNITUDES, Fp4Format
-from exporter.quant.fp4_groups import select_pow2_format
-from exporter.quant.hqdit import select_format
+from exporter.numerics.fp4 import MAGNITUDES, Fp4Format
+from exporter.numerics.fp4_groups import select_pow2_format
+from exporter.numerics.kernel_layout import FP4_GROUP, INT4_GROUP
+from exporter.numerics.primitives import PER_CHANNEL, PER_TENSOR, Fp8E4M3Format, IntFormat, QuantFormat
+from exporter.numerics.vq import VqFormat
+from exporter.quant.methods.hqdit import select_format
 from exporter.quant.policy import LayerPolicy
-from exporter.quant.primitives import PER_CHANNEL, PER_TENSOR, Fp8E4M3Format, IntFormat, QuantFormat
-from exporter.quant.vq import VqFormat
 
 
 def _check_bits(bits: int) -> None:
@@ -63,9 +63,9 @@ class WeightSpec:
     vq_candidates: int = 2
     # float: a float32 scale per group; two-level: symmetric INT4 groups scaled by s[n] * f[n, g],
     # s a float per output row and f an integer 1..16 per group, so that a kernel's K loop is a
-    # pure INT8 MMA (exporter/quant/two_level.py); pow2-groups: FP4 groups scaled by s[n] * 2**t[n, g],
+    # pure INT8 MMA (exporter/numerics/two_level.py); pow2-groups: FP4 groups scaled by s[n] * 2**t[n, g],
     # t in the format's exponent range, so that v * 2**t is an exact E4M3 operand and the K loop a
-    # pure FP8 MMA (exporter/quant/fp4_groups.py)
+    # pure FP8 MMA (exporter/numerics/fp4_groups.py)
     scales: Literal["float", "two-level", "pow2-groups"] = "float"
 
     def __post_init__(self) -> None:
@@ -127,9 +127,9 @@ class ActivationSpec:
     kind: Literal["int", "fp8", "fp4"] = "int"  # fp8: FP8 E4M3; fp4: FP4 E2M1 (symmetric)
     # float: a float32 scale per group (max|x| / qmax); e4m3-groups (fp4, dynamic, groups): a float
     # per token times m 2**t per group, m in {1, 1.25, 1.5}, from comparisons of each group's maximum
-    # with the token's (exporter/quant/fp4_fine_groups.py), so that the operands are exact E4M3 numbers;
+    # with the token's (exporter/numerics/fp4_fine_groups.py), so that the operands are exact E4M3 numbers;
     # two-level (static asymmetric INT4 in groups): a float per bucket times an integer 1..8 per group
-    # (exporter/quant/two_level_activations.py), so that (q - z) f is an exact INT8 operand
+    # (exporter/numerics/two_level_activations.py), so that (q - z) f is an exact INT8 operand
     scales: Literal["float", "e4m3-groups", "two-level"] = "float"
 
     def __post_init__(self) -> None:
@@ -171,11 +171,11 @@ class Recipe:
     weight: WeightSpec
     activation: ActivationSpec | None
     policy: LayerPolicy = field(default_factory=LayerPolicy)
-    hadamard: bool = False  # rotate every quantized layer's input channels (exporter/quant/hadamard.py)
+    hadamard: bool = False  # rotate every quantized layer's input channels (exporter/numerics/hadamard.py)
     # 0: every quantized layer rotates, in blocks of the largest power of two dividing its width; n: the
     # layers whose activations are quantized rotate the quantizer's groups, blocks of n channels
     hadamard_block: int = 0
-    dilation: bool = False  # DilateQuant's weight dilation before quantizing (exporter/quant/dilation.py)
+    dilation: bool = False  # DilateQuant's weight dilation before quantizing (exporter/quant/methods/dilation.py)
     kd_iterations: int = 0  # block-wise distillation of the per-timestep activation scales (dilatequant.py)
     # (layer, weight group, activation group) where a group-size search chose them (granularity.py)
     layer_groups: tuple[tuple[str, int, int], ...] = ()

@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from exporter.atomic import atomic_file, atomic_write_text
+from exporter.numerics.hadamard import rotate
+from exporter.numerics.primitives import sqnr_db
 from exporter.quant.calibration import CalibrationSet
-from exporter.quant.hadamard import rotate
-from exporter.quant.primitives import sqnr_db
 from exporter.quant.quantized_model import QuantizedDiT
 
 

@@ -1,13 +1,13 @@
 """Linear layers with vector-quantized weights: a codebook and one codeword index per weight
-sub-vector (exporter/quant/vq.py), decoded once into the weight the layer computes with."""
+sub-vector (exporter/numerics/vq.py), decoded once into the weight the layer computes with."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from exporter.numerics.vq import VqFormat, from_subvectors
 from exporter.quant.qlinear import DecodedLinear
-from exporter.quant.vq import VqFormat, from_subvectors
 
 
 class VqLinear(DecodedLinear):

@@ -37,20 +37,20 @@ import onnx_graphsurgeon as gs
 import torch
 from onnx import TensorProto, numpy_helper
 
+from exporter.contract.plugin_contract import FP4_GEMM, INT_GEMM, VQ_GEMM, PluginContract
 from exporter.errors import UserError
-from exporter.export.fp4_graph import decode_table
 from exporter.kernels.fp8_gemm import Fp8Weights
 from exporter.kernels.int8_gemm import Int8Weights
-from exporter.kernels.layout import FP4_GROUP, INT4_GROUP
 from exporter.kernels.linear import QuantizedWeight, kernel_weights
 from exporter.kernels.variants import AOT_LAYOUTS
 from exporter.kernels.vq_gemm import VqWeights
-from exporter.quant import fp4_fine_groups, two_level_activations
-from exporter.quant.fp4 import FP4_FORMATS, Fp4Format
-from exporter.quant.fp4_groups import EXPONENTS
-from exporter.quant.hadamard import hadamard_matrix
-from exporter.quant.primitives import IntFormat
-from exporter.rewrite.contract import FP4_GEMM, INT_GEMM, VQ_GEMM, PluginContract
+from exporter.numerics import fp4_fine_groups, two_level_activations
+from exporter.numerics.fp4 import FP4_FORMATS, Fp4Format
+from exporter.numerics.fp4_groups import EXPONENTS
+from exporter.numerics.hadamard import hadamard_matrix
+from exporter.numerics.kernel_layout import FP4_GROUP, INT4_GROUP
+from exporter.numerics.primitives import IntFormat
+from exporter.onnx.fp4_graph import decode_table
 
 QUANTIZED_TYPES = {TensorProto.INT4, TensorProto.UINT4, TensorProto.INT8, TensorProto.UINT8, TensorProto.FLOAT4E2M1,
                    TensorProto.FLOAT8E4M3FN, TensorProto.FLOAT8E5M2}
@@ -276,7 +276,7 @@ def match_activation(a: gs.Tensor, k: int) -> tuple[gs.Tensor, str, dict, dict[s
 
 
 def _max_over_qmax(scale: gs.Tensor) -> bool:
-    """Whether a dynamic scale is max|x| / qmax per token, floored, as exporter/export/qdq.py's
+    """Whether a dynamic scale is max|x| / qmax per token, floored, as exporter/onnx/qdq.py's
     dynamic_scale computes it (activation_quant.quantize_rows's dynamic scale)."""
     floor = _op(scale, "Max")
     div = next((d for t in floor.inputs if (d := _op(t, "Div")) is not None), None) if floor is not None else None
@@ -287,7 +287,7 @@ def _max_over_qmax(scale: gs.Tensor) -> bool:
 
 
 def _fine_groups(scale: gs.Tensor) -> bool:
-    """Whether a scale is s * 2^t_max * mu as exporter/export/qdq.py's fine_group_scale computes it
+    """Whether a scale is s * 2^t_max * mu as exporter/onnx/qdq.py's fine_group_scale computes it
     (activation_quant.quantize_rows's FP4 operands): a Mul by a Gather from the table of steps, at
     the count of MULTIPLIERS[1:] at least the group's ratio times REACH."""
     mul = _op(scale, "Mul")
@@ -373,7 +373,7 @@ def _static_activation(q: gs.Node, kind: str, k: int) -> tuple[gs.Tensor, str, d
 
 def rotation_of(x: gs.Tensor) -> tuple[gs.Tensor, np.ndarray] | None:
     """(x0, H) when x is Reshape(MatMul(Reshape(x0, [-1, b]), H [b, b]), Shape(x0)), a rotation
-    as exporter/export/qdq.py's ``rotation`` builds it; else None."""
+    as exporter/onnx/qdq.py's ``rotation`` builds it; else None."""
     outer = _op(x, "Reshape")
     matmul = _op(outer.inputs[0], "MatMul") if outer is not None else None
     inner = _op(matmul.inputs[0], "Reshape") if matmul is not None else None

@@ -3,11 +3,11 @@ rewritten graph runs in ONNX Runtime on CPU.
 
 One function per plugin and field values, told apart by the node's ``overload`` (ONNX IR 10):
 the field values are baked into the function body as constants. Each body computes what the
-Triton kernels compute on the contract's layouts (exporter/rewrite/contract.py), in float32:
+Triton kernels compute on the contract's layouts (exporter/contract/plugin_contract.py), in float32:
 
     x            FLOAT16 -> float32
     act          the activation quantizer's codes times its scale, built by the QDQ graph's own
-                 builders (exporter/export/qdq.py, fp4_graph.py): INT8 per token (dynamic, or
+                 builders (exporter/onnx/qdq.py, fp4_graph.py): INT8 per token (dynamic, or
                  the static table row of the sample's timestep bucket), FP4 E2M1 on fine groups
                  (dynamic; of x H, each group rotated by qdq.py's rotation, for
                  fp4e2m1_hadamard), UINT4 on two-level groups (static: scales act_scale_table[b] f, zero
@@ -32,16 +32,16 @@ import onnx
 import torch
 from onnx import TensorProto, helper
 
-from exporter.export.fp4_graph import decode_table, expand_blocked, fake_quantize
-from exporter.export.graph_builder import Builder, float_tensor, int64_tensor, onnx_quant_type
-from exporter.export.qdq import dynamic_scale, fine_group_scale, rotation, static_activation
-from exporter.kernels.layout import FP4_GROUP, INT4_GROUP, SPAN
-from exporter.quant import fp4_fine_groups
-from exporter.quant.fp4 import Fp4Format
-from exporter.quant.fp4_groups import EXPONENTS
-from exporter.quant.hadamard import hadamard_matrix
-from exporter.quant.primitives import IntFormat
-from exporter.rewrite.contract import DOMAIN, FP4_GEMM, VQ_GEMM, PluginContract
+from exporter.contract.plugin_contract import DOMAIN, FP4_GEMM, VQ_GEMM, PluginContract
+from exporter.numerics import fp4_fine_groups
+from exporter.numerics.fp4 import Fp4Format
+from exporter.numerics.fp4_groups import EXPONENTS
+from exporter.numerics.hadamard import hadamard_matrix
+from exporter.numerics.kernel_layout import FP4_GROUP, INT4_GROUP, SPAN
+from exporter.numerics.primitives import IntFormat
+from exporter.onnx.fp4_graph import decode_table, expand_blocked, fake_quantize
+from exporter.onnx.graph_builder import Builder, float_tensor, int64_tensor, onnx_quant_type
+from exporter.onnx.qdq import dynamic_scale, fine_group_scale, rotation, static_activation
 
 OUTPUT = "y"
 INT8, UINT4 = IntFormat(8), IntFormat(4, symmetric=False)

@@ -105,7 +105,7 @@ int32_t ditTritonInt8Gemm(void const* a,          // int8 [M, K] (ACT_INT8) or f
                           int32_t activation,     // DitTritonActivation
                           DitTritonStream stream);
 
-// FP4 weight formats of the FP8 family, in the order of exporter/quant/fp4_groups.py's EXPONENTS (a test
+// FP4 weight formats of the FP8 family, in the order of exporter/numerics/fp4_groups.py's EXPONENTS (a test
 // checks it): each has its own ahead-of-time variants, whose E4M3 byte table is compiled in.
 typedef enum
 {

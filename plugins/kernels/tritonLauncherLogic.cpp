@@ -375,7 +375,7 @@ DitTritonStatus planQuantizeRows(void const* x, void* codes, float* scale, float
                 + " must be a positive multiple of 16",
             why);
     }
-    // The quantizers' groups of channels (exporter/kernels/layout.py, generated into the contract header).
+    // The quantizers' groups of channels (exporter/numerics/kernel_layout.py, generated into the contract header).
     int32_t const group = fp4     ? dit_export::kFp4ActGroup
         : format == DIT_TRITON_QUANT_INT4 ? dit_export::kInt4ActGroup
                                           : 1;

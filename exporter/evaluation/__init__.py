@@ -1,0 +1,1 @@
+"""Image-quality figures: Fréchet distances, Inception metrics, sample features, plots."""

@@ -1,1 +1,0 @@
-"""ONNX export of FP and quantized DiTs."""

@@ -1,0 +1,1 @@
+"""Number formats, rounding, packing and Hadamard transforms: pure torch, nothing above it."""

@@ -1,0 +1,1 @@
+"""The stages the commands run: calibrate, export, validate, rewrite, evaluate, build."""

@@ -1,0 +1,133 @@
+"""`dit-export calibrate`: calibration data, quantization by recipe, reports, quantized checkpoint."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from exporter.artifacts import CALIBRATION_FILE, CHECKPOINT_DIR
+from exporter.atomic import atomic_write_text
+from exporter.errors import UserError
+from exporter.evaluation.sample_features import Features, sample_features
+from exporter.models.loading import LoadedDiT
+from exporter.models.sampling import SamplerConfig
+from exporter.quant.calibration import CalibrationSet, calibration_summary, collect_calibration_set
+from exporter.quant.checkpoint import model_fingerprint, read_manifest, save_checkpoint, weight_storage
+from exporter.quant.methods.qdit_group_search import SearchOptions
+from exporter.quant.quantize import quantize_model
+from exporter.quant.quantized_model import QuantizedDiT
+from exporter.quant.recipes import Recipe
+from exporter.quant.report import measure, write_reports
+
+
+@dataclass(frozen=True)
+class CalibrationOptions:
+    trajectories: int = 32
+    seed: int = 0
+    buckets: int | None = None  # None: one bucket per sampler timestep
+    data: Path | None = None  # reuse saved calibration data instead of sampling
+    group_search: SearchOptions | None = None  # Q-DiT's per-layer group-size search before quantizing
+
+
+def calibration_data(loaded: LoadedDiT, sampler: SamplerConfig, options: CalibrationOptions, out_dir: Path,
+                     progress: bool = True) -> CalibrationSet:
+    if options.data is not None:
+        if not options.data.is_file():
+            raise UserError(f"calibration data '{options.data}' does not exist")
+        calib = CalibrationSet.load(options.data)
+        shape = tuple(calib.x.shape[1:])
+        cfg = loaded.transformer.config
+        if shape != (cfg.in_channels, cfg.sample_size, cfg.sample_size):
+            raise UserError(f"calibration data {options.data} has inputs {shape}, the model takes "
+                            f"{(cfg.in_channels, cfg.sample_size, cfg.sample_size)}")
+        return calib
+    calib = collect_calibration_set(loaded, sampler, options.trajectories, options.seed, progress)
+    calib.save(out_dir / CALIBRATION_FILE)
+    return calib
+
+
+def run_calibrate(loaded: LoadedDiT, recipe: Recipe, sampler: SamplerConfig, options: CalibrationOptions,
+                  out_dir: Path, progress: bool = True) -> tuple[QuantizedDiT, dict[str, Any]]:
+    """Quantizes, writes out/quantized/ (checkpoint), the reports and plots; returns the model and a summary."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    features = search_features(loaded, recipe) if options.group_search is not None else None
+    calib = calibration_data(loaded, sampler, options, out_dir, progress)
+    collected = time.monotonic()
+    search = None
+    if options.group_search is not None:
+        recipe, search = searched_recipe(loaded, recipe, sampler, calib, options.group_search, features, out_dir,
+                                         progress)
+        collected = time.monotonic()
+    qdit = quantize_model(loaded.transformer, recipe, calib,
+                          int(loaded.scheduler_config.get("num_train_timesteps", 1000)), options.buckets, progress)
+    quantized = time.monotonic()
+    report = measure(loaded.transformer, qdit, calib)
+    write_reports(report, out_dir, recipe.name)
+    folder = save_checkpoint(qdit, out_dir / CHECKPOINT_DIR, {
+        "model_source": loaded.source,
+        "model_fingerprint": model_fingerprint(loaded.transformer),
+        "scheduler_config": loaded.scheduler_config,
+        "sampler": sampler.to_dict(),
+        "calibration": calibration_summary(calib),
+        "vae_folder": str(loaded.vae_folder) if loaded.vae_folder else None,
+    })
+    valid = [v for v in report["output_sqnr_db"] if v is not None]
+    summary = {
+        "checkpoint": str(out_dir / CHECKPOINT_DIR),
+        "layers": len(qdit.roles),
+        "buckets": qdit.buckets.count,
+        "calibration_inputs": len(calib),
+        "output_sqnr_db_min": min(valid) if valid else None,
+        "output_sqnr_db_mean": round(sum(valid) / len(valid), 2) if valid else None,
+        "seconds_sampling": round(collected - started, 1),
+        "seconds_quantizing": round(quantized - collected, 1),
+        **weight_storage(read_manifest(folder)),
+    }
+    if search is not None:
+        summary["group_search"] = search
+    if qdit.calibration_losses:
+        summary["block_loss_first_last"] = {
+            block: [round(losses[0], 5), round(sum(losses[-20:]) / len(losses[-20:]), 5)]
+            for block, losses in qdit.calibration_losses.items()}
+    return qdit, summary
+
+
+def search_features(loaded: LoadedDiT, recipe: Recipe) -> Features:
+    """What the group-size search compares samples in; checked before any calibration work."""
+    from exporter.quant.methods.qdit_group_search import SEARCH_PURPOSE, check_searchable
+
+    try:
+        check_searchable(recipe)
+    except ValueError as e:
+        raise UserError(f"group-size search: {e}") from None
+    return sample_features(loaded, SEARCH_PURPOSE)
+
+
+def searched_recipe(loaded: LoadedDiT, recipe: Recipe, sampler: SamplerConfig, calib: CalibrationSet,
+                    options: SearchOptions, features: Features, out_dir: Path,
+                    progress: bool = True) -> tuple[Recipe, dict[str, Any]]:
+    """The recipe with the group sizes Q-DiT's search picks; writes group_search.json / .png."""
+    from dataclasses import replace
+
+    from exporter.quant.methods.qdit_group_search import GroupSearch, evolve, mean_group
+    from exporter.quant.report import plot_group_search
+
+    started = time.monotonic()
+    try:
+        search = GroupSearch(loaded, recipe, calib, sampler, options, features, progress)
+        result = evolve(search, progress)
+    except ValueError as e:
+        raise UserError(f"group-size search: {e}") from None
+    details = {**result.to_dict(), "budget": options.budget, "epochs": options.epochs,
+               "population": options.population, "seconds": round(time.monotonic() - started, 1)}
+    atomic_write_text(out_dir / "group_search.json", json.dumps(details, indent=2) + "\n")
+    plot_group_search(details, out_dir / "group_search.png", recipe.name)
+    groups = tuple((name, w, a) for name, (w, a) in result.config.items())
+    summary = {"objective": result.objective, "uniform_seed": result.seed_objective,
+               "mean_group": mean_group(result.config),
+               "evaluations": result.evaluations, "seconds": details["seconds"]}
+    return replace(recipe, layer_groups=groups), summary
