@@ -9,7 +9,7 @@ import torch
 
 # Without a GPU the Triton kernels run through Triton's interpreter. The mode is fixed when a kernel
 # is defined, so it is chosen here, before any test module imports one; code that compiles kernels
-# for a GPU target runs in a subprocess without it (tests/test_kernel_aot.py).
+# for a GPU target runs in a subprocess without it (tests/kernels/test_kernel_aot.py).
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 

@@ -83,7 +83,7 @@ def section_aot(out: Path) -> dict:
 
 def section_tests() -> dict:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    tests = ["tests/test_triton_kernels.py", "tests/test_kernel_linear.py", "tests/test_swar.py"]
+    tests = ["tests/kernels/test_triton_kernels.py", "tests/kernels/test_kernel_linear.py", "tests/kernels/test_swar.py"]
     started = time.monotonic()
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests], cwd=ROOT, env=env,
                          capture_output=True, text=True)

@@ -1,6 +1,6 @@
 """The four-bytes-at-a-time decoders of the 4-bit GEMMs (exporter/kernels/swar.py), run as a model
 of their PTX instructions on every byte value against the operands of the recipes. The PTX itself
-is assembled for each GPU target by tests/test_kernel_aot.py."""
+is assembled for each GPU target by tests/kernels/test_kernel_aot.py."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """FP4 weights on power-of-two groups (`fp4`): the exponent search against a brute-force reference,
 exact products and their split, GPTQ on the grid, the recipe rules and the checkpoint (its
-activations: tests/test_fp4_fine_groups.py)."""
+activations: tests/numerics/test_fp4_fine_groups.py)."""
 
 import json
 

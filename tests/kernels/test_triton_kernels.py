@@ -215,7 +215,7 @@ def test_fp4_group_codes_match_the_grid(m, k):
 
 def test_fp4_group_codes_at_the_grid_edges():
     """Ties, groups at a multiplier and an ulp above, below the range, zero and tiny tokens."""
-    from tests.test_fp4_fine_groups import _activation_inputs
+    from tests.numerics.test_fp4_fine_groups import _activation_inputs
 
     x = _activation_inputs()
     codes, scale = quantize_rows(x.to(DEVICE), "fp4")
@@ -228,7 +228,7 @@ def test_fp4_group_codes_at_the_grid_edges():
 def test_rotated_fp4_group_codes_are_the_rotation_then_the_grid(m, k):
     """fp4_hadamard rotates each group of 32 by exporter/numerics/hadamard.py's butterflies, in the
     same float32 order, before the fine-group grid: the codes and scales agree to the bit."""
-    from tests.test_fp4_fine_groups import _activation_inputs
+    from tests.numerics.test_fp4_fine_groups import _activation_inputs
 
     x = _activations(m, k)
     for inputs in (x, x.half().float(), _activation_inputs()):

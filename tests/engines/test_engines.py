@@ -24,7 +24,7 @@ from exporter.stages.rewrite import run_rewrite
 from exporter.stages.validate import run_validation
 from tests.conftest import SAMPLER
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 needs_tensorrt = pytest.mark.skipif(tensorrt_missing() is not None, reason=str(tensorrt_missing()))
 
 

@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("triton", reason="the kernels are Triton kernels")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

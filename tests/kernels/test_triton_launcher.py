@@ -21,7 +21,7 @@ import pytest
 
 pytest.importorskip("triton", reason="the kernels are Triton kernels")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PLUGINS = ROOT / "plugins"
 ENV = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # AOT compiles need the real compiler
 TARGETS = ("dit_export_triton", "dit_export_triton_launcher_check", "dit_export_triton_driver_check")

@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("triton", reason="the plugins' kernels are Triton kernels, compiled at build time")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PLUGINS = ROOT / "plugins"
 ENV = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # AOT compiles need the real compiler
 needs_toolchain = pytest.mark.skipif(shutil.which("nvcc") is None or shutil.which("cmake") is None,
