@@ -20,7 +20,8 @@ The same arithmetic as the simulated quantizers (exporter/quant/qlinear.py, fp4_
 hadamard.py), division rounded to nearest as there, so the codes agree exactly. One program per
 row walks the row in steps of BLOCK channels, reading it twice for dynamic scales (the second
 time from cache; the rotation, 5 butterfly stages of one add each per element, is done twice).
-Bound: memory (x read once from DRAM, one byte written per element).
+Bound: memory (x read once from DRAM, one byte written per element); with the rotation, likely
+instruction issue (about 30 more instructions per element over the two passes, RESULTS.md).
 """
 
 from __future__ import annotations
@@ -47,7 +48,6 @@ INTEGER_CODES = ("int8", "int4")  # the formats whose codes are int8; the others
 BLOCK = 1024  # channels per step along a row
 TOP = 2.0 ** EXPONENTS[fp4_fine_groups.KIND][1]  # the row's largest group scale, over s
 QMAX = {"int8": 127.0, "fp8": 448.0, "fp4": fp4_fine_groups.FORMAT.qmax * TOP, "int4": 15.0}  # int4: UINT4
-QMAX["fp4_hadamard"] = QMAX["fp4"]
 ROUNDING = 12582912.0  # 1.5 * 2**23: adding and subtracting it rounds |y| < 2**22 to an integer, ties to even
 
 
@@ -171,7 +171,8 @@ def quantize_rows_kernel(x_ptr, codes_ptr, scale_ptr, table_ptr, bucket_ptr, gro
 def constants(fmt: str, static: bool, group_size: int) -> dict[str, object]:
     """quantize_rows_kernel's compile-time arguments for a format."""
     mid, high = fp4_fine_groups.MANTISSAS[1:]
-    return {"FORMAT": FORMATS[ROTATED.get(fmt, fmt)], "STATIC": static, "QMAX": QMAX[fmt], "BLOCK": BLOCK,
+    quantized = ROTATED.get(fmt, fmt)
+    return {"FORMAT": FORMATS[quantized], "STATIC": static, "QMAX": QMAX[quantized], "BLOCK": BLOCK,
             "GROUP": group_size, "TOP": TOP, "REACH": fp4_fine_groups.REACH, "MID": mid, "HIGH": high,
             "LOG2_LOWEST": int(math.log2(fp4_fine_groups.MULTIPLIERS[-1])),
             "TINY": TINY, "ROUNDING": ROUNDING, "HADAMARD": fmt in ROTATED, "NORM": float(norm(group_size))}
@@ -188,7 +189,7 @@ def quantize_rows(x: torch.Tensor, fmt: str, table: torch.Tensor | None = None, 
             or (static and (bucket is None or m % max(len(bucket), 1)))):
         raise ValueError(f"format {fmt}: int8, fp8, fp4 or fp4_hadamard (dynamic only) or int4 (static only); "
                          "static scales need each sample's bucket")
-    grouped = fmt in ("fp4", "fp4_hadamard", "int4")
+    grouped = ROTATED.get(fmt, fmt) in ("fp4", "int4")
     if grouped and (k % group_size or BLOCK % group_size or (fmt in ROTATED and group_size & (group_size - 1))):
         raise ValueError(f"groups of {group_size} do not divide {k} channels (a power of two to rotate)")
     if fmt == "int4" and (groups is None or tuple(groups.shape) != (len(table), k // group_size, 2)):

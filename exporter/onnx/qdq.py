@@ -157,16 +157,16 @@ def _fine_group_activation(b: Builder, x: str, act: FineGroupActivationQuant, k:
     return b.node("DequantizeLinear", [q, scale], axis=-1, block_size=g)
 
 
-def rotation(b: Builder, x: str, hadamard: str, block: int) -> str:
+def rotation(b: Builder, x: str, block: int) -> str:
     """x H along the last axis, H block-diagonal with the ``block`` x ``block`` Hadamard block."""
+    hadamard = b.const(float_tensor(b.name("hadamard"), hadamard_matrix(block)))
     rows = b.node("Reshape", [x, b.const(int64_tensor(b.name("rotation_rows"), [-1, block]))])
     return b.node("Reshape", [b.node("MatMul", [rows, hadamard]), b.node("Shape", [x])])
 
 
 def _replacement(b: Builder, x: str, y: str, q: QuantLinear | VqLinear) -> None:
     if isinstance(q, QuantLinear) and q.rotation_block:
-        hadamard = b.const(float_tensor(b.name("hadamard"), hadamard_matrix(q.rotation_block)))
-        x = rotation(b, x, hadamard, q.rotation_block)
+        x = rotation(b, x, q.rotation_block)
     if isinstance(q.act, StaticActivationQuant):
         zero = None
         if not q.act.fmt.symmetric:

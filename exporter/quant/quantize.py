@@ -101,14 +101,14 @@ def quantize_weight(w: torch.Tensor, spec: WeightSpec, group: int,
     return quantize(w, scale, zero, fmt, group), scale, zero, fmt
 
 
-def quantize_linear(linear: nn.Linear, recipe: Recipe, stats: LayerStats, quantize_input: bool,
+def quantize_linear(linear: nn.Linear, recipe: Recipe, stats: LayerStats, quantize_input: bool, block: int,
                     buckets: TimestepBuckets, context: TimestepContext, name: str = "",
                     act_range: tuple[torch.Tensor, torch.Tensor] | None = None) -> QuantLinear:
-    """``act_range``: for static activations, the range of each timestep bucket (and channel
-    group) when it is not the calibrated min/max (clip search)."""
+    """``block``: the Hadamard block of the input's rotation (rotation_block; 0: none), which the
+    statistics were observed with. ``act_range``: for static activations, the range of each
+    timestep bucket (and channel group) when it is not the calibrated min/max (clip search)."""
     spec = recipe.weight
     group, act_group = recipe.groups_of(name)
-    block = rotation_block(recipe, linear.in_features, quantize_input)
     w = rotate_linear_weight(linear.weight.detach().float(), block) if block else linear.weight.detach().float()
     codes, scale, zero, fmt = quantize_weight(w, spec, group, stats.hessian.h if spec.method == "gptq" else None)
     act = None
@@ -214,9 +214,8 @@ def quantize_model(fp_transformer: nn.Module, recipe: Recipe, calib: Calibration
             clipped = _clipped_ranges(prefix, static, stats, recipe, blocks, run, current_buckets)
         for name, linear in targets.items():
             full = prefix + name
-            quantize_input = quantized_input[name]
-            replace_module(model, full, quantize_linear(linear, recipe, stats[name], quantize_input, buckets, context,
-                                                     full, clipped.get(name)))
+            replace_module(model, full, quantize_linear(linear, recipe, stats[name], quantized_input[name],
+                                                     blocks[name], buckets, context, full, clipped.get(name)))
             quantized_roles[full] = roles[full]
             ranges[full] = tuple(r.tolist() for r in stats[name].ranges(PER_CHANNEL, per_timestep=True))
 

@@ -36,7 +36,6 @@ from exporter.contract.plugin_contract import DOMAIN, FP4_GEMM, VQ_GEMM, PluginC
 from exporter.numerics import fp4_fine_groups
 from exporter.numerics.fp4 import Fp4Format
 from exporter.numerics.fp4_groups import EXPONENTS
-from exporter.numerics.hadamard import hadamard_matrix
 from exporter.numerics.kernel_layout import FP4_GROUP, INT4_GROUP, SPAN
 from exporter.numerics.primitives import IntFormat
 from exporter.onnx.fp4_graph import decode_table, expand_blocked, fake_quantize
@@ -133,8 +132,7 @@ def _activation(b: Builder, x: str, f: dict) -> str:
     if mode == "none":
         return x
     if f["act_format"] == "fp4e2m1_hadamard":
-        hadamard = b.const(float_tensor(b.name("hadamard"), hadamard_matrix(FP4_GROUP)))
-        x = rotation(b, x, hadamard, FP4_GROUP)
+        x = rotation(b, x, FP4_GROUP)
     if f["act_format"] in ("fp4e2m1", "fp4e2m1_hadamard"):
         fmt = fp4_fine_groups.FORMAT
         scale = fine_group_scale(b, x, FP4_GROUP, k)
