@@ -34,7 +34,15 @@ def check_onnx(path: Path) -> Path:
     return Path(path)
 
 
-def build_engine(spec: EngineSpec, profile_shapes: dict, optimization_level: int = DEFAULT_OPTIMIZATION_LEVEL) -> dict:
+@dataclass(frozen=True)
+class BuiltEngine:
+    engine: Path
+    bytes: int
+    build_seconds: float
+
+
+def build_engine(spec: EngineSpec, profile_shapes: dict,
+                 optimization_level: int = DEFAULT_OPTIMIZATION_LEVEL) -> BuiltEngine:
     """Builds and writes one engine; returns its size and build time."""
     if not 0 <= optimization_level <= 5:
         raise UserError(f"builder optimization level must be 0 to 5, not {optimization_level}")
@@ -71,8 +79,7 @@ def build_engine(spec: EngineSpec, profile_shapes: dict, optimization_level: int
     timing = config.get_timing_cache()
     if timing is not None:
         atomic_write_bytes(cache_path, bytes(timing.serialize()))
-    return {"engine": str(spec.engine), "bytes": spec.engine.stat().st_size,
-            "build_seconds": round(time.monotonic() - started, 1)}
+    return BuiltEngine(spec.engine, spec.engine.stat().st_size, round(time.monotonic() - started, 1))
 
 
 def trtexec_command(spec: EngineSpec, profile_shapes: dict,

@@ -5,11 +5,17 @@ trtexec / polygraphy commands that do the same with the files already written.""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from engines.engine_builder import DEFAULT_OPTIMIZATION_LEVEL, EngineSpec, build_engine, check_onnx, trtexec_command
+from engines.engine_builder import (
+    DEFAULT_OPTIMIZATION_LEVEL,
+    BuiltEngine,
+    EngineSpec,
+    build_engine,
+    check_onnx,
+    trtexec_command,
+)
 from engines.engine_validation import polygraphy_command, saved_validation_files, validate_engine
 from engines.profiles import EngineProfile
 from engines.tensorrt_support import BUILD_PLUGINS, PLUGIN_LIBRARY, check_plugin_library, tensorrt_missing
@@ -25,6 +31,17 @@ class EnginePlan:
     optimization_level: int
     plugin_library: Path
     plugin_library_given: bool
+
+
+@dataclass(frozen=True)
+class EngineStageResult:
+    status: str  # done, or not-available: TensorRT is missing (reason), and the commands that do the same
+    reason: str | None = None
+    commands: list[str] = field(default_factory=list)
+    quantized: BuiltEngine | None = None
+    fp16: BuiltEngine | None = None
+    validation_worst: float | None = None  # the largest error statistic x step weight of the engine's validation
+    report: Path | None = None
 
 
 def plan_engines(out_dir: Path, precision: str, config, profile: EngineProfile = EngineProfile(),
@@ -55,14 +72,12 @@ def commands(plan: EnginePlan, out_dir: Path, tolerances: Tolerances, step_weigh
 
 
 def run_engine_stage(plan: EnginePlan, out_dir: Path, timesteps: list[int], step_weights: list[float],
-                     tolerances: Tolerances = Tolerances()) -> dict[str, Any]:
-    """{"status": "done", ...} with the engines built and validated, or {"status":
-    "not-available", "reason": ..., "commands": [...]} where TensorRT is missing."""
+                     tolerances: Tolerances = Tolerances()) -> EngineStageResult:
+    """The engines built and validated, or where TensorRT is missing, why and the commands."""
     saved_validation_files(out_dir)
     missing = tensorrt_missing()
     if missing:
-        return {"status": "not-available", "reason": missing,
-                "commands": commands(plan, out_dir, tolerances, step_weights)}
+        return EngineStageResult("not-available", missing, commands(plan, out_dir, tolerances, step_weights))
     check_plugin_library(plan.plugin_library)
     (out_dir / artifacts.ENGINE_DIR).mkdir(parents=True, exist_ok=True)
     quantized = build_engine(plan.quantized, plan.shapes, plan.optimization_level)
@@ -70,5 +85,5 @@ def run_engine_stage(plan: EnginePlan, out_dir: Path, timesteps: list[int], step
     validation = validate_engine(plan.quantized.engine, out_dir, timesteps, step_weights, plan.plugin_library,
                                  tolerances)
     worst = max(r[f"step_{tolerances.quantization_stat}_abs"] for r in validation["iterations"])
-    return {"status": "done", "quantized": quantized, "fp16": fp16, "validation_worst": worst,
-            "report": str(artifacts.report(out_dir, artifacts.ENGINE_VALIDATION_REPORT, "md"))}
+    return EngineStageResult("done", quantized=quantized, fp16=fp16, validation_worst=worst,
+                             report=artifacts.report(out_dir, artifacts.ENGINE_VALIDATION_REPORT, "md"))

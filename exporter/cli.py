@@ -64,7 +64,7 @@ def recipe_from_options(flags: RecipeFlags):
     recipe = recipe.with_overrides(weight_group_size=flags.weight_group_size, weight_method=flags.weight_method,
                                    activation_mode=flags.activations, activation_per_timestep=flags.per_timestep,
                                    activation_group_size=flags.activation_group_size,
-                                   activation_kind=flags.activation_format, weight_vq_iterations=flags.vq_iterations,
+                                   activation_kind=flags.activation_format, weight_iterations=flags.vq_iterations,
                                    dilation=flags.dilation, kd_iterations=flags.kd_iterations, hadamard=flags.hadamard)
     if flags.weight_layers is not None or flags.activation_layers is not None:
         policy = LayerPolicy.parse(
@@ -120,7 +120,7 @@ def calibrate(
     loaded = load_dit(model)
     _, summary = run_calibrate(loaded, recipe, default_sampler(loaded),
                                calibration_options(calibration_flags), out)
-    for key, value in summary.items():
+    for key, value in summary.to_dict().items():
         typer.echo(f"{key}: {value}")
 
 
@@ -154,10 +154,11 @@ def export_command(
 ) -> None:
     """Export the FP reference ONNX and the QDQ ONNX of a quantized checkpoint."""
     from exporter.models.loading import load_dit
+    from exporter.results import plain
     from exporter.stages.export import export_checkpoint
 
     result = export_checkpoint(checkpoint, load_dit(model), out, external_data)
-    for key, value in result.items():
+    for key, value in plain(result).items():
         typer.echo(f"{key}: {value}")
 
 
@@ -216,15 +217,15 @@ def rewrite(
     quantized, manifest = loaded_from_checkpoint(checkpoint, load_dit(model))
     qdq = artifacts.qdq_onnx(out, manifest["precision"])
     result = run_rewrite(qdq)
-    for plugin, count in result["replaced"].items():
+    for plugin, count in result.replaced.items():
         typer.echo(f"replaced: {count} x {plugin}")
-    for layer, why in result["not_replaced"].items():
+    for layer, why in result.not_replaced.items():
         typer.echo(f"not replaced: {layer}: {why}")
-    report = run_rewrite_validation(Path(result["qdq_fp16io_onnx"]), Path(result["rewritten_onnx"]),
+    report = run_rewrite_validation(result.qdq_fp16io_onnx, result.rewritten_onnx,
                                     quantized.transformer, validation_timesteps(manifest), out, atol,
                                     calibration=saved_calibration(out))
     typer.echo(f"rewritten vs QDQ (FP16 at the plugins): passed (worst max abs {worst(report['rewrite_check'], 'max'):.3g})")
-    typer.echo(f"rewritten_onnx: {result['rewritten_onnx']}\ntensorrt_onnx: {result['tensorrt_onnx']}")
+    typer.echo(f"rewritten_onnx: {result.rewritten_onnx}\ntensorrt_onnx: {result.tensorrt_onnx}")
 
 
 def _engine_context(checkpoint: Path, out: Path):
@@ -267,14 +268,14 @@ def engine(
     plan = plan_engines(out, precision, config, EngineProfile.parse(batch, resolution), plugin_library,
                         optimization_level)
     result = run_engine_stage(plan, out, timesteps, weights, tolerances)
-    if result["status"] == "not-available":
-        typer.echo(f"engine: not available: {result['reason']}; the same with the files written here:")
-        for command in result["commands"]:
+    if result.status == "not-available":
+        typer.echo(f"engine: not available: {result.reason}; the same with the files written here:")
+        for command in result.commands:
             typer.echo(f"    {command}")
         return
-    typer.echo(f"quantized engine: {result['quantized']['engine']}\nfp16 engine: {result['fp16']['engine']}")
-    typer.echo(f"validation: passed (worst {quantization_stat} x step weight {result['validation_worst']:.3g}); "
-               f"report: {result['report']}")
+    typer.echo(f"quantized engine: {result.quantized.engine}\nfp16 engine: {result.fp16.engine}")
+    typer.echo(f"validation: passed (worst {quantization_stat} x step weight {result.validation_worst:.3g}); "
+               f"report: {result.report}")
 
 
 @app.command()

@@ -12,11 +12,11 @@ PACKAGES = ("exporter", "engines")
 # The stages: what the commands run (exporter/stages/, and the command line that calls them).
 STAGES = ("exporter.stages", "exporter.cli", "exporter.cli_options", "exporter.__main__")
 # What the stages are made of, by layer: a module imports only from its own layer or the layers
-# after it (and the shared exporter.errors, atomic, progress, artifacts).
+# after it (and the shared exporter.errors, atomic, progress, artifacts, results).
 LAYERS = (("engines",), ("exporter.rewrite",), ("exporter.kernels",), ("exporter.onnx",),
           ("exporter.evaluation", "exporter.models", "exporter.quant", "exporter.contract"),
           ("exporter.numerics",))
-SHARED = ("exporter.errors", "exporter.atomic", "exporter.progress", "exporter.artifacts")
+SHARED = ("exporter.errors", "exporter.atomic", "exporter.progress", "exporter.artifacts", "exporter.results")
 
 
 def _modules() -> dict[str, Path]:

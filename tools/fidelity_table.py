@@ -37,7 +37,8 @@ from exporter.models.loading import (
 )
 from exporter.quant.checkpoint import loaded_from_checkpoint  # noqa: E402
 from exporter.quant.methods.qdit_group_search import SearchOptions  # noqa: E402
-from exporter.quant.recipes import PER_CHANNEL, Recipe, WeightSpec, get_recipe  # noqa: E402
+from exporter.quant.recipes import PER_CHANNEL, Recipe, get_recipe  # noqa: E402
+from exporter.quant.weight_configs import IntWeights  # noqa: E402
 from exporter.stages.calibrate import CalibrationOptions, run_calibrate  # noqa: E402
 from exporter.stages.evaluate import evaluate  # noqa: E402
 
@@ -47,7 +48,7 @@ RESULTS = ROOT / "RESULTS.md"
 
 def _weight_only_rtn(bits: int) -> Recipe:
     return Recipe(f"int{bits}-rtn", f"baseline: INT{bits} per-channel round-to-nearest weights, FP activations",
-                  WeightSpec(bits=bits, group_size=PER_CHANNEL, method="rtn"), None)
+                  IntWeights(bits=bits, group_size=PER_CHANNEL, method="rtn"), None)
 
 
 # A W4A4 recipe's first design: one symmetric scale per timestep for the whole token, min/max.
@@ -69,7 +70,7 @@ ROWS = [
     ("W4A8-FP4 (g32 GPTQ FP4 W, format per layer, dynamic per-token A8)", "w4a8-fp4", {}),
     ("W4A4-FP4 (g32 GPTQ FP4 W, format per layer, dynamic g32 E2M1 A4, Hadamard)", "fp4-g32", {}),
     ("W4A4-FP4 without the Hadamard rotation", "fp4-g32", {"hadamard": False}),
-    ("W4A4-FP4 with E2M1 everywhere (no per-layer format choice)", "fp4-g32", {"weight_fp4_format": "e2m1"}),
+    ("W4A4-FP4 with E2M1 everywhere (no per-layer format choice)", "fp4-g32", {"weight_format": "e2m1"}),
     ("W4A4 INT4 RTN baseline (g32 RTN W4, dynamic g32 INT4 A4)", "w4a8-g32",
      {"weight_method": "rtn", "weight_clip_search": False, "activation_bits": 4, "activation_group_size": 32}),
     ("vq3 (VQ4DiT: 64 x 2 codebooks per layer, calibrated block by block; FP activations)", "vq3", {}),
@@ -100,7 +101,7 @@ ROWS = [
     ("W4A4-FP4 deployable grid with fine activation groups of 16 channels (no Hadamard)", "fp4",
      {"activation_group_size": 16, "hadamard": False}),
     ("W4A4-FP4 deployable grid with E2M1 weights everywhere (no per-layer format choice; no Hadamard)", "fp4",
-     {"weight_fp4_format": "e2m1", "hadamard": False}),
+     {"weight_format": "e2m1", "hadamard": False}),
     ("W4A4-FP4 deployable grid with DilateQuant's weight dilation (folded into adaLN and to_v; no Hadamard)", "fp4",
      {"dilation": True, "hadamard": False}),
     ("W4A4-FP4 with power-of-two weight groups only (FP32 activation scales per 32 channels, no Hadamard)", "fp4",

@@ -32,18 +32,20 @@ import torch
 import triton
 import triton.language as tl
 
+from exporter.contract.kernel_api import QUANT_FORMAT, QUANT_MODES
 from exporter.numerics import fp4_fine_groups
 from exporter.numerics.fp4_groups import EXPONENTS, TINY
 from exporter.numerics.hadamard import norm
 from exporter.numerics.kernel_layout import FP4_GROUP
 
-INT8: tl.constexpr = tl.constexpr(0)
-FP8: tl.constexpr = tl.constexpr(1)
-FP4: tl.constexpr = tl.constexpr(2)
-INT4: tl.constexpr = tl.constexpr(3)
-FORMATS = {"int8": 0, "fp8": 1, "fp4": 2, "int4": 3, "fp4_hadamard": 4}  # the launcher's numbering
+FORMATS = QUANT_FORMAT.numbers()  # the launcher's numbering
+INT8: tl.constexpr = tl.constexpr(FORMATS["int8"])
+FP8: tl.constexpr = tl.constexpr(FORMATS["fp8"])
+FP4: tl.constexpr = tl.constexpr(FORMATS["fp4"])
+INT4: tl.constexpr = tl.constexpr(FORMATS["int4"])
 ROTATED = {"fp4_hadamard": "fp4"}  # formats that rotate each group first, and the format they then quantize to
-STATIC_ONLY, DYNAMIC_ONLY = ("int4",), ("fp4", "fp4_hadamard")
+STATIC_ONLY = tuple(fmt for fmt, modes in QUANT_MODES.items() if modes == ("static",))
+DYNAMIC_ONLY = tuple(fmt for fmt, modes in QUANT_MODES.items() if modes == ("dynamic",))
 INTEGER_CODES = ("int8", "int4")  # the formats whose codes are int8; the others' are float8_e4m3fn
 BLOCK = 1024  # channels per step along a row
 TOP = 2.0 ** EXPONENTS[fp4_fine_groups.KIND][1]  # the row's largest group scale, over s

@@ -200,7 +200,7 @@ class KernelLinear(nn.Module):
         self.fp8 = False  # the GEMM is fp8_gemm's (FP4 weights, FP4 activations)
         self.fp4_kind: str | None = None  # fp8_gemm's 4-bit FP4 weights' format
         self.act_group = _fp4_activation_group(name, layer)
-        self.act_format = "fp4_hadamard" if getattr(layer, "rotation_block", 0) else "fp4"
+        self.act_format = "fp4_hadamard" if layer.rotation_block else "fp4"
         if self.act_format == "fp4_hadamard" and self.act_group not in (0, layer.rotation_block):
             raise UserError(f"layer {name}: the FP4 quantizer rotates each activation group; the layer's Hadamard "
                             f"blocks of {layer.rotation_block} are not its groups of {self.act_group}")

@@ -17,7 +17,8 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from exporter.kernels.activation_quant import DYNAMIC_ONLY, FORMATS, INTEGER_CODES, STATIC_ONLY, quantize_rows_kernel
+from exporter.contract.kernel_api import QUANT_MODES, quantizer_variant
+from exporter.kernels.activation_quant import INTEGER_CODES, quantize_rows_kernel
 from exporter.kernels.activation_quant import constants as quantize_constants
 from exporter.kernels.fp8_gemm import fp4_ptx, fp8_gemm_kernel
 from exporter.kernels.int8_gemm import int8_gemm_kernel
@@ -105,11 +106,12 @@ def _variants() -> list[KernelVariant]:
             vq_tiles = gemm_tiles(LARGE_TILES_ABOVE + 1 if size == "large" else 1, VQ_BLOCK_K)
             out.append(_gemm(f"vq_gemm.d{d}.{size}", "fp16", vq_gemm_kernel, vq_pointers,
                              {"D": d, "INT8_A": False}, vq_tiles, ALL_ARCHS))
-    for fmt in FORMATS:
+    for fmt, modes in QUANT_MODES.items():
         integer = fmt in INTEGER_CODES
-        for static in (True,) if fmt in STATIC_ONLY else (False,) if fmt in DYNAMIC_ONLY else (False, True):
+        for mode in modes:
+            static = mode == "static"
             out.append(KernelVariant(
-                f"quantize.{fmt}.{'static' if static else 'dynamic'}", "quantize", quantize_rows_kernel,
+                quantizer_variant(fmt, mode), "quantize", quantize_rows_kernel,
                 {"x_ptr": "*fp16", "codes_ptr": "*i8" if integer else "*fp8e4nv", "scale_ptr": "*fp32",
                  "table_ptr": "*fp32", "bucket_ptr": "*i64", "groups_ptr": "*u8", "K": "i32",
                  "rows_per_sample": "i32", "table_row": "i32"},

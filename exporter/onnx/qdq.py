@@ -47,7 +47,13 @@ from exporter.onnx.fp4_graph import use_fp4_opset, weight_decode
 from exporter.onnx.graph_builder import Builder, code_tensor, float_tensor, int64_tensor, onnx_quant_type
 from exporter.onnx.tracing import INPUT_NAMES, MARKER_OP, OPSET
 from exporter.onnx.vq_graph import vq_weight
-from exporter.quant.qlinear import DynamicActivationQuant, FineGroupActivationQuant, QuantLinear, StaticActivationQuant
+from exporter.quant.qlinear import (
+    DecodedLinear,
+    DynamicActivationQuant,
+    FineGroupActivationQuant,
+    QuantLinear,
+    StaticActivationQuant,
+)
 from exporter.quant.vq_linear import VqLinear
 
 BUCKET_TABLE = "timestep_bucket_table"
@@ -164,8 +170,12 @@ def rotation(b: Builder, x: str, block: int) -> str:
     return b.node("Reshape", [b.node("MatMul", [rows, hadamard]), b.node("Shape", [x])])
 
 
-def _replacement(b: Builder, x: str, y: str, q: QuantLinear | VqLinear) -> None:
-    if isinstance(q, QuantLinear) and q.rotation_block:
+# How each kind of quantized layer's weight enters the graph: the name of a [K, N] weight tensor.
+WEIGHT_EMITTERS = {QuantLinear: _weight, VqLinear: vq_weight}
+
+
+def _replacement(b: Builder, x: str, y: str, q: DecodedLinear) -> None:
+    if q.rotation_block:
         x = rotation(b, x, q.rotation_block)
     if isinstance(q.act, StaticActivationQuant):
         zero = None
@@ -179,14 +189,14 @@ def _replacement(b: Builder, x: str, y: str, q: QuantLinear | VqLinear) -> None:
         x = _fine_group_activation(b, x, q.act, q.in_features)
     elif q.act is not None:
         raise UserError(f"layer {b.prefix}: no export for activation quantizer {type(q.act).__name__}")
-    w = vq_weight(b, q) if isinstance(q, VqLinear) else _weight(b, q)
+    w = WEIGHT_EMITTERS[type(q)](b, q)
     if q.bias is None:
         b.node("MatMul", [x, w], output=y)
     else:
         b.node("Add", [b.node("MatMul", [x, w]), b.const(float_tensor(b.name("bias"), q.bias))], output=y)
 
 
-def insert_qdq(proto: onnx.ModelProto, names: list[str], layers: dict[str, QuantLinear | VqLinear],
+def insert_qdq(proto: onnx.ModelProto, names: list[str], layers: dict[str, DecodedLinear],
                bucket_of_t: torch.Tensor | None) -> onnx.ModelProto:
     """Replaces the trace's marker nodes (see onnx_graph.py) by QDQ subgraphs, in place."""
     graph = proto.graph

@@ -21,8 +21,7 @@ from torch import nn
 
 from exporter.onnx.files import deduplicate_initializers
 from exporter.quant.module_tree import replace_module
-from exporter.quant.qlinear import QuantLinear
-from exporter.quant.vq_linear import VqLinear
+from exporter.quant.qlinear import DecodedLinear
 
 INPUT_NAMES = ("sample", "timestep", "class_labels")
 OUTPUT_NAME = "out_sample"
@@ -53,7 +52,7 @@ class _Marker(torch.autograd.Function):
 
 
 class _Marked(nn.Module):
-    def __init__(self, module: QuantLinear | VqLinear, layer: int) -> None:
+    def __init__(self, module: DecodedLinear, layer: int) -> None:
         super().__init__()
         self.module, self.layer = module, layer
 
@@ -85,7 +84,7 @@ def example_inputs(transformer: nn.Module, batch: int = 2) -> tuple[torch.Tensor
 def trace(transformer: nn.Module) -> tuple[onnx.ModelProto, list[str]]:
     """The traced graph and the names of the quantized Linears in marker order."""
     model = copy.deepcopy(transformer).eval()
-    names = [n for n, m in model.named_modules() if isinstance(m, (QuantLinear, VqLinear))]
+    names = [n for n, m in model.named_modules() if isinstance(m, DecodedLinear)]
     for i, name in enumerate(names):
         replace_module(model, name, _Marked(model.get_submodule(name), i))
     dynamic = {name: {0: "batch"} for name in (*INPUT_NAMES, OUTPUT_NAME)}

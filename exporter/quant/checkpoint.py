@@ -43,28 +43,14 @@ from torch import nn
 from exporter.atomic import atomic_directory
 from exporter.errors import UserError
 from exporter.models.loading import LoadedDiT
-from exporter.numerics import fp4_fine_groups
-from exporter.numerics.fp4 import Fp4Format
-from exporter.numerics.fp4_groups import split_pow2
-from exporter.numerics.packing import pack_int4, unpack_int4
-from exporter.numerics.primitives import IntFormat, format_from_name
-from exporter.numerics.two_level import split_two_level
-from exporter.numerics.two_level_activations import ACT_GROUP_FACTORS
-from exporter.numerics.vq import VqFormat, pack_indices, unpack_indices
+from exporter.quant.layer_storage import LAYER_STORAGE, load_layer
 from exporter.quant.module_tree import replace_module
-from exporter.quant.qlinear import (
-    DynamicActivationQuant,
-    FineGroupActivationQuant,
-    QuantLinear,
-    StaticActivationQuant,
-    TimestepContext,
-)
+from exporter.quant.qlinear import TimestepContext
 from exporter.quant.quantized_model import QuantizedDiT, TimestepBuckets
-from exporter.quant.recipes import ACTIVATION_SCALES, Recipe
-from exporter.quant.vq_linear import VqLinear
+from exporter.quant.recipes import Recipe
 
 FORMAT = "dit-export-quantized"
-VERSION = 1
+VERSION = 2  # 2: recipes and layers name their weight kind
 MANIFEST = "manifest.json"
 TENSORS = "tensors.safetensors"
 
@@ -81,30 +67,10 @@ def model_fingerprint(transformer: nn.Module) -> str:
 def save_checkpoint(qdit: QuantizedDiT, folder: Path, extra: dict[str, Any]) -> Path:
     """extra: model_source, model_fingerprint, scheduler_config, sampler, calibration."""
     tensors: dict[str, torch.Tensor] = {"timestep_buckets": qdit.buckets.bucket_of_t.long()}
-    layers = []
+    storage = LAYER_STORAGE[type(qdit.recipe.weight)]
     qlinears = qdit.quant_linears()
-    for name, q in qlinears.items():
-        if isinstance(q, VqLinear):
-            layers.append(_save_vq_layer(name, q, qdit, tensors))
-            continue
-        codes = pack_int4(q.codes) if q.fmt.bits == 4 else q.codes
-        tensors[f"{name}.codes"] = codes.contiguous()
-        tensors[f"{name}.w_scale"] = q.w_scale.contiguous()
-        if not q.fmt.symmetric:
-            tensors[f"{name}.w_zero"] = q.w_zero.contiguous()
-        if q.bias is not None:
-            tensors[f"{name}.bias"] = q.bias.contiguous()
-        act = _save_activation(name, q.act, tensors)
-        layers.append({
-            "name": name, "role": qdit.roles[name], "in_features": q.in_features, "out_features": q.out_features,
-            "weight": {"format": q.fmt.name, "bits": q.fmt.bits, "symmetric": q.fmt.symmetric,
-                       "group_size": q.group_size, "method": qdit.recipe.weight.method,
-                       "scales": qdit.recipe.weight.scales,
-                       "storage": "4-bit codes x2 per byte, low nibble first" if q.fmt.bits == 4 else str(q.codes.dtype).removeprefix("torch.")},
-            "activation": act,
-            "rotation_block": q.rotation_block,
-            "weight_bytes": _stored_bytes(tensors, name, ("codes", "w_scale", "w_zero")),
-        })
+    layers = [{"name": name, "role": qdit.roles[name], "in_features": q.in_features, "out_features": q.out_features,
+               **storage.save(name, q, qdit.recipe.weight, tensors)} for name, q in qlinears.items()]
     quantized_prefixes = tuple(f"{n}." for n in qlinears)
     for key, value in qdit.transformer.state_dict().items():
         if not key.startswith(quantized_prefixes):
@@ -120,69 +86,6 @@ def save_checkpoint(qdit: QuantizedDiT, folder: Path, extra: dict[str, Any]) -> 
         save_file(tensors, str(tmp / TENSORS))
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return folder
-
-
-def _save_activation(name: str, act: nn.Module | None, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
-    if isinstance(act, StaticActivationQuant):
-        tensors[f"{name}.a_scale"] = act.scale.contiguous()
-        tensors[f"{name}.a_zero"] = act.zero.contiguous()
-        return {"mode": "static", "format": act.fmt.name, "bits": act.fmt.bits,
-                "symmetric": act.fmt.symmetric, "groups": act.groups,
-                "scales": "two-level" if act.two_level else "float",
-                "granularity": "per timestep bucket, "
-                + ("per token" if act.groups == 1 else f"{act.groups} channel groups")}
-    if isinstance(act, DynamicActivationQuant):
-        return {"mode": "dynamic", "format": act.fmt.name, "bits": act.fmt.bits,
-                "symmetric": act.fmt.symmetric, "group_size": act.group_size}
-    if isinstance(act, FineGroupActivationQuant):
-        return {"mode": "dynamic", "format": act.fmt.name, "bits": act.fmt.bits, "symmetric": True,
-                "group_size": act.group_size, "scales": "e4m3-groups"}
-    return {"mode": "none"}
-
-
-def _load_activation(layer: dict[str, Any], tensors: dict[str, torch.Tensor], bucket_of_t: torch.Tensor,
-                     context: TimestepContext) -> nn.Module | None:
-    name, a = layer["name"], layer["activation"]
-    if a.get("scales", "float") not in ACTIVATION_SCALES:
-        raise ValueError(f"{name}: unknown activation scales {a['scales']!r}; valid: {', '.join(ACTIVATION_SCALES)}")
-    if a["mode"] == "static":
-        scale, two_level = tensors[f"{name}.a_scale"], a.get("scales", "float") == "two-level"
-        if two_level:
-            try:
-                split_two_level(scale, ACT_GROUP_FACTORS)
-            except ValueError as e:
-                raise ValueError(f"{name}.a_scale: {e}") from None
-        return StaticActivationQuant(format_from_name(a["format"]), scale, tensors[f"{name}.a_zero"], bucket_of_t,
-                                     context, two_level=two_level)
-    if a["mode"] == "dynamic" and a.get("scales", "float") == "e4m3-groups":
-        if a["format"] != fp4_fine_groups.FORMAT.name:
-            raise ValueError(f"{name}: fine group activations are FP4 E2M1, not {a['format']}")
-        return FineGroupActivationQuant(a["group_size"])
-    if a["mode"] == "dynamic":
-        return DynamicActivationQuant(format_from_name(a["format"]), a["group_size"])
-    return None
-
-
-def _save_vq_layer(name: str, q: VqLinear, qdit: QuantizedDiT, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
-    tensors[f"{name}.codebook"] = q.codebook.half().contiguous()
-    tensors[f"{name}.assignments"] = pack_indices(q.assignments, q.fmt.index_bits)
-    if q.bias is not None:
-        tensors[f"{name}.bias"] = q.bias.contiguous()
-    return {
-        "name": name, "role": qdit.roles[name], "in_features": q.in_features, "out_features": q.out_features,
-        "weight": {"format": q.fmt.name, "kind": "vq", "codewords": q.fmt.codewords, "dim": q.fmt.dim,
-                   "index_bits": q.fmt.index_bits, "bits_per_weight": q.fmt.bits_per_weight,
-                   "method": qdit.recipe.weight.method,
-                   "storage": "float16 codebook; indices as a little-endian bit stream, row-major"},
-        "activation": _save_activation(name, q.act, tensors),
-        "rotation_block": 0,
-        "weight_bytes": _stored_bytes(tensors, name, ("codebook", "assignments")),
-    }
-
-
-def _stored_bytes(tensors: dict[str, torch.Tensor], name: str, parts: tuple[str, ...]) -> int:
-    """Bytes the checkpoint spends on a layer's weight (codes or assignments, scales, codebooks)."""
-    return sum(t.numel() * t.element_size() for part in parts if (t := tensors.get(f"{name}.{part}")) is not None)
 
 
 def weight_storage(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -242,7 +145,7 @@ def load_checkpoint(folder: Path) -> tuple[QuantizedDiT, dict[str, Any]]:
         for layer in manifest["layers"]:
             name = layer["name"]
             roles[name] = layer["role"]
-            replace_module(model, name, _quant_linear_from(layer, tensors, bucket_of_t, context))
+            replace_module(model, name, load_layer(layer, tensors, bucket_of_t, context))
         fp_state = {k[3:]: v for k, v in tensors.items() if k.startswith("fp.")}
         missing, unexpected = model.load_state_dict(fp_state, strict=False)
         missing = [k for k in missing if not any(k.startswith(f"{n}.") for n in roles)]
@@ -251,48 +154,6 @@ def load_checkpoint(folder: Path) -> tuple[QuantizedDiT, dict[str, Any]]:
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise UserError(f"corrupt checkpoint {folder}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     return QuantizedDiT(model, context, recipe, buckets, roles), manifest
-
-
-def _vq_linear_from(layer: dict[str, Any], tensors: dict[str, torch.Tensor], act: nn.Module | None) -> VqLinear:
-    name, w = layer["name"], layer["weight"]
-    n, k = layer["out_features"], layer["in_features"]
-    codebook = tensors[f"{name}.codebook"].float()
-    if codebook.shape != (w["codewords"], w["dim"]):
-        raise ValueError(f"{name}.codebook has shape {tuple(codebook.shape)}, expected {(w['codewords'], w['dim'])}")
-    per_row = -(-k // w["dim"])
-    indices = unpack_indices(tensors[f"{name}.assignments"], VqFormat(w["codewords"], w["dim"]).index_bits, n * per_row)
-    return VqLinear(codebook, indices.reshape(n, per_row), k, tensors.get(f"{name}.bias"), act)
-
-
-def _quant_linear_from(layer: dict[str, Any], tensors: dict[str, torch.Tensor], bucket_of_t: torch.Tensor,
-                       context: TimestepContext) -> QuantLinear | VqLinear:
-    name, w = layer["name"], layer["weight"]
-    if w.get("kind") == "vq":
-        return _vq_linear_from(layer, tensors, _load_activation(layer, tensors, bucket_of_t, context))
-    n, k = layer["out_features"], layer["in_features"]
-    fmt = format_from_name(w["format"])
-    codes = tensors[f"{name}.codes"]
-    if fmt.bits == 4:
-        if codes.shape != (n, (k + 1) // 2):
-            raise ValueError(f"{name}.codes has shape {tuple(codes.shape)}, expected {(n, (k + 1) // 2)}")
-        codes = unpack_int4(codes, k, signed=isinstance(fmt, IntFormat) and fmt.symmetric)
-    elif codes.shape != (n, k):
-        raise ValueError(f"{name}.codes has shape {tuple(codes.shape)}, expected {(n, k)}")
-    scale = tensors[f"{name}.w_scale"]
-    if w.get("scales", "float") in ("two-level", "pow2-groups"):
-        try:
-            if w["scales"] == "two-level":
-                split_two_level(scale)
-            elif isinstance(fmt, Fp4Format):
-                split_pow2(scale, fmt.kind)
-            else:
-                raise ValueError(f"power-of-two group scales are for FP4 weights, not {fmt.name}")
-        except ValueError as e:
-            raise ValueError(f"{name}.w_scale: {e}") from None
-    zero = tensors.get(f"{name}.w_zero", torch.zeros_like(scale))
-    act = _load_activation(layer, tensors, bucket_of_t, context)
-    return QuantLinear(codes, scale, zero, fmt, w["group_size"], tensors.get(f"{name}.bias"), act,
-                       rotation_block=int(layer.get("rotation_block", 0)))
 
 
 def open_checkpoint(folder: Path, model: LoadedDiT | None = None) -> tuple[QuantizedDiT, dict[str, Any]]:

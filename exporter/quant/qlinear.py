@@ -123,6 +123,8 @@ class DecodedLinear(nn.Module):
     """y = act(prepare(x)) W^T + b: a Linear whose weight W [N, K] is decoded once from its
     quantized form into the buffer ``weight``, which each kind of layer sets from its own."""
 
+    rotation_block = 0  # the Hadamard block of the input rotation (0: none)
+
     def __init__(self, in_features: int, out_features: int, bias: torch.Tensor | None,
                  act: nn.Module | None) -> None:
         super().__init__()

@@ -1,8 +1,10 @@
-"""Quantizing a DiT: block by block over the calibration set, GPTQ-style.
+"""Quantizing a DiT: ``quantize_model`` hands the recipe to the block driver of its kind of
+weights (``QUANTIZERS``; codebooks: exporter/quant/methods/vq4dit.py).
 
-For each transformer block, in order: run the calibration inputs (as produced by the blocks
-already quantized) through it, recording for every targeted Linear its input range per timestep
-bucket and, for GPTQ, its input Hessian; quantize those Linears' weights; set up their activation
+Integer and FP4 weights, block by block over the calibration set, GPTQ-style: for each
+transformer block, in order, run the calibration inputs (as produced by the blocks already
+quantized) through it, recording for every targeted Linear its input range per timestep bucket
+and, for GPTQ, its input Hessian; quantize those Linears' weights; set up their activation
 quantizers; then run the quantized block to produce the next block's inputs. Linears outside the
 blocks (final layer) are handled the same way in a last pass over the whole model.
 """
@@ -39,7 +41,8 @@ from exporter.quant.module_tree import replace_module
 from exporter.quant.policy import linear_roles
 from exporter.quant.qlinear import QuantLinear, StaticActivationQuant, TimestepContext, dynamic_activation
 from exporter.quant.quantized_model import QuantizedDiT, TimestepBuckets
-from exporter.quant.recipes import Recipe, WeightSpec
+from exporter.quant.recipes import Recipe
+from exporter.quant.weight_configs import Fp4Weights, IntWeights, ScalarWeights, VqWeights
 
 BATCH = 256
 
@@ -79,7 +82,7 @@ class LayerStats:
         return (lo[:, 0], hi[:, 0]) if g == k else (lo, hi)
 
 
-def quantize_weight(w: torch.Tensor, spec: WeightSpec, group: int,
+def quantize_weight(w: torch.Tensor, spec: ScalarWeights, group: int,
                     hessian: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, QuantFormat]:
     """Codes [N, K], scales and zero-points [N, groups] and the format of an integer or FP4 weight
     [N, K] in groups of ``group``: GPTQ with ``hessian`` when the spec says gptq, else
@@ -187,11 +190,10 @@ def _clipped_ranges(prefix: str, targets: dict[str, nn.Linear], stats: dict[str,
 
 
 @torch.no_grad()
-def quantize_model(fp_transformer: nn.Module, recipe: Recipe, calib: CalibrationSet,
-                   num_train_timesteps: int, n_buckets: int | None = None, progress: bool = True) -> QuantizedDiT:
-    buckets = TimestepBuckets.build(calib.timesteps, n_buckets, num_train_timesteps)
-    if recipe.weight.kind == "vq":
-        return vq_quantize_model(fp_transformer, recipe, calib, buckets, progress)
+def quantize_scalar_model(fp_transformer: nn.Module, recipe: Recipe, calib: CalibrationSet, buckets: TimestepBuckets,
+                          progress: bool = True) -> QuantizedDiT:
+    """The QuantizedDiT of a recipe with integer or FP4 weights (ScalarWeights): GPTQ-style, block
+    by block over the calibration set, as the module docstring says."""
     model = copy.deepcopy(fp_transformer).eval()
     context = TimestepContext()
     context.attach(model)
@@ -258,3 +260,13 @@ def quantize_model(fp_transformer: nn.Module, recipe: Recipe, calib: Calibration
     bar.advance()
     return QuantizedDiT(model, context, recipe, buckets, quantized_roles, ranges, losses)
 
+
+
+# The block driver of each kind of weight config: quantizes the model for a recipe with those weights.
+QUANTIZERS = {IntWeights: quantize_scalar_model, Fp4Weights: quantize_scalar_model, VqWeights: vq_quantize_model}
+
+
+def quantize_model(fp_transformer: nn.Module, recipe: Recipe, calib: CalibrationSet,
+                   num_train_timesteps: int, n_buckets: int | None = None, progress: bool = True) -> QuantizedDiT:
+    buckets = TimestepBuckets.build(calib.timesteps, n_buckets, num_train_timesteps)
+    return QUANTIZERS[type(recipe.weight)](fp_transformer, recipe, calib, buckets, progress)

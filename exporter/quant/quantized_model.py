@@ -9,9 +9,8 @@ import torch
 from torch import nn
 
 from exporter.errors import UserError
-from exporter.quant.qlinear import QuantLinear, TimestepContext
+from exporter.quant.qlinear import DecodedLinear, TimestepContext
 from exporter.quant.recipes import Recipe
-from exporter.quant.vq_linear import VqLinear
 
 
 @dataclass
@@ -50,5 +49,5 @@ class QuantizedDiT:
     activation_ranges: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
     calibration_losses: dict[str, list[float]] = field(default_factory=dict)  # per block: VQ4DiT, DilateQuant
 
-    def quant_linears(self) -> dict[str, QuantLinear | VqLinear]:
-        return {n: m for n, m in self.transformer.named_modules() if isinstance(m, (QuantLinear, VqLinear))}
+    def quant_linears(self) -> dict[str, DecodedLinear]:
+        return {n: m for n, m in self.transformer.named_modules() if isinstance(m, DecodedLinear)}

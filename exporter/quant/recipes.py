@@ -5,31 +5,21 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
-import torch
-
 from exporter.errors import UserError
-from exporter.numerics.fp4 import MAGNITUDES, Fp4Format
-from exporter.numerics.fp4_groups import select_pow2_format
+from exporter.numerics.fp4 import Fp4Format
 from exporter.numerics.kernel_layout import FP4_GROUP, INT4_GROUP
 from exporter.numerics.primitives import PER_CHANNEL, PER_TENSOR, Fp8E4M3Format, IntFormat, QuantFormat
-from exporter.numerics.vq import VqFormat
-from exporter.quant.methods.hqdit import select_format
 from exporter.quant.policy import LayerPolicy
-
-
-def _check_bits(bits: int) -> None:
-    if not 2 <= bits <= 8:
-        raise UserError(f"integer formats have 2 to 8 bits, not {bits}")
-
-
-def _fits_two_level(kind: str, bits: int, symmetric: bool, group_size: int) -> bool:
-    return kind == "int" and bits == 4 and symmetric and group_size > 0
-
-
-def _fits_weight_scales(scales: str, kind: str, bits: int, symmetric: bool, group_size: int) -> bool:
-    if scales == "two-level":
-        return _fits_two_level(kind, bits, symmetric, group_size)
-    return scales != "pow2-groups" or (kind == "fp4" and group_size > 0)
+from exporter.quant.weight_configs import (
+    Fp4Weights,
+    IntWeights,
+    VqWeights,
+    WeightConfig,
+    check_bits,
+    weights_from_dict,
+    weights_to_dict,
+    with_weight_overrides,
+)
 
 
 def _fits_activation_scales(scales: str, kind: str, bits: int, symmetric: bool, mode: str, group_size: int) -> bool:
@@ -38,78 +28,7 @@ def _fits_activation_scales(scales: str, kind: str, bits: int, symmetric: bool, 
     return scales != "e4m3-groups" or (kind == "fp4" and mode == "dynamic" and group_size > 0)
 
 
-WEIGHT_SCALES = ("float", "two-level", "pow2-groups")
 ACTIVATION_SCALES = ("float", "e4m3-groups", "two-level")
-
-
-@dataclass(frozen=True)
-class WeightSpec:
-    bits: int = 8
-    symmetric: bool = True
-    group_size: int = PER_CHANNEL  # PER_CHANNEL (-1) or a group size along input channels
-    # rtn / gptq for int and fp4; vq4dit (calibrated) or kmeans (nearest codeword) for vq
-    method: Literal["rtn", "gptq", "vq4dit", "kmeans"] = "rtn"
-    clip_search: bool = False
-    # fp4: 4-bit floats (bits must be 4); fp4_format e2m1 / e3m0 / e1m2, or auto: chosen per
-    # layer from its weights (HQ-DiT).
-    # vq: codebooks of vq_codewords codewords over sub-vectors of vq_dim weights (VQ4DiT); bits
-    # is log2(vq_codewords) / vq_dim; vq_iterations of calibration per block, vq_candidates
-    # nearest codewords per sub-vector.
-    kind: Literal["int", "fp4", "vq"] = "int"
-    fp4_format: str = "auto"
-    vq_codewords: int = 256
-    vq_dim: int = 4
-    vq_iterations: int = 300
-    vq_candidates: int = 2
-    # float: a float32 scale per group; two-level: symmetric INT4 groups scaled by s[n] * f[n, g],
-    # s a float per output row and f an integer 1..16 per group, so that a kernel's K loop is a
-    # pure INT8 MMA (exporter/numerics/two_level.py); pow2-groups: FP4 groups scaled by s[n] * 2**t[n, g],
-    # t in the format's exponent range, so that v * 2**t is an exact E4M3 operand and the K loop a
-    # pure FP8 MMA (exporter/numerics/fp4_groups.py)
-    scales: Literal["float", "two-level", "pow2-groups"] = "float"
-
-    def __post_init__(self) -> None:
-        _check_bits(self.bits)
-        if self.scales not in WEIGHT_SCALES:
-            raise UserError(f"unknown weight scales '{self.scales}'; valid: {', '.join(WEIGHT_SCALES)}")
-        if self.scales == "two-level" and not _fits_two_level(self.kind, self.bits, self.symmetric, self.group_size):
-            raise UserError("two-level weight scales need symmetric INT4 weights in groups (group size > 0)")
-        if not _fits_weight_scales(self.scales, self.kind, self.bits, self.symmetric, self.group_size):
-            raise UserError("power-of-two group scales (pow2-groups) need FP4 weights in groups (group size > 0)")
-        if self.kind not in ("int", "fp4", "vq"):
-            raise UserError(f"unknown weight format '{self.kind}'; valid: int, fp4, vq")
-        vq_methods = ("vq4dit", "kmeans")
-        if (self.kind == "vq") != (self.method in vq_methods):
-            raise UserError(f"weight method '{self.method}' does not apply to {self.kind} weights; valid: "
-                            f"{', '.join(vq_methods) if self.kind == 'vq' else 'rtn, gptq'}")
-        if self.kind == "vq":
-            try:
-                fmt = VqFormat(self.vq_codewords, self.vq_dim)
-            except ValueError as e:
-                raise UserError(str(e)) from None
-            if fmt.bits_per_weight != self.bits:
-                raise UserError(f"{fmt.name} codebooks store {fmt.bits_per_weight:g} bits per weight, not {self.bits}")
-            if self.vq_iterations < 0 or self.vq_candidates < 1:
-                raise UserError("VQ calibration needs iterations >= 0 and at least one candidate codeword")
-        if self.kind == "fp4" and (self.bits != 4 or self.fp4_format not in (*MAGNITUDES, "auto")):
-            raise UserError(f"FP4 weights are 4-bit, format one of {', '.join((*MAGNITUDES, 'auto'))}")
-        if self.group_size < PER_CHANNEL:
-            raise UserError(f"weight group size must be -1 (per channel), 0 (per tensor) or positive, not {self.group_size}")
-        if self.method == "gptq" and self.group_size == PER_TENSOR:
-            raise UserError("GPTQ needs per-channel or group-wise weight scales, not per-tensor")
-
-    def format_for(self, weight: torch.Tensor) -> QuantFormat | VqFormat:
-        """The layer's weight format; with fp4_format auto, the FP4 format that fits ``weight`` best
-        (on the power-of-two-group grid with pow2-groups scales)."""
-        if self.kind == "vq":
-            return VqFormat(self.vq_codewords, self.vq_dim)
-        if self.kind == "int":
-            return IntFormat(self.bits, self.symmetric)
-        if self.fp4_format != "auto":
-            return Fp4Format(self.fp4_format)
-        if self.scales == "pow2-groups":
-            return select_pow2_format(weight, self.group_size, clip_search=self.clip_search)[0]
-        return select_format(weight, self.group_size, clip_search=self.clip_search)[0]
 
 
 @dataclass(frozen=True)
@@ -133,7 +52,7 @@ class ActivationSpec:
     scales: Literal["float", "e4m3-groups", "two-level"] = "float"
 
     def __post_init__(self) -> None:
-        _check_bits(self.bits)
+        check_bits(self.bits)
         if self.scales not in ACTIVATION_SCALES:
             raise UserError(f"unknown activation scales '{self.scales}'; valid: {', '.join(ACTIVATION_SCALES)}")
         if not _fits_activation_scales(self.scales, self.kind, self.bits, self.symmetric, self.mode, self.group_size):
@@ -168,7 +87,7 @@ _SCALARS = {"str": str, "bool": bool, "int": int}  # Recipe's plain fields by an
 class Recipe:
     name: str
     description: str
-    weight: WeightSpec
+    weight: WeightConfig
     activation: ActivationSpec | None
     policy: LayerPolicy = field(default_factory=LayerPolicy)
     hadamard: bool = False  # rotate every quantized layer's input channels (exporter/numerics/hadamard.py)
@@ -205,13 +124,13 @@ class Recipe:
         w, a = self.weight, self.activation
         if self.hadamard and not (self.hadamard_block == FP4_GROUP and a is not None and a.kind == "fp4"):
             return False
-        if w.kind == "vq":
+        if isinstance(w, VqWeights):
             return a is None
-        if w.kind == "fp4":
+        if isinstance(w, Fp4Weights):
             return w.scales == "pow2-groups" and not self.layer_groups and (
                 a is None or (a.kind == "fp4" and a.scales == "e4m3-groups" and a.group_size == 32))
         one_scale = (PER_CHANNEL, PER_TENSOR)
-        weights = w.kind == "int" and w.symmetric and (
+        weights = isinstance(w, IntWeights) and w.symmetric and (
             w.scales == "two-level"
             or (w.group_size in one_scale and all(g in one_scale for _, g, _ in self.layer_groups)))
         if not weights or a is None or a.kind != "int":
@@ -230,13 +149,13 @@ class Recipe:
         if self.kd_iterations and (self.activation is None or self.activation.mode != "static"
                                    or self.activation.kind != "int"):
             raise UserError("distillation trains static integer activation scales: it needs static int activations")
-        if self.weight.kind == "vq" and self.activation is not None and self.activation.mode != "dynamic":
+        if isinstance(self.weight, VqWeights) and self.activation is not None and self.activation.mode != "dynamic":
             raise UserError("codebook (VQ) weights take dynamic activations only: their calibration keeps no "
                             "activation ranges")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["policy"] = self.policy.to_dict()
+        d["weight"], d["policy"] = weights_to_dict(self.weight), self.policy.to_dict()
         return d
 
     @classmethod
@@ -244,21 +163,17 @@ class Recipe:
         """The recipe ``to_dict`` wrote; fields it lacks (older checkpoints) keep their defaults."""
         values = {f.name: _SCALARS[f.type](d[f.name]) for f in fields(cls) if f.name in d and f.type in _SCALARS}
         act = d.get("activation")
-        return cls(**values, weight=WeightSpec(**d["weight"]), activation=ActivationSpec(**act) if act else None,
+        return cls(**values, weight=weights_from_dict(d["weight"]), activation=ActivationSpec(**act) if act else None,
                    policy=LayerPolicy.from_dict(d["policy"]),
                    layer_groups=tuple((str(n), int(w), int(a)) for n, w, a in d.get("layer_groups", ())))
 
     def with_overrides(self, **overrides: Any) -> "Recipe":
-        """weight_* / activation_* / hadamard(_block) / dilation / kd_iterations keyword overrides; None
-        leaves a field as it is. Switching activations to dynamic also resets the static-only
-        clip search and asymmetric grid unless they are given; overrides that two-level or
-        power-of-two-group or fine-group scales cannot take (e.g. per-channel groups, static activations) switch
-        them to float scales unless given."""
+        """weight_* (the weight config's fields) / activation_* / hadamard(_block) / dilation /
+        kd_iterations keyword overrides; None leaves a field as it is. Switching activations to
+        dynamic also resets the static-only clip search and asymmetric grid unless they are given;
+        overrides that two-level or power-of-two-group or fine-group scales cannot take (e.g.
+        per-channel groups, static activations) switch them to float scales unless given."""
         weight = {k[len("weight_"):]: v for k, v in overrides.items() if k.startswith("weight_") and v is not None}
-        merged = {**asdict(self.weight), **weight}
-        if "scales" not in weight and not _fits_weight_scales(
-                merged["scales"], merged["kind"], merged["bits"], merged["symmetric"], merged["group_size"]):
-            weight["scales"] = "float"
         act = {k[len("activation_"):]: v for k, v in overrides.items()
                if k.startswith("activation_") and v is not None}
         if act and self.activation is None:
@@ -272,63 +187,63 @@ class Recipe:
                 act["scales"] = "float"
         top = {k: v for k, v in overrides.items()
                if k in ("hadamard", "hadamard_block", "dilation", "kd_iterations") and v is not None}
-        return replace(self, weight=replace(self.weight, **weight),
+        return replace(self, weight=with_weight_overrides(self.weight, weight),
                        activation=replace(self.activation, **act) if self.activation else None, **top)
 
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in [
     Recipe("w8a8", "INT8 per-channel weights, INT8 static activations with per-timestep scales",
-           WeightSpec(bits=8, group_size=PER_CHANNEL, method="rtn"),
+           IntWeights(bits=8, group_size=PER_CHANNEL, method="rtn"),
            ActivationSpec(bits=8, mode="static", per_timestep=True)),
     Recipe("w4a8", "INT4 g32 GPTQ weights with two-level scales (a float per row x an integer 1..16 per group, "
            "QServe) and clip search, INT8 dynamic per-token activations: a pure INT8 MMA",
-           WeightSpec(bits=4, group_size=32, method="gptq", clip_search=True, scales="two-level"),
+           IntWeights(bits=4, group_size=32, method="gptq", clip_search=True, scales="two-level"),
            ActivationSpec(bits=8, mode="dynamic", group_size=PER_CHANNEL)),
     Recipe("w4a8-g32", "accuracy reference for w4a8: INT4 g32 GPTQ weights with FP32 group scales and clip search, "
            "INT8 dynamic per-token activations (Q-DiT)",
-           WeightSpec(bits=4, group_size=32, method="gptq", clip_search=True),
+           IntWeights(bits=4, group_size=32, method="gptq", clip_search=True),
            ActivationSpec(bits=8, mode="dynamic", group_size=PER_CHANNEL)),
     Recipe("w4a8-naive", "baseline: INT4 per-channel round-to-nearest weights, INT8 static per-tensor activations",
-           WeightSpec(bits=4, group_size=PER_CHANNEL, method="rtn"),
+           IntWeights(bits=4, group_size=PER_CHANNEL, method="rtn"),
            ActivationSpec(bits=8, mode="static", per_timestep=False)),
     Recipe("w4a8-fp4", "FP4 g32 GPTQ weights, format per layer (E2M1/E3M0/E1M2, HQ-DiT), INT8 dynamic per-token "
-           "activations", WeightSpec(bits=4, group_size=32, method="gptq", clip_search=True, kind="fp4"),
+           "activations", Fp4Weights(group_size=32, method="gptq", clip_search=True),
            ActivationSpec(bits=8, mode="dynamic", group_size=PER_CHANNEL)),
     Recipe("fp4", "W4A4 FP4 as exact E4M3 operands: FP4 g32 GPTQ weights with clip search, format per layer, "
            "scaled by a float per output channel times 2^t per 32 channels; FP4 E2M1 dynamic activations, a float "
            "per token times m 2^t (m 1, 1.25, 1.5) per 32 channels, each group Hadamard-rotated first (the "
            "weights store W H): a pure FP8 MMA",
-           WeightSpec(bits=4, group_size=32, method="gptq", clip_search=True, kind="fp4", scales="pow2-groups"),
+           Fp4Weights(group_size=32, method="gptq", clip_search=True, scales="pow2-groups"),
            ActivationSpec(bits=4, mode="dynamic", group_size=32, kind="fp4", scales="e4m3-groups"),
            hadamard=True, hadamard_block=FP4_GROUP),
     Recipe("fp4-g32", "accuracy reference for fp4: FP4 g32 GPTQ weights with FP32 group scales, format per layer, "
            "FP4 E2M1 dynamic activations with an FP32 scale per 32 channels, Hadamard-rotated inputs (HQ-DiT)",
-           WeightSpec(bits=4, group_size=32, method="gptq", clip_search=True, kind="fp4"),
+           Fp4Weights(group_size=32, method="gptq", clip_search=True),
            ActivationSpec(bits=4, mode="dynamic", group_size=32, kind="fp4"), hadamard=True),
     Recipe("w4a4", "W4A4 (DilateQuant) as INT8 operands: INT4 g32 GPTQ weights with two-level scales and clip "
            "search after weight dilation; asymmetric INT4 static activations per timestep bucket and 32 channels with "
            "clipped two-level scales (a float per bucket x an integer 1..8 per group), distilled block by block "
            "against the FP model: a pure INT8 MMA",
-           WeightSpec(bits=4, group_size=32, method="gptq", clip_search=True, scales="two-level"),
+           IntWeights(bits=4, group_size=32, method="gptq", clip_search=True, scales="two-level"),
            ActivationSpec(bits=4, symmetric=False, mode="static", per_timestep=True, group_size=32,
                           clip_search=True, scales="two-level"), dilation=True, kd_iterations=100),
     Recipe("w4a4-g32", "accuracy reference for w4a4 (DilateQuant): INT4 g32 GPTQ weights with FP32 group scales and "
            "clip search after weight dilation, asymmetric INT4 static activations with clipped FP32 scales per "
            "timestep bucket and 32 channels, distilled block by block against the FP model",
-           WeightSpec(bits=4, group_size=32, method="gptq", clip_search=True),
+           IntWeights(bits=4, group_size=32, method="gptq", clip_search=True),
            ActivationSpec(bits=4, symmetric=False, mode="static", per_timestep=True, group_size=32,
                           clip_search=True), dilation=True, kd_iterations=100),
     Recipe("vq2", "VQ4DiT 2-bit: per-layer codebooks of 256 codewords x 4 weights, calibrated block by block "
            "against the FP model without data; activations FP",
-           WeightSpec(bits=2, kind="vq", method="vq4dit", vq_codewords=256, vq_dim=4), None),
+           VqWeights(codewords=256, dim=4), None),
     Recipe("vq3", "VQ4DiT 3-bit: per-layer codebooks of 64 codewords x 2 weights, calibrated block by block "
            "against the FP model without data; activations FP",
-           WeightSpec(bits=3, kind="vq", method="vq4dit", vq_codewords=64, vq_dim=2), None),
+           VqWeights(codewords=64, dim=2), None),
     Recipe("vq2-a8", "vq2 weights, INT8 dynamic per-token activations",
-           WeightSpec(bits=2, kind="vq", method="vq4dit", vq_codewords=256, vq_dim=4),
+           VqWeights(codewords=256, dim=4),
            ActivationSpec(bits=8, mode="dynamic", group_size=PER_CHANNEL)),
     Recipe("vq3-a8", "vq3 weights, INT8 dynamic per-token activations",
-           WeightSpec(bits=3, kind="vq", method="vq4dit", vq_codewords=64, vq_dim=2),
+           VqWeights(codewords=64, dim=2),
            ActivationSpec(bits=8, mode="dynamic", group_size=PER_CHANNEL)),
 ]}
 
@@ -357,5 +272,5 @@ def get_recipe(name: str) -> Recipe:
     return RECIPES[name]
 
 
-__all__ = ["ActivationSpec", "DEPLOY_INSTEAD", "PER_CHANNEL", "PER_TENSOR", "RECIPES", "Recipe", "WeightSpec", "get_recipe",
+__all__ = ["ActivationSpec", "DEPLOY_INSTEAD", "PER_CHANNEL", "PER_TENSOR", "RECIPES", "Recipe", "get_recipe",
            "no_kernel_reason"]

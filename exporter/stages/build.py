@@ -18,6 +18,7 @@ from exporter.quant.calibration import saved_calibration
 from exporter.quant.checkpoint import as_loaded, open_checkpoint
 from exporter.quant.quantized_model import QuantizedDiT
 from exporter.quant.recipes import Recipe, no_kernel_reason
+from exporter.results import plain
 from exporter.stages.calibrate import CalibrationOptions, run_calibrate
 from exporter.stages.evaluate import evaluate
 from exporter.stages.export import run_export
@@ -32,6 +33,7 @@ class BuildReport:
     stages: list[dict[str, Any]] = field(default_factory=list)
 
     def record(self, name: str, status: str, seconds: float, **details: Any) -> None:
+        details = plain(details)
         self.stages.append({"stage": name, "status": status, "seconds": round(seconds, 2), **details})
         extra = "; ".join(f"{k}={v}" for k, v in details.items() if not isinstance(v, (dict, list)))
         print(f"[{name}] {status} ({seconds:.1f}s){': ' + extra if extra else ''}", flush=True)
@@ -67,9 +69,9 @@ def run_build(model: str | None, recipe: Recipe, out_dir: Path, checkpoint: Path
         report.record("calibrate", "reused", time.monotonic() - started, checkpoint=str(checkpoint))
     else:
         _, summary = run_calibrate(loaded, recipe, sampler, calibration, out_dir)
-        checkpoint = Path(summary["checkpoint"])
+        checkpoint = summary.checkpoint
         qdit, manifest = open_checkpoint(checkpoint, loaded)
-        report.record("calibrate", "done", time.monotonic() - started, **summary)
+        report.record("calibrate", "done", time.monotonic() - started, **summary.to_dict())
     quantized = as_loaded(qdit, manifest, checkpoint)
     timesteps = validation_timesteps(manifest)
 
@@ -95,13 +97,13 @@ def _export_and_validate(report: BuildReport, qdit: QuantizedDiT, loaded: Loaded
                          step_weights: list[float]) -> None:
     started = time.monotonic()
     exported = run_export(qdit, loaded.transformer, out_dir, timesteps)
-    report.record("export", "done", time.monotonic() - started, fp_onnx=exported["fp_onnx"],
-                  qdq_onnx=exported["qdq_onnx"], qdq_size_ratio=round(exported["qdq_bytes"] / exported["fp_bytes"], 3),
-                  qdq_vs_simulated_max_abs=f"{exported['qdq_vs_simulated']['max_abs']:.2e}",
-                  qdq_vs_fp_max_abs=f"{exported['qdq_vs_fp']['max_abs']:.2e}", details=exported)
+    report.record("export", "done", time.monotonic() - started, fp_onnx=exported.fp_onnx,
+                  qdq_onnx=exported.qdq_onnx, qdq_size_ratio=round(exported.qdq_bytes / exported.fp_bytes, 3),
+                  qdq_vs_simulated_max_abs=f"{exported.qdq_vs_simulated.max_abs:.2e}",
+                  qdq_vs_fp_max_abs=f"{exported.qdq_vs_fp.max_abs:.2e}", details=exported)
 
     started = time.monotonic()
-    validation = run_validation(Path(exported["fp_onnx"]), Path(exported["qdq_onnx"]), qdit.transformer,
+    validation = run_validation(exported.fp_onnx, exported.qdq_onnx, qdit.transformer,
                                 timesteps, step_weights, out_dir, calibration=saved_calibration(out_dir))
     report.record("validate", "done", time.monotonic() - started, report=str(artifacts.report(out_dir, artifacts.VALIDATION_REPORT, "md")),
                   exporter_mean_abs_worst=worst(validation["exporter_check"], "mean"),
@@ -112,12 +114,12 @@ def _export_and_validate(report: BuildReport, qdit: QuantizedDiT, loaded: Loaded
 def _rewrite(report: BuildReport, qdit: QuantizedDiT, out_dir: Path, timesteps: list[int]) -> None:
     started = time.monotonic()
     rewritten = run_rewrite(artifacts.qdq_onnx(out_dir, qdit.recipe.name))
-    checked = run_rewrite_validation(Path(rewritten["qdq_fp16io_onnx"]), Path(rewritten["rewritten_onnx"]),
+    checked = run_rewrite_validation(rewritten.qdq_fp16io_onnx, rewritten.rewritten_onnx,
                                      qdit.transformer, timesteps, out_dir, calibration=saved_calibration(out_dir))
-    report.record("rewrite", "done", time.monotonic() - started, rewritten_onnx=rewritten["rewritten_onnx"],
-                  tensorrt_onnx=rewritten["tensorrt_onnx"],
-                  plugins=", ".join(f"{n} x{c}" for n, c in rewritten["replaced"].items()),
-                  not_replaced=len(rewritten["not_replaced"]),
+    report.record("rewrite", "done", time.monotonic() - started, rewritten_onnx=rewritten.rewritten_onnx,
+                  tensorrt_onnx=rewritten.tensorrt_onnx,
+                  plugins=", ".join(f"{n} x{c}" for n, c in rewritten.replaced.items()),
+                  not_replaced=len(rewritten.not_replaced),
                   rewritten_vs_qdq_fp16io_max_abs=f"{worst(checked['rewrite_check'], 'max'):.2e}", details=rewritten)
 
 
@@ -128,17 +130,17 @@ def _engines(report: BuildReport, loaded: LoadedDiT, out_dir: Path, timesteps: l
     started = time.monotonic()
     result = run_engine_stage(plan_engines(out_dir, report.precision, loaded.transformer.config), out_dir,
                               timesteps, step_weights)
-    if result["status"] == "not-available":
+    if result.status == "not-available":
         for stage in ("engine", "engine-validate"):
-            report.record(stage, "not-available", 0.0, reason=result["reason"], commands=result["commands"])
+            report.record(stage, "not-available", 0.0, reason=result.reason, commands=result.commands)
         print("The same with the files written here, where TensorRT is installed:", flush=True)
-        for command in result["commands"]:
+        for command in result.commands:
             print(f"    {command}", flush=True)
         return
-    report.record("engine", "done", time.monotonic() - started, quantized_engine=result["quantized"]["engine"],
-                  fp16_engine=result["fp16"]["engine"], details=result)
-    report.record("engine-validate", "done", 0.0, report=result["report"],
-                  quantization_mean_abs_worst=f"{result['validation_worst']:.3g}")
+    report.record("engine", "done", time.monotonic() - started, quantized_engine=result.quantized.engine,
+                  fp16_engine=result.fp16.engine, details=result)
+    report.record("engine-validate", "done", 0.0, report=result.report,
+                  quantization_mean_abs_worst=f"{result.validation_worst:.3g}")
 
 
 def _fidelity(report: BuildReport, loaded: LoadedDiT, quantized: LoadedDiT, sampler: SamplerConfig, out_dir: Path,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from exporter.quant.quantize import quantize_model
 from exporter.quant.quantized_model import QuantizedDiT
 from exporter.quant.recipes import Recipe
 from exporter.quant.report import measure, write_reports
+from exporter.results import plain
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,27 @@ class CalibrationOptions:
     buckets: int | None = None  # None: one bucket per sampler timestep
     data: Path | None = None  # reuse saved calibration data instead of sampling
     group_search: SearchOptions | None = None  # Q-DiT's per-layer group-size search before quantizing
+
+
+@dataclass(frozen=True)
+class CalibrationSummary:
+    checkpoint: Path
+    layers: int
+    buckets: int
+    calibration_inputs: int
+    output_sqnr_db_min: float | None
+    output_sqnr_db_mean: float | None
+    seconds_sampling: float
+    seconds_quantizing: float
+    quantized_weight_bytes: int
+    fp16_weight_bytes: int
+    weight_storage_vs_fp16: float | None
+    group_search: dict[str, Any] | None = None  # objective, uniform seed's, mean group, evaluations, seconds
+    block_loss_first_last: dict[str, list[float]] = field(default_factory=dict)  # block -> [first, last 20 mean]
+
+    def to_dict(self) -> dict[str, Any]:
+        """For printing and reports; the group search and block losses only where there are some."""
+        return {k: v for k, v in plain(self).items() if v or k not in ("group_search", "block_loss_first_last")}
 
 
 def calibration_data(loaded: LoadedDiT, sampler: SamplerConfig, options: CalibrationOptions, out_dir: Path,
@@ -50,7 +72,7 @@ def calibration_data(loaded: LoadedDiT, sampler: SamplerConfig, options: Calibra
 
 
 def run_calibrate(loaded: LoadedDiT, recipe: Recipe, sampler: SamplerConfig, options: CalibrationOptions,
-                  out_dir: Path, progress: bool = True) -> tuple[QuantizedDiT, dict[str, Any]]:
+                  out_dir: Path, progress: bool = True) -> tuple[QuantizedDiT, CalibrationSummary]:
     """Quantizes, writes out/quantized/ (checkpoint), the reports and plots; returns the model and a summary."""
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -76,24 +98,14 @@ def run_calibrate(loaded: LoadedDiT, recipe: Recipe, sampler: SamplerConfig, opt
         "vae_folder": str(loaded.vae_folder) if loaded.vae_folder else None,
     })
     valid = [v for v in report["output_sqnr_db"] if v is not None]
-    summary = {
-        "checkpoint": str(out_dir / CHECKPOINT_DIR),
-        "layers": len(qdit.roles),
-        "buckets": qdit.buckets.count,
-        "calibration_inputs": len(calib),
-        "output_sqnr_db_min": min(valid) if valid else None,
-        "output_sqnr_db_mean": round(sum(valid) / len(valid), 2) if valid else None,
-        "seconds_sampling": round(collected - started, 1),
-        "seconds_quantizing": round(quantized - collected, 1),
-        **weight_storage(read_manifest(folder)),
-    }
-    if search is not None:
-        summary["group_search"] = search
-    if qdit.calibration_losses:
-        summary["block_loss_first_last"] = {
-            block: [round(losses[0], 5), round(sum(losses[-20:]) / len(losses[-20:]), 5)]
-            for block, losses in qdit.calibration_losses.items()}
-    return qdit, summary
+    return qdit, CalibrationSummary(
+        checkpoint=folder, layers=len(qdit.roles), buckets=qdit.buckets.count, calibration_inputs=len(calib),
+        output_sqnr_db_min=min(valid) if valid else None,
+        output_sqnr_db_mean=round(sum(valid) / len(valid), 2) if valid else None,
+        seconds_sampling=round(collected - started, 1), seconds_quantizing=round(quantized - collected, 1),
+        **weight_storage(read_manifest(folder)), group_search=search,
+        block_loss_first_last={block: [round(losses[0], 5), round(sum(losses[-20:]) / len(losses[-20:]), 5)]
+                               for block, losses in qdit.calibration_losses.items()})
 
 
 def search_features(loaded: LoadedDiT, recipe: Recipe) -> Features:

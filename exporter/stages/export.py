@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +32,6 @@ def qdq_onnx(qdit: QuantizedDiT) -> onnx.ModelProto:
     return insert_qdq(proto, names, qdit.quant_linears(), qdit.buckets.bucket_of_t)
 
 
-
-
 def check_inputs(transformer: nn.Module, timesteps: list[int], seed: int = 0):
     """One input per timestep (spread over the given ones), class labels including the null class."""
     cfg = transformer.config
@@ -43,14 +42,34 @@ def check_inputs(transformer: nn.Module, timesteps: list[int], seed: int = 0):
     return sample, torch.tensor(timesteps, dtype=torch.long), labels
 
 
-def error_stats(reference: np.ndarray, actual: np.ndarray) -> dict[str, float]:
-    diff = np.abs(reference.astype(np.float64) - actual.astype(np.float64))
-    return {"max_abs": float(diff.max()), "mean_abs": float(diff.mean()),
-            "reference_max_abs": float(np.abs(reference).max())}
+@dataclass(frozen=True)
+class ErrorStats:
+    max_abs: float
+    mean_abs: float
+    reference_max_abs: float
+
+    @classmethod
+    def of(cls, reference: np.ndarray, actual: np.ndarray) -> "ErrorStats":
+        diff = np.abs(reference.astype(np.float64) - actual.astype(np.float64))
+        return cls(float(diff.max()), float(diff.mean()), float(np.abs(reference).max()))
+
+
+@dataclass(frozen=True)
+class ExportedGraphs:
+    """What ``run_export`` wrote, and how the graphs compare with the PyTorch models on its check inputs."""
+
+    fp_onnx: Path
+    qdq_onnx: Path
+    reference_onnx: Path | None  # the QDQ graph in the form ONNX Runtime runs (FP4), else None
+    fp_bytes: int
+    qdq_bytes: int
+    fp_onnx_vs_torch: ErrorStats
+    qdq_vs_simulated: ErrorStats
+    qdq_vs_fp: ErrorStats
 
 
 def run_export(qdit: QuantizedDiT, fp_transformer: nn.Module, out_dir: Path, timesteps: list[int],
-               external_data: bool | None = None) -> dict:
+               external_data: bool | None = None) -> ExportedGraphs:
     """Writes onnx/fp.onnx and onnx/<precision>.qdq.onnx (external data when over 2 GB or asked),
     and for graphs with FP4 their reference form <precision>.qdq.reference.onnx, which ONNX
     Runtime runs; runs the graphs in ONNX Runtime against the PyTorch models on one input per
@@ -70,13 +89,8 @@ def run_export(qdit: QuantizedDiT, fp_transformer: nn.Module, out_dir: Path, tim
         reference = fp_transformer(sample, timestep, labels).sample.numpy()
     qdq_out = run(session(runnable or qdq_path), sample, timestep, labels)
     fp_out = run(session(fp_path), sample, timestep, labels)
-    return {
-        "fp_onnx": str(fp_path), "qdq_onnx": str(qdq_path), "reference_onnx": str(runnable) if runnable else None,
-        "fp_bytes": _file_bytes(fp_path), "qdq_bytes": _file_bytes(qdq_path),
-        "fp_onnx_vs_torch": error_stats(reference, fp_out),
-        "qdq_vs_simulated": error_stats(simulated, qdq_out),
-        "qdq_vs_fp": error_stats(fp_out, qdq_out),
-    }
+    return ExportedGraphs(fp_path, qdq_path, runnable, _file_bytes(fp_path), _file_bytes(qdq_path),
+                          ErrorStats.of(reference, fp_out), ErrorStats.of(simulated, qdq_out), ErrorStats.of(fp_out, qdq_out))
 
 
 def _file_bytes(path: Path) -> int:
@@ -84,7 +98,8 @@ def _file_bytes(path: Path) -> int:
     return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
 
 
-def export_checkpoint(checkpoint: Path, loaded: LoadedDiT, out_dir: Path, external_data: bool | None = None) -> dict:
+def export_checkpoint(checkpoint: Path, loaded: LoadedDiT, out_dir: Path,
+                      external_data: bool | None = None) -> ExportedGraphs:
     """Exports a quantized checkpoint made from ``loaded`` (its FP model is the reference)."""
     from exporter.quant.checkpoint import check_made_from, load_checkpoint
 

@@ -51,9 +51,18 @@ class RewriteResult:
     not_replaced: dict[str, str] = field(default_factory=dict)  # layer -> why
     layers: dict[str, str] = field(default_factory=dict)  # layer -> plugin
 
-    def summary(self) -> dict:
-        return {"replaced": dict(self.replaced), "not_replaced": dict(self.not_replaced),
-                "functions": len(self.rewritten.functions)}
+
+@dataclass(frozen=True)
+class RewrittenFiles:
+    """What ``run_rewrite`` wrote, and which GEMMs became which plugins."""
+
+    rewritten_onnx: Path
+    tensorrt_onnx: Path
+    qdq_fp16io_onnx: Path
+    replaced: dict[str, int]  # plugin -> count
+    not_replaced: dict[str, str]  # layer -> why
+    functions: int  # reference functions in the rewritten graph
+    layers: dict[str, str]  # layer -> plugin
 
 
 def check_deployable(recipe: Recipe) -> None:
@@ -184,7 +193,7 @@ def _export(graph: gs.Graph, inits: Initializers) -> onnx.ModelProto:
     return out
 
 
-def run_rewrite(qdq_path: Path, external_data: bool | None = None) -> dict:
+def run_rewrite(qdq_path: Path, external_data: bool | None = None) -> RewrittenFiles:
     """Rewrites the QDQ graph at ``qdq_path`` and writes the three graphs next to it."""
     qdq_path = Path(qdq_path)
     if not qdq_path.is_file():
@@ -194,5 +203,5 @@ def run_rewrite(qdq_path: Path, external_data: bool | None = None) -> dict:
     write_onnx(result.rewritten, rewritten_path, external_data)
     write_onnx(result.tensorrt, trt_path, external_data)
     write_onnx(result.fp16io, artifacts.qdq_fp16io_onnx(qdq_path), external_data)
-    return {"rewritten_onnx": str(rewritten_path), "tensorrt_onnx": str(trt_path),
-            "qdq_fp16io_onnx": str(artifacts.qdq_fp16io_onnx(qdq_path)), **result.summary(), "layers": result.layers}
+    return RewrittenFiles(rewritten_path, trt_path, artifacts.qdq_fp16io_onnx(qdq_path), dict(result.replaced),
+                          dict(result.not_replaced), len(result.rewritten.functions), dict(result.layers))

@@ -56,6 +56,8 @@
 
 #include <stdint.h>
 
+#include "tritonEnums.h"  // generated from exporter/contract/kernel_api.py
+
 #ifdef __cplusplus
 extern "C"
 {
@@ -63,34 +65,6 @@ extern "C"
 
 // The CUDA stream type of both APIs: cudaStream_t and CUstream are `struct CUstream_st*`.
 typedef struct CUstream_st* DitTritonStream;
-
-typedef enum
-{
-    DIT_TRITON_SUCCESS = 0,
-    DIT_TRITON_INVALID_ARGUMENT = 1,  // operands, shapes or alignment the kernels do not take
-    DIT_TRITON_NO_KERNEL = 2,         // no image of the variant runs on this device
-    DIT_TRITON_CUDA_ERROR = 3,        // a driver call failed (no driver, no current context, ...)
-    DIT_TRITON_INTERNAL_ERROR = 4     // the embedded table disagrees with the launcher, or no memory
-} DitTritonStatus;
-
-// Activations of the INT8 family.
-typedef enum
-{
-    DIT_TRITON_ACT_INT8 = 0,  // int8 codes [M, K] with float32 scales [M]
-    DIT_TRITON_ACT_FP16 = 1   // float16 [M, K], no scales (adaLN's modulation: M is the batch)
-} DitTritonActivation;
-
-// Formats of the activation quantizer: activation_quant.FORMATS.
-typedef enum
-{
-    DIT_TRITON_QUANT_INT8 = 0,  // codes int8
-    DIT_TRITON_QUANT_FP8 = 1,   // codes float8_e4m3fn
-    DIT_TRITON_QUANT_FP4 = 2,   // E2M1 in groups of 32 channels, as exact float8_e4m3fn operands (dynamic only)
-    DIT_TRITON_QUANT_INT4 = 3,  // UINT4 on two-level groups of 32 channels, as exact int8 operands (q - z) f
-                                // (static only: groups holds each group's f and z)
-    DIT_TRITON_QUANT_FP4_HADAMARD = 4  // FP4 of x with each group of 32 channels times the 32-point Hadamard
-                                       // matrix first (x H; dynamic only)
-} DitTritonQuantFormat;
 
 // exporter/kernels/int8_gemm.py:  y = (a @ w^T) * a_scale[m] * w_scale[n] + bias[n]
 int32_t ditTritonInt8Gemm(void const* a,          // int8 [M, K] (ACT_INT8) or float16 [M, K] (ACT_FP16)
@@ -104,15 +78,6 @@ int32_t ditTritonInt8Gemm(void const* a,          // int8 [M, K] (ACT_INT8) or f
                           int32_t weightBits,     // 8 or 4 (4: K a multiple of the kernel's K step, 128)
                           int32_t activation,     // DitTritonActivation
                           DitTritonStream stream);
-
-// FP4 weight formats of the FP8 family, in the order of exporter/numerics/fp4_groups.py's EXPONENTS (a test
-// checks it): each has its own ahead-of-time variants, whose E4M3 byte table is compiled in.
-typedef enum
-{
-    DIT_TRITON_FP4_E2M1 = 0,
-    DIT_TRITON_FP4_E3M0 = 1,
-    DIT_TRITON_FP4_E1M2 = 2
-} DitTritonFp4Format;
 
 // exporter/kernels/fp8_gemm.py (sm_89 and newer):  y = (a @ w^T) * a_scale[m] * w_scale[n] + bias[n]
 // With aScale NULL, a is float16 and the weights E4M3 (weightBits 8): y = (a @ w^T) * w_scale[n] + bias[n]

@@ -262,14 +262,14 @@ DitTritonStatus planFp8Gemm(void const* a, float const* aScale, void const* w, u
     int32_t fp4Format, LaunchPlan& plan, std::string& why)
 {
     static char const* const kFunction = "ditTritonFp8Gemm";
-    static char const* const kFp4Formats[] = {"e2m1", "e3m0", "e1m2"};  // DitTritonFp4Format
+    static char const* const kFp4Formats[] = DIT_TRITON_FP4_NAMES;
     plan = LaunchPlan{};
     bool const fp16 = aScale == nullptr;  // float16 activations: int8_gemm's FP16 path on E4M3 weights
     if (weightBits != 8 && weightBits != 4)
     {
         return invalid(kFunction, "weightBits must be 8 (E4M3) or 4 (FP4), not " + std::to_string(weightBits), why);
     }
-    if (weightBits == 4 && (fp4Format < DIT_TRITON_FP4_E2M1 || fp4Format > DIT_TRITON_FP4_E1M2))
+    if (weightBits == 4 && (fp4Format < 0 || fp4Format >= DIT_TRITON_FP4_COUNT))
     {
         return invalid(kFunction, "fp4Format must be a DitTritonFp4Format (0 E2M1, 1 E3M0, 2 E1M2), not "
                 + std::to_string(fp4Format), why);
@@ -361,7 +361,7 @@ DitTritonStatus planQuantizeRows(void const* x, void* codes, float* scale, float
     static char const* const kFunction = "ditTritonQuantizeRows";
     plan = LaunchPlan{};
     bool const isStatic = table != nullptr;
-    if (format < DIT_TRITON_QUANT_INT8 || format > DIT_TRITON_QUANT_FP4_HADAMARD)
+    if (format < 0 || format >= DIT_TRITON_QUANT_COUNT)
     {
         return invalid(kFunction,
             "format must be DIT_TRITON_QUANT_INT8, _FP8, _FP4, _INT4 or _FP4_HADAMARD, not " + std::to_string(format),
@@ -407,9 +407,7 @@ DitTritonStatus planQuantizeRows(void const* x, void* codes, float* scale, float
             "static scales need M = " + std::to_string(m) + " to be a multiple of samples = " + std::to_string(samples),
             why);
     }
-    static char const* const kVariants[5][2] = {{"quantize.int8.dynamic", "quantize.int8.static"},
-        {"quantize.fp8.dynamic", "quantize.fp8.static"}, {"quantize.fp4.dynamic", nullptr},
-        {nullptr, "quantize.int4.static"}, {"quantize.fp4_hadamard.dynamic", nullptr}};
+    static char const* const kVariants[DIT_TRITON_QUANT_COUNT][2] = DIT_TRITON_QUANT_VARIANTS;
     plan.variant = kVariants[format][isStatic ? 1 : 0];
     plan.rows = m;
     plan.cols = 1;

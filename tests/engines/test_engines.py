@@ -36,9 +36,9 @@ def built_out(tiny, calib, tmp_path_factory):
     timesteps = calib.timesteps[:3]
     weights = epsilon_step_weights(tiny.scheduler_config, SAMPLER, timesteps)
     exported = run_export(qdit, tiny.transformer, out, timesteps)
-    run_validation(Path(exported["fp_onnx"]), Path(exported["qdq_onnx"]), qdit.transformer, timesteps, weights, out,
+    run_validation(Path(exported.fp_onnx), Path(exported.qdq_onnx), qdit.transformer, timesteps, weights, out,
                    calibration=calib)
-    run_rewrite(Path(exported["qdq_onnx"]))
+    run_rewrite(Path(exported.qdq_onnx))
     return out, tiny.transformer.config, timesteps, weights
 
 
@@ -89,8 +89,8 @@ def test_missing_onnx_and_missing_plugin_library_are_clear_errors(built_out, tmp
 def test_without_tensorrt_the_stage_says_so_and_lists_commands_naming_written_files(built_out):
     out, config, timesteps, weights = built_out
     result = run_engine_stage(plan_engines(out, "w4a8", config), out, timesteps, weights)
-    assert result["status"] == "not-available" and result["reason"].startswith("TensorRT is not installed")
-    commands = result["commands"]
+    assert result.status == "not-available" and result.reason.startswith("TensorRT is not installed")
+    commands = result.commands
     assert any(c.startswith("trtexec") and "--stronglyTyped" in c and "w4a8.trt.onnx" in c for c in commands)
     assert any(c.startswith("trtexec") and "--fp16" in c and "fp.onnx" in c for c in commands)
     assert any(c.startswith("polygraphy run") and "--trt" in c for c in commands)
@@ -115,4 +115,4 @@ def test_engines_build_and_the_quantized_one_validates(built_out):
     if not PLUGIN_LIBRARY.is_file():
         pytest.skip(f"build the plugin library first: {PLUGIN_LIBRARY}")
     result = run_engine_stage(plan_engines(out, "w4a8", config), out, timesteps, weights)
-    assert result["status"] == "done" and Path(result["quantized"]["engine"]).is_file()
+    assert result.status == "done" and Path(result.quantized.engine).is_file()

@@ -107,25 +107,14 @@ def test_embedded_source_is_deterministic_and_holds_every_image(built, tmp_path)
     assert rows == expected
 
 
-def test_fp4_formats_are_in_one_order_in_python_the_launcher_and_the_contract():
-    from exporter.contract.plugin_contract import ENUMS
-    from exporter.kernels.variants import FP4_KINDS
-    from exporter.numerics.fp4_groups import EXPONENTS
+def test_the_launcher_names_a_variant_that_exists_for_every_quantizer_format_and_mode():
+    from exporter.contract.kernel_api import QUANT_MODES, quantizer_variant
+    from exporter.kernels.variants import VARIANTS
 
-    header = (ROOT / "plugins" / "kernels" / "tritonLauncher.h").read_text()
-    launcher = {int(i): kind.lower() for kind, i in re.findall(r"DIT_TRITON_FP4_(\w+) = (\d)", header)}
-    assert [launcher[i] for i in sorted(launcher)] == list(EXPONENTS) == list(FP4_KINDS) == list(ENUMS["weight_format"])
-
-
-def test_quantizer_formats_are_numbered_alike_in_python_and_the_launcher():
-    from exporter.kernels.activation_quant import FORMATS
-
-    header = (ROOT / "plugins" / "kernels" / "tritonLauncher.h").read_text()
-    launcher = {name.lower(): int(i) for name, i in re.findall(r"DIT_TRITON_QUANT_(\w+) = (\d)", header)}
-    assert launcher == FORMATS
-    logic = (ROOT / "plugins" / "kernels" / "tritonLauncherLogic.cpp").read_text()
-    for fmt in FORMATS:
-        assert f'"quantize.{fmt}.' in logic, fmt  # the launcher names a variant of each format
+    names = {v.name for v in VARIANTS}
+    assert {quantizer_variant(fmt, mode) for fmt, modes in QUANT_MODES.items() for mode in modes} <= names
+    assert {n for n in names if n.startswith("quantize.")} == {
+        quantizer_variant(fmt, mode) for fmt, modes in QUANT_MODES.items() for mode in modes}
 
 
 def test_embed_refuses_a_folder_without_a_manifest(tmp_path):

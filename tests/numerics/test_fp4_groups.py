@@ -14,7 +14,8 @@ from exporter.numerics.primitives import PER_CHANNEL, IntFormat, choose_qparams,
 from exporter.quant.checkpoint import load_checkpoint
 from exporter.quant.methods.gptq import gptq_quantize
 from exporter.quant.qlinear import DynamicActivationQuant, FineGroupActivationQuant
-from exporter.quant.recipes import ActivationSpec, WeightSpec, get_recipe
+from exporter.quant.recipes import ActivationSpec, get_recipe
+from exporter.quant.weight_configs import Fp4Weights, IntWeights
 from exporter.stages.calibrate import CalibrationOptions, run_calibrate
 from tests.conftest import SAMPLER
 
@@ -145,7 +146,7 @@ def test_format_choice_is_made_on_the_power_of_two_grid():
                           fmt, GROUP) - w).pow(2).mean()
         assert errors[fmt.name] == pytest.approx(float(got), rel=1e-6)
     assert errors[best.name] == min(errors.values())
-    spec = WeightSpec(bits=4, group_size=GROUP, method="rtn", clip_search=True, kind="fp4", scales="pow2-groups")
+    spec = Fp4Weights(group_size=GROUP, method="rtn", clip_search=True, scales="pow2-groups")
     assert spec.format_for(w) == best
 
 
@@ -162,14 +163,15 @@ def test_activation_spec_and_weight_spec_rules():
     for bad in (dict(symmetric=True), dict(mode="dynamic"), dict(group_size=PER_CHANNEL), dict(bits=8)):
         with pytest.raises(UserError, match="two-level activation scales"):
             ActivationSpec(**{**two_level, **bad}, scales="two-level")
-    for bad in (dict(kind="int"), dict(kind="fp4", group_size=PER_CHANNEL)):
-        with pytest.raises(UserError, match="pow2-groups"):
-            WeightSpec(**{**dict(bits=4, group_size=32), **bad}, scales="pow2-groups")
+    with pytest.raises(UserError, match="unknown int weight scales 'pow2-groups'"):
+        IntWeights(bits=4, group_size=32, scales="pow2-groups")
+    with pytest.raises(UserError, match="pow2-groups.*need FP4 weights in groups"):
+        Fp4Weights(group_size=PER_CHANNEL, scales="pow2-groups")
 
     fp4, reference = get_recipe("fp4"), get_recipe("fp4-g32")
     assert fp4.weight.scales == "pow2-groups" and fp4.activation.scales == "e4m3-groups"
     assert fp4.hadamard and fp4.hadamard_block == 32  # each activation group rotated by the quantizer
-    assert fp4.weight.method == "gptq" and fp4.weight.clip_search and fp4.weight.fp4_format == "auto"
+    assert fp4.weight.method == "gptq" and fp4.weight.clip_search and fp4.weight.format == "auto"
     assert reference.hadamard and reference.weight.scales == "float" and reference.activation.scales == "float"
     assert fp4.deployable and not reference.deployable
     assert fp4.with_overrides(hadamard=False).deployable

@@ -20,7 +20,8 @@ from exporter.numerics.two_level import (
 )
 from exporter.quant.checkpoint import load_checkpoint
 from exporter.quant.methods.gptq import gptq_quantize
-from exporter.quant.recipes import RECIPES, WeightSpec, get_recipe
+from exporter.quant.recipes import RECIPES, get_recipe
+from exporter.quant.weight_configs import Fp4Weights, IntWeights
 from exporter.stages.calibrate import CalibrationOptions, run_calibrate
 from tests.conftest import SAMPLER
 
@@ -118,15 +119,16 @@ def test_gptq_on_the_two_level_grid_beats_round_to_nearest():
 
 
 def test_two_level_needs_symmetric_int4_groups_and_decides_deployability():
-    for bad in (dict(bits=8), dict(bits=4, group_size=PER_CHANNEL), dict(bits=4, symmetric=False, group_size=32),
-                dict(bits=4, kind="fp4", group_size=32)):
-        with pytest.raises(UserError, match="two-level"):
-            WeightSpec(**bad, scales="two-level")
-    with pytest.raises(UserError, match="unknown weight scales"):
-        WeightSpec(bits=4, group_size=32, scales="three-level")
+    for bad in (dict(bits=8), dict(bits=4, group_size=PER_CHANNEL), dict(bits=4, symmetric=False, group_size=32)):
+        with pytest.raises(UserError, match="two-level weight scales need symmetric INT4"):
+            IntWeights(**bad, scales="two-level")
+    with pytest.raises(UserError, match="unknown fp4 weight scales 'two-level'"):
+        Fp4Weights(group_size=32, scales="two-level")
+    with pytest.raises(UserError, match="unknown int weight scales"):
+        IntWeights(bits=4, group_size=32, scales="three-level")
     w4a8 = get_recipe("w4a8")
     assert w4a8.weight.scales == "two-level" and w4a8.weight.group_size == 32 and w4a8.weight.method == "gptq"
-    assert get_recipe("w4a8-g32").weight == WeightSpec(bits=4, group_size=32, method="gptq", clip_search=True)
+    assert get_recipe("w4a8-g32").weight == IntWeights(bits=4, group_size=32, method="gptq", clip_search=True)
     assert w4a8.activation == get_recipe("w4a8-g32").activation
     assert {n: r.deployable for n, r in RECIPES.items()} == {
         "w8a8": True, "w4a8": True, "w4a8-g32": False, "w4a8-naive": True, "w4a8-fp4": False, "fp4": True,

@@ -126,11 +126,11 @@ def test_an_fp4_quantize_that_is_not_dequantized_is_a_clear_error():
 
 
 def test_fp4_export_writes_float4_weights_decode_tables_and_the_reference_file(tiny, calib, tmp_path):
-    recipe = get_recipe("fp4-g32").with_overrides(weight_fp4_format="e3m0")
+    recipe = get_recipe("fp4-g32").with_overrides(weight_format="e3m0")
     qdit = quantize_model(tiny.transformer, recipe, calib, 1000, progress=False)
     assert all(layer.fmt == Fp4Format("e3m0") for layer in qdit.quant_linears().values())
     result = run_export(qdit, tiny.transformer, tmp_path, calib.timesteps[:3])
-    proto = onnx.load(result["qdq_onnx"])
+    proto = onnx.load(result.qdq_onnx)
     assert proto.opset_import[0].version == FP4_OPSET
     weights = {t.name: t for t in proto.graph.initializer if t.name.endswith(".weight_q")}
     assert weights and all(t.data_type == TensorProto.UINT4 for t in weights.values())
@@ -142,24 +142,24 @@ def test_fp4_export_writes_float4_weights_decode_tables_and_the_reference_file(t
     assert all(a.i == TensorProto.FLOAT4E2M1 for n in quantizers for a in n.attribute if a.name == "output_dtype")
     hadamards = [n for n in proto.graph.node if n.op_type == "MatMul" and any("hadamard" in i for i in n.input)]
     assert len(hadamards) == sum(layer.rotation_block > 1 for layer in layers)
-    assert result["reference_onnx"] == str(reference_onnx(tmp_path / "onnx" / "fp4-g32.qdq.onnx"))
-    assert not needs_reference(onnx.load(result["reference_onnx"]))
-    assert result["qdq_vs_simulated"]["mean_abs"] < 0.05 * result["qdq_vs_fp"]["mean_abs"]
+    assert result.reference_onnx == reference_onnx(tmp_path / "onnx" / "fp4-g32.qdq.onnx")
+    assert not needs_reference(onnx.load(result.reference_onnx))
+    assert result.qdq_vs_simulated.mean_abs < 0.05 * result.qdq_vs_fp.mean_abs
 
 
 def test_e2m1_weights_are_float4e2m1_and_int_exports_write_no_reference_file(tiny, calib, tmp_path):
-    qdit = quantize_model(tiny.transformer, get_recipe("w4a8-fp4").with_overrides(weight_fp4_format="e2m1"),
+    qdit = quantize_model(tiny.transformer, get_recipe("w4a8-fp4").with_overrides(weight_format="e2m1"),
                           calib, 1000, progress=False)
     result = run_export(qdit, tiny.transformer, tmp_path, calib.timesteps[:2])
-    proto = onnx.load(result["qdq_onnx"])
+    proto = onnx.load(result.qdq_onnx)
     weights = [t for t in proto.graph.initializer if t.name.endswith(".weight_q")]
     assert weights and all(t.data_type == TensorProto.FLOAT4E2M1 for t in weights)
     for t in weights:
         assert len(t.raw_data) == (t.dims[0] * t.dims[1] + 1) // 2  # two codes per byte
-    assert result["qdq_vs_simulated"]["mean_abs"] < 0.05 * result["qdq_vs_fp"]["mean_abs"]
+    assert result.qdq_vs_simulated.mean_abs < 0.05 * result.qdq_vs_fp.mean_abs
     # Re-exporting the same folder at an integer precision removes the stale reference file.
     qdit_int = quantize_model(tiny.transformer, get_recipe("w4a8"), calib, 1000, progress=False)
     qdit_int.recipe = qdit.recipe  # same file name as the FP4 export
     result = run_export(qdit_int, tiny.transformer, tmp_path, calib.timesteps[:2])
-    assert result["reference_onnx"] is None
+    assert result.reference_onnx is None
     assert not reference_onnx(tmp_path / "onnx" / "w4a8-fp4.qdq.onnx").exists()

@@ -11,8 +11,9 @@ import torch
 from exporter.models.loading import load_dit
 from exporter.onnx.ort_check import run, session
 from exporter.quant.quantize import quantize_model
-from exporter.quant.recipes import WeightSpec, get_recipe
-from exporter.stages.export import check_inputs, error_stats, fp_onnx, qdq_onnx
+from exporter.quant.recipes import get_recipe
+from exporter.quant.weight_configs import IntWeights
+from exporter.stages.export import ErrorStats, check_inputs, fp_onnx, qdq_onnx
 from tests.conftest import SAMPLER
 
 RECIPES = {
@@ -21,16 +22,16 @@ RECIPES = {
     "w4a8-naive": get_recipe("w4a8-naive"),
     "w4a8-static": get_recipe("w4a8").with_overrides(activation_mode="static"),
     "w4a8-act-groups": get_recipe("w4a8").with_overrides(activation_group_size=16),
-    "uint4-weights": replace(get_recipe("w4a8"), weight=WeightSpec(bits=4, symmetric=False, group_size=32)),
+    "uint4-weights": replace(get_recipe("w4a8"), weight=IntWeights(bits=4, symmetric=False, group_size=32)),
     "int8-per-tensor-weights": get_recipe("w8a8").with_overrides(weight_group_size=0),
     "w8-fp8-static": get_recipe("w8a8").with_overrides(activation_kind="fp8"),
     "w4-fp8-dynamic": get_recipe("w4a8").with_overrides(activation_kind="fp8"),
     "w4a8-fp4": get_recipe("w4a8-fp4"),
     "fp4": get_recipe("fp4"),
-    "fp4-e3m0-weights": get_recipe("fp4").with_overrides(weight_fp4_format="e3m0"),
+    "fp4-e3m0-weights": get_recipe("fp4").with_overrides(weight_format="e3m0"),
     "fp4-g32": get_recipe("fp4-g32"),
-    "fp4-g32-e3m0-weights": get_recipe("fp4-g32").with_overrides(weight_fp4_format="e3m0"),
-    "fp4-g32-e2m1-per-channel-weights": get_recipe("fp4-g32").with_overrides(weight_fp4_format="e2m1",
+    "fp4-g32-e3m0-weights": get_recipe("fp4-g32").with_overrides(weight_format="e3m0"),
+    "fp4-g32-e2m1-per-channel-weights": get_recipe("fp4-g32").with_overrides(weight_format="e2m1",
                                                                              weight_group_size=-1),
     "fp4-g32-static-activations": get_recipe("fp4-g32").with_overrides(activation_mode="static"),
     "w8a8-hadamard": get_recipe("w8a8").with_overrides(hadamard=True),
@@ -66,12 +67,12 @@ def test_qdq_graph_agrees_with_the_simulated_model(tiny, calib, name):
         simulated = qdit.transformer(x, t, y).sample.numpy()
         reference = tiny.transformer(x, t, y).sample.numpy()
     out = run(session(proto.SerializeToString()), x, t, y)
-    exporter_error = error_stats(simulated, out)
-    quantization_error = error_stats(reference, out)
+    exporter_error = ErrorStats.of(simulated, out)
+    quantization_error = ErrorStats.of(reference, out)
     # Rounding can flip where ONNX and torch differ by an ulp before a QuantizeLinear: allow a
     # few such flips, never an error comparable to quantization itself.
-    assert exporter_error["mean_abs"] < 0.05 * quantization_error["mean_abs"], (exporter_error, quantization_error)
-    assert exporter_error["max_abs"] < 0.05 * exporter_error["reference_max_abs"]
+    assert exporter_error.mean_abs < 0.05 * quantization_error.mean_abs, (exporter_error, quantization_error)
+    assert exporter_error.max_abs < 0.05 * exporter_error.reference_max_abs
 
 
 def test_int4_weights_are_packed_in_the_file(tiny, calib):

@@ -57,12 +57,12 @@ def test_stream_is_the_checkpoints_packing_padded_to_whole_rows():
 
 @pytest.mark.parametrize("precision", ["vq2", "vq3", "vq2-a8"])
 def test_exported_vq_model_matches_pytorch_and_stores_no_float_weights(tiny, calib, tmp_path, precision):
-    recipe = get_recipe(precision).with_overrides(weight_vq_iterations=10)
+    recipe = get_recipe(precision).with_overrides(weight_iterations=10)
     qdit = quantize_model(tiny.transformer, recipe, calib, 1000, progress=False)
     result = run_export(qdit, tiny.transformer, tmp_path, calib.timesteps[:3])
-    assert result["reference_onnx"] is None  # standard ops only: ONNX Runtime runs the graph itself
-    assert result["qdq_vs_simulated"]["max_abs"] < 1e-4 * result["qdq_vs_simulated"]["reference_max_abs"]
-    proto = onnx.load(result["qdq_onnx"])
+    assert result.reference_onnx is None  # standard ops only: ONNX Runtime runs the graph itself
+    assert result.qdq_vs_simulated.max_abs < 1e-4 * result.qdq_vs_simulated.reference_max_abs
+    proto = onnx.load(result.qdq_onnx)
     names = {t.name: t for t in proto.graph.initializer}
     for name, layer in qdit.quant_linears().items():
         assert names[f"{name}.vq_codebook"].data_type == TensorProto.FLOAT16

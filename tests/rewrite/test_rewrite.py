@@ -36,7 +36,7 @@ REFERENCES = ["w4a4-g32", "fp4-g32"]
 def _quantize(transformer, calib, precision, **overrides):
     recipe = get_recipe(precision).with_overrides(**overrides)
     if recipe.weight.kind == "vq":
-        recipe = recipe.with_overrides(weight_vq_iterations=5)
+        recipe = recipe.with_overrides(weight_iterations=5)
     elif recipe.weight.method == "gptq":
         recipe = recipe.with_overrides(weight_method="rtn")  # the same scales and layouts, calibrated faster
     if recipe.kd_iterations:
@@ -80,9 +80,9 @@ def _fields(node) -> dict:
 
 def _check_rewritten(path, qdit, transformer):
     result = run_rewrite(path)
-    assert result["not_replaced"] == {}
-    assert sum(result["replaced"].values()) == len(qdit.quant_linears())
-    rewritten, trt = onnx.load(result["rewritten_onnx"]), onnx.load(result["tensorrt_onnx"])
+    assert result.not_replaced == {}
+    assert sum(result.replaced.values()) == len(qdit.quant_linears())
+    rewritten, trt = onnx.load(result.rewritten_onnx), onnx.load(result.tensorrt_onnx)
     onnx.checker.check_model(rewritten, full_check=True)
     plugins = [n for n in trt.graph.node if n.domain == DOMAIN]
     assert len(plugins) == len(qdit.quant_linears()) and not trt.functions
@@ -102,8 +102,8 @@ def _check_rewritten(path, qdit, transformer):
     # No quantized-type tensor is left for TensorRT to dequantize: the plugins hold all codes.
     assert not any(n.op_type in ("DequantizeLinear", "QuantizeLinear") for n in trt.graph.node)
     feeds = _feeds(transformer)
-    fp16io = session(result["qdq_fp16io_onnx"]).run(None, feeds)[0]
-    actual = session(result["rewritten_onnx"]).run(None, feeds)[0]
+    fp16io = session(result.qdq_fp16io_onnx).run(None, feeds)[0]
+    actual = session(result.rewritten_onnx).run(None, feeds)[0]
     np.testing.assert_allclose(actual, fp16io, rtol=0, atol=1e-6 * np.abs(fp16io).max())
     # The FLOAT16 boundaries are the only difference to the QDQ graph: a rounding, not an error.
     qdq = session(path).run(None, feeds)[0]
@@ -207,11 +207,11 @@ def test_two_level_uint4_tables_reach_the_plugins_as_the_kernel_takes_them(wide_
 def test_rewrite_validation_passes_and_catches_a_wrong_plugin_input(qdq_graphs, tiny, calib, tmp_path):
     path, qdit = qdq_graphs["w4a8"]
     result = run_rewrite(path)
-    reference = result["qdq_fp16io_onnx"]
-    report = run_rewrite_validation(reference, result["rewritten_onnx"], tiny.transformer, calib.timesteps[:3],
+    reference = result.qdq_fp16io_onnx
+    report = run_rewrite_validation(reference, result.rewritten_onnx, tiny.transformer, calib.timesteps[:3],
                                     tmp_path, calibration=calib)
     assert report["rewrite_check"]["passed"] and (tmp_path / "rewrite_validation.md").exists()
-    proto = onnx.load(result["rewritten_onnx"])
+    proto = onnx.load(result.rewritten_onnx)
     scale = next(t for t in proto.graph.initializer if t.name.endswith(".weight_scale"))
     scale.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(scale) * np.float32(1.01), scale.name))
     broken = write_onnx(proto, tmp_path / "broken.onnx")

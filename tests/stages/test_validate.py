@@ -31,7 +31,7 @@ def exported(tmp_path_factory, request):
     calib = collect_calibration_set(tiny, SAMPLER, trajectories=4, seed=0, progress=False)
     recipe = get_recipe(request.param)
     if recipe.weight.kind == "vq":
-        recipe = recipe.with_overrides(weight_vq_iterations=10)
+        recipe = recipe.with_overrides(weight_iterations=10)
     qdit = quantize_model(tiny.transformer, recipe, calib, 1000, progress=False)
     fp = write_onnx(fp_onnx(tiny.transformer), folder / "fp.onnx")
     qdq = write_onnx(qdq_onnx(qdit), folder / f"{request.param}.qdq.onnx")

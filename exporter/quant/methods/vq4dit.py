@@ -158,9 +158,9 @@ def vq_quantize_model(fp_transformer: nn.Module, recipe, calib, buckets, progres
     """The QuantizedDiT of a VQ recipe: each block's targeted Linears calibrated against the FP
     block on the FP model's own block inputs (VQ4DiT) or, with method kmeans, nearest codewords."""
     spec = recipe.weight
-    fmt = VqFormat(spec.vq_codewords, spec.vq_dim)
-    iterations = spec.vq_iterations if spec.method == "vq4dit" else 0
-    options = Vq4DitOptions(candidates=spec.vq_candidates, iterations=iterations)
+    fmt = spec.codebook_format
+    iterations = spec.iterations if spec.method == "vq4dit" else 0
+    options = Vq4DitOptions(candidates=spec.candidates, iterations=iterations)
     model = copy.deepcopy(fp_transformer).eval()
     context = TimestepContext()
     context.attach(model)

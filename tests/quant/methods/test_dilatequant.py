@@ -78,7 +78,7 @@ def test_w4a4_round_trips_through_the_checkpoint_and_exports(tiny, calib, tmp_pa
     with torch.no_grad():
         assert torch.equal(loaded.transformer(x, t, y).sample, qdit.transformer(x, t, y).sample)
     result = run_export(loaded, tiny.transformer, tmp_path, calib.timesteps[:3])
-    assert result["qdq_vs_simulated"]["max_abs"] < 1e-3 * result["qdq_vs_simulated"]["reference_max_abs"]
+    assert result.qdq_vs_simulated.max_abs < 1e-3 * result.qdq_vs_simulated.reference_max_abs
 
 
 def test_distilled_two_level_scales_stay_on_the_grid(tiny, calib):

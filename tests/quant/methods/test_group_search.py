@@ -126,7 +126,7 @@ def test_searched_groups_reach_the_checkpoint_and_the_exported_layers(digits_dit
     qdit, summary = run_calibrate(digits_dit, get_recipe(precision), SAMPLER, options, tmp_path, progress=False)
     details = json.loads((tmp_path / "group_search.json").read_text())
     assert (tmp_path / "group_search.png").read_bytes()[:4] == b"\x89PNG"
-    assert summary["group_search"]["mean_group"] >= 48.0
+    assert summary.group_search["mean_group"] >= 48.0
     loaded, manifest = load_checkpoint(tmp_path / "quantized")
     layers = loaded.quant_linears()
     for name, (weight_group, act_group) in details["config"].items():
@@ -140,7 +140,7 @@ def test_searched_groups_reach_the_checkpoint_and_the_exported_layers(digits_dit
             check_deployable(loaded.recipe)
         return
     exported = run_export(loaded, digits_dit.transformer, tmp_path, [900, 10])
-    trt = rewrite_graph(onnx.load(exported["qdq_onnx"])).tensorrt
+    trt = rewrite_graph(onnx.load(exported.qdq_onnx)).tensorrt
     tensors = {t.name: numpy_helper.to_array(t) for t in trt.graph.initializer}
     nodes = {n.name.split(".MatMul")[0]: n for n in trt.graph.node if n.op_type == "DitIntGemm"}
     for name in details["config"]:

@@ -12,8 +12,9 @@ from exporter.quant.checkpoint import load_checkpoint, save_checkpoint, weight_s
 from exporter.quant.methods.vq4dit import SoftVqLinear, Vq4DitOptions, calibrate_block, nearest_vq
 from exporter.quant.qlinear import DynamicActivationQuant
 from exporter.quant.quantize import quantize_model
-from exporter.quant.recipes import WeightSpec, get_recipe
+from exporter.quant.recipes import get_recipe
 from exporter.quant.vq_linear import VqLinear
+from exporter.quant.weight_configs import IntWeights, VqWeights
 
 
 def test_soft_layer_starts_between_its_candidates_and_hardens_to_the_top_one():
@@ -60,7 +61,7 @@ def test_calibration_loss_decreases_and_beats_plain_kmeans(tiny, calib):
 
 @pytest.mark.parametrize("precision", ["vq2", "vq3", "vq3-a8"])
 def test_vq_precisions_quantize_and_round_trip_through_the_checkpoint(tiny, calib, tmp_path, precision):
-    recipe = get_recipe(precision).with_overrides(weight_vq_iterations=10)
+    recipe = get_recipe(precision).with_overrides(weight_iterations=10)
     qdit = quantize_model(tiny.transformer, recipe, calib, 1000, progress=False)
     layers = qdit.quant_linears()
     assert layers and all(isinstance(m, VqLinear) for m in layers.values())
@@ -95,12 +96,15 @@ def test_kmeans_method_is_the_uncalibrated_baseline(tiny, calib):
 
 def test_vq_recipes_reject_inconsistent_settings():
     with pytest.raises(UserError, match="does not apply to vq weights"):
-        WeightSpec(bits=2, kind="vq", method="gptq")
+        VqWeights(method="gptq")
     with pytest.raises(UserError, match="does not apply to int weights"):
-        WeightSpec(bits=4, method="kmeans")
-    with pytest.raises(UserError, match="store 2 bits per weight, not 3"):
-        WeightSpec(bits=3, kind="vq", method="vq4dit", vq_codewords=256, vq_dim=4)
+        IntWeights(bits=4, method="kmeans")
+    assert VqWeights(codewords=256, dim=4).bits == 2 and VqWeights(codewords=64, dim=2).bits == 3
     with pytest.raises(UserError, match="power-of-two number of codewords"):
-        WeightSpec(bits=2, kind="vq", method="vq4dit", vq_codewords=100, vq_dim=4)
+        VqWeights(codewords=100, dim=4)
+    with pytest.raises(UserError, match="vq weights have no setting group_size"):
+        get_recipe("vq2").with_overrides(weight_group_size=32)
+    with pytest.raises(UserError, match="int weights have no setting iterations"):
+        get_recipe("w4a8").with_overrides(weight_iterations=10)
     with pytest.raises(UserError, match="dynamic activations only"):
         get_recipe("vq2-a8").with_overrides(activation_mode="static")
