@@ -23,6 +23,7 @@ from pathlib import Path
 
 CALIBRATION_FILE = "calibration.safetensors"
 CHECKPOINT_DIR = "quantized"
+CALIBRATION_JOURNAL = "quantized.partial"  # the blocks an unfinished calibration has done (--resume)
 ONNX_DIR = "onnx"
 ENGINE_DIR = "engines"
 VALIDATION_INPUTS = "validation_inputs.json"
@@ -74,7 +75,7 @@ def report(out: Path, name: str, suffix: str) -> Path:
     return Path(out) / f"{name}.{suffix}"
 
 
-__all__ = ["BUILD_REPORT", "CALIBRATION_FILE", "CHECKPOINT_DIR", "ENGINE_DIR", "ENGINE_VALIDATION_REPORT",
+__all__ = ["BUILD_REPORT", "CALIBRATION_FILE", "CALIBRATION_JOURNAL", "CHECKPOINT_DIR", "ENGINE_DIR", "ENGINE_VALIDATION_REPORT",
            "FP16_ENGINE", "FP_REFERENCE_OUTPUTS", "ONNX_DIR", "REWRITE_VALIDATION_REPORT", "TIMING_CACHE",
            "VALIDATION_INPUTS", "VALIDATION_REPORT", "engine", "fp_onnx", "qdq_fp16io_onnx", "qdq_onnx",
            "reference_onnx", "report", "rewritten_onnx", "trt_onnx"]

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from exporter import artifacts
-from exporter.cli_options import CalibrationFlags, RecipeFlags, takes_options
+from exporter.cli_options import CalibrationFlags, PlacementFlags, RecipeFlags, takes_options
 from exporter.errors import UserError
 from exporter.models.sampling import SamplerConfig
 from exporter.quant.methods.qdit_group_search import SearchOptions
@@ -75,7 +75,9 @@ def recipe_from_options(flags: RecipeFlags):
     return recipe
 
 
-def calibration_options(flags: CalibrationFlags):
+def calibration_options(flags: CalibrationFlags, placement: PlacementFlags):
+    from exporter.models.placement import resolve_placement
+    from exporter.quant.activation_store import parse_bytes
     from exporter.stages.calibrate import CalibrationOptions
 
     if flags.group_search and (flags.search_epochs < 1 or flags.search_population < 2 or flags.search_budget <= 0
@@ -84,8 +86,12 @@ def calibration_options(flags: CalibrationFlags):
                         "--search-samples >= 2 and a positive --search-budget")
     search = SearchOptions(budget=flags.search_budget, epochs=flags.search_epochs, population=flags.search_population,
                            samples=flags.search_samples, seed=flags.calibration_seed) if flags.group_search else None
-    return CalibrationOptions(trajectories=flags.trajectories, seed=flags.calibration_seed, buckets=flags.buckets,
-                              data=flags.calibration_data, group_search=search)
+    if flags.max_memory is not None:
+        parse_bytes(flags.max_memory)  # a bad size fails before any work
+    return CalibrationOptions(placement=resolve_placement(placement.device, placement.dtype),
+                              resume=flags.resume, trajectories=flags.trajectories, seed=flags.calibration_seed,
+                              buckets=flags.buckets, data=flags.calibration_data, group_search=search,
+                              max_memory=flags.max_memory)
 
 
 @app.command()
@@ -111,15 +117,16 @@ def calibrate(
     model: Optional[str] = typer.Option(None, help=MODEL_HELP),
     out: Path = typer.Option(Path("out"), help="folder for the checkpoint (out/quantized), data and reports"),
     recipe_flags: RecipeFlags = None, calibration_flags: CalibrationFlags = None,
+    placement_flags: PlacementFlags = None,
 ) -> None:
     """Calibrate and quantize a DiT; write the quantized checkpoint and SQNR / range reports."""
     from exporter.models.loading import default_sampler, load_dit
     from exporter.stages.calibrate import run_calibrate
 
     recipe = recipe_from_options(recipe_flags)
+    options = calibration_options(calibration_flags, placement_flags)
     loaded = load_dit(model)
-    _, summary = run_calibrate(loaded, recipe, default_sampler(loaded),
-                               calibration_options(calibration_flags), out)
+    _, summary = run_calibrate(loaded, recipe, default_sampler(loaded), options, out)
     for key, value in summary.to_dict().items():
         typer.echo(f"{key}: {value}")
 
@@ -134,13 +141,14 @@ def build(
     eval_samples: int = typer.Option(200, help="samples for the FP vs quantized fidelity check (0 skips it)"),
     seed: int = typer.Option(0, help="seed of the evaluation samples"),
     recipe_flags: RecipeFlags = None, calibration_flags: CalibrationFlags = None,
+    placement_flags: PlacementFlags = None,
 ) -> None:
     """Run every stage of the pipeline that exists, writing artifacts and a build report."""
     from exporter.stages.build import run_build
 
     recipe = recipe_from_options(recipe_flags)
     run_build(model, recipe, out, checkpoint, eval_samples, seed,
-              calibration_options(calibration_flags))
+              calibration_options(calibration_flags, placement_flags))
 
 
 @app.command("export")
@@ -309,6 +317,7 @@ def bench(
 
 @app.command("eval")
 @user_errors_exit_2
+@takes_options
 def eval_command(
     model: Optional[str] = typer.Option(None, help=MODEL_HELP),
     out: Path = typer.Option(Path("out/eval"), help="folder for the report JSON and sample grid"),
@@ -324,10 +333,24 @@ def eval_command(
                                               "check it was made from that model)"),
     reference_samples: Optional[Path] = typer.Option(None, help="samples file of another run on the same seeds "
                                                      "(e.g. the FP model's fp_samples.safetensors) to compare with"),
+    placement_flags: PlacementFlags = None,
 ) -> None:
-    """Fidelity benchmark: sample N images with fixed seeds, score them, draw a grid."""
+    """Fidelity benchmark: sample N images with fixed seeds, score them, draw a grid. A quantized
+    checkpoint samples in float32 (the arithmetic its simulation defines); --dtype is the FP model's."""
+    from dataclasses import replace
+
+    import torch
+
     from exporter.models.loading import load_dit
+    from exporter.models.placement import resolve_placement
     from exporter.stages.evaluate import evaluate
+
+    placement = resolve_placement(placement_flags.device, placement_flags.dtype)
+    if checkpoint is not None:
+        if placement_flags.dtype not in (None, "float32"):
+            raise UserError("a quantized checkpoint samples in float32 (its simulation's arithmetic); --dtype "
+                            "applies to FP models")
+        placement = replace(placement, dtype=torch.float32)
 
     label = "fp"
     if checkpoint is not None:
@@ -341,7 +364,8 @@ def eval_command(
         base = None
     config = sampler_from_options(loaded, sampler, steps, guidance, base)
     report = evaluate(loaded, out, samples, seed, config, metrics=metrics, noise_floor=noise_floor,
-                      reference_images=reference_images, label=label, reference_samples=reference_samples)
+                      reference_images=reference_images, label=label, reference_samples=reference_samples,
+                      placement=placement)
     for key, value in report.items():
         typer.echo(f"{key}: {value}")
 

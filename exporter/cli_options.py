@@ -21,6 +21,7 @@ from typing import Optional
 
 import typer
 
+from exporter.models.placement import DEVICE_HELP, DTYPE_HELP
 from exporter.quant.methods.qdit_group_search import SearchOptions
 from exporter.quant.recipes import RECIPES
 
@@ -69,6 +70,12 @@ class CalibrationFlags:
         None, help="timestep buckets of static scales (default: one per sampler step)")
     calibration_data: Optional[Path] = typer.Option(
         None, help="reuse a saved calibration.safetensors instead of sampling")
+    max_memory: Optional[str] = typer.Option(
+        None, help="block inputs calibration keeps in memory, e.g. 8GiB (on a GPU: device memory, then pinned host "
+        "memory); beyond it they go to files under OUT (default: half of the free memory)")
+    resume: bool = typer.Option(
+        False, "--resume", help="continue the calibration interrupted in OUT from its last finished block (the same "
+        "model, recipe and calibration data, which it reuses; a different one is refused)")
     group_search: bool = typer.Option(
         False, "--group-search",
         help="Q-DiT's per-layer group-size search before quantizing (integer weights, dynamic activations)")
@@ -80,6 +87,14 @@ class CalibrationFlags:
     search_samples: int = typer.Option(
         SearchOptions.samples,
         help="group-size search: samples a candidate draws to be compared with FP's from the same seeds (its cost)")
+
+
+@dataclasses.dataclass
+class PlacementFlags:
+    """Where the models run (exporter/models/placement.py)."""
+
+    device: str = typer.Option("auto", help=DEVICE_HELP)
+    dtype: Optional[str] = typer.Option(None, help=DTYPE_HELP)
 
 
 def flags(group: type, **values):
@@ -121,4 +136,4 @@ def takes_options(command):
     return wrapper
 
 
-__all__ = ["PRECISION_HELP", "CalibrationFlags", "RecipeFlags", "flags", "takes_options"]
+__all__ = ["PRECISION_HELP", "CalibrationFlags", "PlacementFlags", "RecipeFlags", "flags", "takes_options"]

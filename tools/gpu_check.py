@@ -1,7 +1,7 @@
 """The GPU check: everything about the kernels that needs a GPU, in one command that fits in
 8 minutes on an H100/H200 and needs no TensorRT.
 
-    python tools/gpu_check.py [--out out/gpu_check] [--skip tests,gemm,forward,sampling]
+    python tools/gpu_check.py [--out out/gpu_check] [--skip tests,gemm,forward,sampling,calibration]
 
 1. builds every kernel variant ahead of time (exporter/kernels/aot.py);
 2. runs the kernel tests on the GPU (Triton just in time, CUDA tensors);
@@ -12,7 +12,9 @@
    Linears on the kernels (two-level W4 weights, dynamic per-token A8; adaLN weight-only)
    against the FP16 forward;
 5. samples the embedded model with its W4A8 Linears on the kernels and compares the samples with
-   the simulated model's from the same seeds.
+   the simulated model's from the same seeds;
+6. quantizes the same calibration data on the CPU and on the GPU (w4a8, w4a4, vq2) and compares
+   the results, then calibrates w4a8 as `dit-export calibrate --device cuda` does.
 
 Writes gpu_check.md and gpu_check.json under --out; prints progress as it goes. A section that
 fails is recorded with its error and the others still run; the exit code is 1 if any failed.
@@ -38,7 +40,7 @@ import torch
 # DiT-XL/2's GEMMs (K, N): qkv, attention out, fc1, fc2
 SHAPES = [(1152, 3456), (1152, 1152), (1152, 4608), (4608, 1152)]
 ROWS = [256, 512, 1024, 2048, 4096, 8192]
-SECTIONS = ("aot", "tests", "gemm", "forward", "sampling")
+SECTIONS = ("aot", "tests", "gemm", "forward", "sampling", "calibration")
 
 
 def log(message: str) -> None:
@@ -260,6 +262,58 @@ def section_sampling(n: int = 256) -> dict:
             "kernels_vs_fp": judge.compare_paired(kernels, fp)}
 
 
+def section_calibration(precisions: tuple[str, ...] = ("w4a8", "w4a4", "vq2")) -> dict:
+    """The same calibration data quantized on the CPU and on the GPU (float32 both): what share of
+    the weight codes agree, and how close the two models' outputs are (float reordering only);
+    then a whole calibration on the GPU as `dit-export calibrate --device cuda` runs it (FP16 sampling)."""
+    import tempfile
+
+    from exporter.models.embedded import EMBEDDED_SAMPLER
+    from exporter.models.loading import load_dit
+    from exporter.models.placement import resolve_placement
+    from exporter.numerics.primitives import sqnr_db
+    from exporter.quant.calibration import collect_calibration_set
+    from exporter.quant.quantize import quantize_model
+    from exporter.quant.recipes import get_recipe
+    from exporter.stages.calibrate import CalibrationOptions, run_calibrate
+
+    loaded = load_dit(None)
+    calib = collect_calibration_set(loaded, EMBEDDED_SAMPLER, trajectories=4, seed=0, progress=False)
+    x, t, y = calib.x[:64], calib.t[:64], calib.y[:64]
+    rows = []
+    for precision in precisions:
+        recipe = get_recipe(precision)
+        if recipe.weight.kind == "vq":
+            recipe = recipe.with_overrides(weight_iterations=20)
+        elif recipe.kd_iterations:
+            recipe = recipe.with_overrides(kd_iterations=20)
+        timed = {}
+        models = {}
+        for device in ("cpu", "cuda"):
+            started = time.monotonic()
+            models[device] = quantize_model(loaded.transformer, recipe, calib, 1000, progress=False,
+                                            device=torch.device(device)).to(torch.device("cpu"))
+            timed[device] = round(time.monotonic() - started, 1)
+        layers = models["cpu"].quant_linears()
+        codes = [(name, getattr(layer, "codes", getattr(layer, "assignments", None))) for name, layer in layers.items()]
+        other = models["cuda"].quant_linears()
+        same = sum(int((c == getattr(other[n], "codes", getattr(other[n], "assignments", None))).sum()) for n, c in codes)
+        total = sum(c.numel() for _, c in codes)
+        with torch.no_grad():
+            out_cpu = models["cpu"].transformer(x, t, y).sample
+            out_gpu = models["cuda"].transformer(x, t, y).sample
+        rows.append({"precision": precision, "cpu_seconds": timed["cpu"], "gpu_seconds": timed["cuda"],
+                     "codes_equal": same / total, "output_sqnr_db_gpu_vs_cpu": sqnr_db(out_cpu, out_gpu)})
+        log(f"calibration {precision}: codes equal {same / total:.4f}, CPU {timed['cpu']} s, GPU {timed['cuda']} s")
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory() as out:
+        _, summary = run_calibrate(loaded, get_recipe("w4a8"), EMBEDDED_SAMPLER,
+                                   CalibrationOptions(placement=resolve_placement("cuda")), Path(out), progress=False)
+    whole = {"seconds": round(time.monotonic() - started, 1), "output_sqnr_db_mean": summary.output_sqnr_db_mean,
+             "peak_device_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
+    return {"ok": all(r["codes_equal"] > 0.99 for r in rows), "rows": rows, "w4a8_on_gpu": whole}
+
+
 def markdown(report: dict) -> str:
     env = report["environment"]
     lines = [f"# GPU check: {env['gpu']} (sm_{env['compute_capability'].replace('.', '')}), {env['date']}", "",
@@ -296,6 +350,15 @@ def markdown(report: dict) -> str:
                 v = result[key]
                 lines.append(f"- {key.replace('_', ' ')}: Fréchet distance {v['frechet_distance_to_reference']:.3f}, "
                              f"PSNR {v['psnr_to_reference_db']:.1f} dB")
+        if name == "calibration" and result.get("rows"):
+            lines += ["", "Same calibration data, quantized on the CPU and on the GPU (float32):", "",
+                      "| precision | codes equal | output SQNR GPU vs CPU (dB) | CPU s | GPU s |", "|---|---|---|---|---|"]
+            lines += [f"| {r['precision']} | {r['codes_equal']:.4f} | {r['output_sqnr_db_gpu_vs_cpu']:.1f} | "
+                      f"{r['cpu_seconds']} | {r['gpu_seconds']} |" for r in result["rows"]]
+            whole = result.get("w4a8_on_gpu", {})
+            lines += ["", f"`calibrate --device cuda` (FP16 sampling), w4a8, embedded: {whole.get('seconds')} s, "
+                      f"output SQNR mean {whole.get('output_sqnr_db_mean')} dB, peak device memory "
+                      f"{whole.get('peak_device_gib')} GiB"]
         lines.append("")
     return "\n".join(lines)
 
@@ -316,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {"environment": environment()}
     log(f"{report['environment']['gpu']}, torch {torch.__version__}")
     runners = {"aot": lambda: section_aot(args.out), "tests": section_tests, "gemm": section_gemm,
-               "forward": section_forward, "sampling": section_sampling}
+               "forward": section_forward, "sampling": section_sampling, "calibration": section_calibration}
     for name in SECTIONS:
         if name in skip:
             continue

@@ -80,7 +80,8 @@ def null_class(transformer) -> int:
 def guided_epsilon(transformer, x: torch.Tensor, t: int, labels: torch.Tensor, guidance_scale: float,
                    forward: Callable | None = None) -> torch.Tensor:
     """Epsilon at timestep t with classifier-free guidance (one batched forward of cond + uncond)."""
-    forward = forward or (lambda h, ts, y: transformer(h, ts, y).sample)
+    dtype = next(transformer.parameters()).dtype
+    forward = forward or (lambda h, ts, y: transformer(h.to(dtype), ts, y).sample.float())
     channels = x.shape[1]
     if guidance_scale == 1.0:
         return forward(x, torch.full((len(x),), t, dtype=torch.long, device=x.device), labels)[:, :channels]

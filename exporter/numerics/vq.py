@@ -82,13 +82,14 @@ def nearest(points: torch.Tensor, codebook: torch.Tensor, n: int = 1) -> tuple[t
 
 def kmeans_plus_plus(points: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
     """k-means++ seeding: each next codeword drawn with probability proportional to the squared
-    distance to the nearest one chosen so far."""
-    chosen = [int(torch.randint(len(points), (1,), generator=gen))]
+    distance to the nearest one chosen so far. ``gen`` is a CPU generator: the draws are made on the
+    CPU, so that every device seeds alike."""
+    chosen = [int(torch.randint(len(points), (1,), generator=gen, device="cpu"))]
     d2 = (points - points[chosen[0]]).pow(2).sum(1)
     for _ in range(1, k):
         total = d2.sum()
-        i = int(torch.multinomial(d2 / total, 1, generator=gen)) if total > 0 else int(
-            torch.randint(len(points), (1,), generator=gen))
+        i = int(torch.multinomial((d2 / total).cpu(), 1, generator=gen)) if total > 0 else int(
+            torch.randint(len(points), (1,), generator=gen, device="cpu"))
         chosen.append(i)
         d2 = torch.minimum(d2, (points - points[i]).pow(2).sum(1))
     return points[chosen].clone()
@@ -98,7 +99,7 @@ def kmeans(points: torch.Tensor, k: int, iterations: int = 100, seed: int = 0) -
     """Lloyd's k-means over points [P, d] (float32) from a k-means++ seeding; a cluster left
     empty is re-seeded with the point farthest from its codeword. Returns [k, d]."""
     points = points.float()
-    codebook = kmeans_plus_plus(points, k, torch.Generator().manual_seed(seed))
+    codebook = kmeans_plus_plus(points, k, torch.Generator(device="cpu").manual_seed(seed))
     for _ in range(iterations):
         idx, dist = nearest(points, codebook)
         idx, dist = idx[:, 0], dist[:, 0]

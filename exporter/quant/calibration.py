@@ -20,6 +20,7 @@ from exporter.artifacts import CALIBRATION_FILE
 from exporter.atomic import atomic_write_bytes
 from exporter.errors import UserError
 from exporter.models.loading import LoadedDiT
+from exporter.models.placement import CPU, Placement, placed
 from exporter.models.sampling import SamplerConfig, balanced_labels, null_class, sample
 
 
@@ -36,6 +37,9 @@ class CalibrationSet:
     @property
     def timesteps(self) -> list[int]:
         return sorted(set(self.t.tolist()), reverse=True)
+
+    def to(self, device: torch.device) -> "CalibrationSet":
+        return CalibrationSet(self.x.to(device), self.t.to(device), self.y.to(device), self.sampler)
 
     def batches(self, size: int):
         for i in range(0, len(self), size):
@@ -63,11 +67,12 @@ class CalibrationSet:
 
 
 def collect_calibration_set(loaded: LoadedDiT, sampler: SamplerConfig, trajectories: int, seed: int,
-                            progress: bool = True) -> CalibrationSet:
-    """Inputs of every step of ``trajectories`` class-balanced sampling runs."""
+                            progress: bool = True, placement: Placement = CPU) -> CalibrationSet:
+    """Inputs of every step of ``trajectories`` class-balanced sampling runs, sampled on ``placement``
+    (the inputs are kept in float32 on the CPU)."""
     if trajectories < 1:
         raise UserError(f"calibration needs at least 1 trajectory, got {trajectories}")
-    model = loaded.transformer
+    model = placed(loaded.transformer, placement)
     xs: list[torch.Tensor] = []
     ts: list[torch.Tensor] = []
     ys: list[torch.Tensor] = []
@@ -75,7 +80,7 @@ def collect_calibration_set(loaded: LoadedDiT, sampler: SamplerConfig, trajector
     def record(t: int, x: torch.Tensor, y: torch.Tensor) -> None:
         if sampler.guidance_scale != 1.0:
             x, y = torch.cat([x, x]), torch.cat([y, torch.full_like(y, null_class(model))])
-        xs.append(x.detach().cpu().clone())
+        xs.append(x.detach().float().cpu().clone())
         ys.append(y.detach().cpu().clone())
         ts.append(torch.full((len(x),), t, dtype=torch.long))
 

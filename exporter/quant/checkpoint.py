@@ -82,6 +82,7 @@ def save_checkpoint(qdit: QuantizedDiT, folder: Path, extra: dict[str, Any]) -> 
         "timestep_buckets": {"count": qdit.buckets.count, "members": qdit.buckets.members},
         "layers": layers, **extra,
     }
+    tensors = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
     with atomic_directory(folder) as tmp:
         save_file(tensors, str(tmp / TENSORS))
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

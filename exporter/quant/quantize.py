@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from exporter.models.placement import CPU, Placement, placed
 from exporter.numerics import two_level_activations
 from exporter.numerics.fp4_groups import pow2_scales
 from exporter.numerics.hadamard import block_size_for, rotate, rotate_linear_weight
@@ -31,7 +32,10 @@ from exporter.numerics.primitives import (
 )
 from exporter.numerics.two_level import two_level_scales
 from exporter.progress import Progress
+from exporter.quant.activation_store import BatchStore, MemoryBudget
+from exporter.quant.block_run import BlockRun
 from exporter.quant.calibration import CalibrationSet
+from exporter.quant.journal import BlockJournal
 from exporter.quant.methods.dilatequant import train_activation_scales
 from exporter.quant.methods.dilation import channel_maxima, dilate_block
 from exporter.quant.methods.gptq import HessianAccumulator, SharedProducts, gptq_quantize
@@ -130,17 +134,22 @@ def quantize_linear(linear: nn.Linear, recipe: Recipe, stats: LayerStats, quanti
     return QuantLinear(codes, scale, zero, fmt, group, linear.bias, act, rotation_block=block)
 
 
-def _distil(block: nn.Module, teacher: nn.Module, hidden: list[torch.Tensor], batches: list,
-            context: TimestepContext, iterations: int, advance) -> list[float]:
-    """DilateQuant's temporal parallel quantizer on one block (exporter/quant/methods/dilatequant.py)."""
-    targets = [teacher(h, timestep=t, class_labels=y) for h, (_, t, y) in zip(hidden, batches)]
+def _distil(block: nn.Module, teacher: nn.Module, hidden: BatchStore, batches: list, context: TimestepContext,
+            iterations: int, advance, targets: BatchStore) -> list[float]:
+    """DilateQuant's temporal parallel quantizer on one block (exporter/quant/methods/dilatequant.py):
+    ``targets`` (empty) receives the teacher's outputs."""
+    for h, (_, t, y) in zip(hidden, batches):
+        targets.append(teacher(h, timestep=t, class_labels=y))
 
     def forward(i: int) -> torch.Tensor:
         _, t, y = batches[i]
         context.timestep = t
         return block(hidden[i], timestep=t, class_labels=y)
 
-    return train_activation_scales(block, targets, forward, iterations, advance=advance)
+    try:
+        return train_activation_scales(block, targets, forward, iterations, advance=advance)
+    finally:
+        targets.close()
 
 
 def rotation_block(recipe: Recipe, in_features: int, quantized_input: bool) -> int:
@@ -191,9 +200,11 @@ def _clipped_ranges(prefix: str, targets: dict[str, nn.Linear], stats: dict[str,
 
 @torch.no_grad()
 def quantize_scalar_model(fp_transformer: nn.Module, recipe: Recipe, calib: CalibrationSet, buckets: TimestepBuckets,
-                          progress: bool = True) -> QuantizedDiT:
+                          run: BlockRun = BlockRun()) -> QuantizedDiT:
     """The QuantizedDiT of a recipe with integer or FP4 weights (ScalarWeights): GPTQ-style, block
-    by block over the calibration set, as the module docstring says."""
+    by block over the calibration set, as the module docstring says. With a journal, the blocks it
+    holds are rebuilt from it and each block finished here is written to it."""
+    journal = run.journal
     model = copy.deepcopy(fp_transformer).eval()
     context = TimestepContext()
     context.attach(model)
@@ -222,23 +233,40 @@ def quantize_scalar_model(fp_transformer: nn.Module, recipe: Recipe, calib: Cali
             ranges[full] = tuple(r.tolist() for r in stats[name].ranges(PER_CHANNEL, per_timestep=True))
 
     blocks = model.transformer_blocks
-    bar = Progress("calibrating blocks", len(blocks) + 1, enabled=progress)
-    hidden = [model.pos_embed(x) for x, _, _ in batches]
+    bar = Progress("calibrating blocks", len(blocks) + 1, enabled=run.progress)
+    device = calib.x.device
+    hidden = run.store(device)
+    for x, _, _ in batches:
+        hidden.append(model.pos_embed(x))
 
-    def run_block(block: nn.Module, keep: bool) -> list[torch.Tensor]:
-        out = []
+    def run_block(block: nn.Module, keep: bool) -> BatchStore | None:
+        """The block over every input; with ``keep``, its outputs, which replace the inputs."""
+        out = run.store(device) if keep else None
         for h, (_, t, y) in zip(hidden, batches):
             context.timestep = t  # a block alone: the transformer's pre-hook does not see it
             result = block(h, timestep=t, class_labels=y)
             if keep:
                 out.append(result)
+        if keep:
+            hidden.close()
         return out
 
     losses: dict[str, list[float]] = {}
     distil_bar = Progress("distilling activation scales (iterations)", len(blocks) * recipe.kd_iterations,
-                          enabled=progress and recipe.kd_iterations > 0)
+                          enabled=run.progress and recipe.kd_iterations > 0)
+    resumed = run.finished_blocks()
     for b, block in enumerate(blocks):
         prefix = f"transformer_blocks.{b}."
+        if b < resumed:
+            block_ranges, block_losses = journal.restore(b, prefix, model, buckets.bucket_of_t, context)
+            ranges.update(block_ranges)
+            quantized_roles.update({n: r for n, r in roles.items() if n.startswith(prefix)})
+            if block_losses is not None:
+                losses[f"block {b}"] = block_losses
+            distil_bar.advance(recipe.kd_iterations)
+            hidden = run_block(block, True)
+            bar.advance()
+            continue
         if recipe.dilation:
             dilate_block(block, channel_maxima(block, lambda: run_block(block, False)))
         teacher = copy.deepcopy(block) if recipe.kd_iterations else None
@@ -247,10 +275,13 @@ def quantize_scalar_model(fp_transformer: nn.Module, recipe: Recipe, calib: Cali
             quantize_targets(prefix, targets, lambda: run_block(block, False))
         if teacher is not None and targets:
             losses[f"block {b}"] = _distil(block, teacher, hidden, batches, context, recipe.kd_iterations,
-                                           distil_bar.advance)
+                                           distil_bar.advance, run.store(device))
+        if journal is not None:
+            journal.record(b, prefix, model, recipe.weight, ranges, losses.get(f"block {b}"))
         hidden = run_block(block, True)
         bar.advance()
 
+    hidden.close()
     outer = {n: model.get_submodule(n) for n in roles if not n.startswith("transformer_blocks.")}
     if outer:
         def run_model() -> None:
@@ -262,11 +293,21 @@ def quantize_scalar_model(fp_transformer: nn.Module, recipe: Recipe, calib: Cali
 
 
 
-# The block driver of each kind of weight config: quantizes the model for a recipe with those weights.
+# The block driver of each kind of weight config: quantizes the model for a recipe with those weights, on
+# the device its FP model and calibration data are on, making any tensor there.
 QUANTIZERS = {IntWeights: quantize_scalar_model, Fp4Weights: quantize_scalar_model, VqWeights: vq_quantize_model}
 
 
 def quantize_model(fp_transformer: nn.Module, recipe: Recipe, calib: CalibrationSet,
-                   num_train_timesteps: int, n_buckets: int | None = None, progress: bool = True) -> QuantizedDiT:
-    buckets = TimestepBuckets.build(calib.timesteps, n_buckets, num_train_timesteps)
-    return QUANTIZERS[type(recipe.weight)](fp_transformer, recipe, calib, buckets, progress)
+                   num_train_timesteps: int, n_buckets: int | None = None, progress: bool = True,
+                   device: torch.device = CPU.device, journal: BlockJournal | None = None,
+                   memory: MemoryBudget | None = None) -> QuantizedDiT:
+    """The quantized model, computed on ``device`` in float32 (float64 where GPTQ needs it) and left
+    there; ``fp_transformer`` is not changed (a copy runs on the device when it is elsewhere). With
+    a ``journal`` (journal.py), finished blocks are written to it and the ones it holds reused;
+    ``memory`` bounds the block inputs kept in memory (activation_store.py)."""
+    with torch.device(device):
+        buckets = TimestepBuckets.build(calib.timesteps, n_buckets, num_train_timesteps)
+        fp = placed(fp_transformer, Placement(torch.device(device), torch.float32))
+        return QUANTIZERS[type(recipe.weight)](fp, recipe, calib.to(device), buckets,
+                                               BlockRun(progress, journal, memory))

@@ -38,7 +38,6 @@ class TimestepBuckets:
         return cls(bucket_of_t, members)
 
 
-
 @dataclass
 class QuantizedDiT:
     transformer: nn.Module
@@ -48,6 +47,12 @@ class QuantizedDiT:
     roles: dict[str, str]  # quantized layer name -> role
     activation_ranges: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
     calibration_losses: dict[str, list[float]] = field(default_factory=dict)  # per block: VQ4DiT, DilateQuant
+
+    def to(self, device: torch.device) -> "QuantizedDiT":
+        """The model and its bucket table moved to ``device``, in place."""
+        self.transformer.to(device)
+        self.buckets.bucket_of_t = self.buckets.bucket_of_t.to(device)
+        return self
 
     def quant_linears(self) -> dict[str, DecodedLinear]:
         return {n: m for n, m in self.transformer.named_modules() if isinstance(m, DecodedLinear)}

@@ -22,30 +22,51 @@ def _finite(x: float) -> float | None:
     return None if math.isinf(x) or math.isnan(x) else round(x, 3)
 
 
+class _Energy:
+    """Running ||x||^2 and ||x - x_hat||^2 (float64), so that the SQNR of a whole set of outputs
+    needs only one chunk of them at a time."""
+
+    def __init__(self) -> None:
+        self.signal = self.noise = 0.0
+
+    def add(self, reference: torch.Tensor, approximation: torch.Tensor) -> None:
+        reference = reference.double()
+        self.signal += float(reference.pow(2).sum())
+        self.noise += float((reference - approximation.double()).pow(2).sum())
+
+    def sqnr_db(self) -> float:
+        return math.inf if self.noise == 0 else 10 * math.log10(self.signal / self.noise)
+
+
 @torch.no_grad()
-def measure(fp: nn.Module, qdit: QuantizedDiT, calib: CalibrationSet, per_timestep: int = 64) -> dict[str, Any]:
-    """Runs up to ``per_timestep`` calibration inputs of each timestep through both models."""
+def measure(fp: nn.Module, qdit: QuantizedDiT, calib: CalibrationSet, per_timestep: int = 64,
+            chunk: int = 4) -> dict[str, Any]:
+    """Runs up to ``per_timestep`` calibration inputs of each timestep through both models,
+    ``chunk`` inputs at a time: memory holds one chunk's layer outputs, not the timestep's."""
     names = list(qdit.roles)
     fp_modules = {n: fp.get_submodule(n) for n in names}
     q_modules = {n: qdit.transformer.get_submodule(n) for n in names}
     report: dict[str, Any] = {"layers": {}, "timesteps": calib.timesteps, "output_sqnr_db": []}
-    outputs: dict[str, dict[str, list[torch.Tensor]]] = {n: {"fp": [], "q": []} for n in names}
     per_t: dict[str, list[float]] = {n: [] for n in names}
     for t in calib.timesteps:
         idx = (calib.t == t).nonzero().flatten()[:per_timestep]
-        x, ts, y = calib.x[idx], calib.t[idx], calib.y[idx]
-        hooks = [m.register_forward_hook(lambda _m, _i, o, n=n: outputs[n]["fp"].append(o)) for n, m in fp_modules.items()]
-        hooks += [m.register_forward_hook(lambda _m, _i, o, n=n: outputs[n]["q"].append(o)) for n, m in q_modules.items()]
-        try:
-            ref = fp(x, ts, y).sample
-            out = qdit.transformer(x, ts, y).sample
-        finally:
-            for h in hooks:
-                h.remove()
-        report["output_sqnr_db"].append(_finite(sqnr_db(ref, out)))
+        energies = {n: _Energy() for n in names}
+        output = _Energy()
+        for part in idx.split(chunk):
+            x, ts, y = calib.x[part], calib.t[part], calib.y[part]
+            fp_outputs: dict[str, torch.Tensor] = {}
+            hooks = [m.register_forward_hook(lambda _m, _i, o, n=n: fp_outputs.__setitem__(n, o))
+                     for n, m in fp_modules.items()]
+            hooks += [m.register_forward_hook(lambda _m, _i, o, n=n: energies[n].add(fp_outputs.pop(n), o))
+                      for n, m in q_modules.items()]
+            try:
+                output.add(fp(x, ts, y).sample, qdit.transformer(x, ts, y).sample)
+            finally:
+                for h in hooks:
+                    h.remove()
+        report["output_sqnr_db"].append(_finite(output.sqnr_db()))
         for n in names:
-            per_t[n].append(sqnr_db(torch.cat(outputs[n]["fp"]), torch.cat(outputs[n]["q"])))
-            outputs[n] = {"fp": [], "q": []}
+            per_t[n].append(energies[n].sqnr_db())
     for n in names:
         q = q_modules[n]
         block = getattr(q, "rotation_block", 0)

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from exporter import artifacts
 from exporter.atomic import atomic_write_text
 from exporter.models.digits import IMAGE_SIZE
 from exporter.models.loading import LoadedDiT, default_sampler, load_dit
+from exporter.models.placement import Placement
 from exporter.models.sampling import SamplerConfig, validation_step_weights, validation_timesteps
 from exporter.onnx.comparison import worst
 from exporter.quant.calibration import saved_calibration
@@ -57,7 +60,8 @@ def run_build(model: str | None, recipe: Recipe, out_dir: Path, checkpoint: Path
     cfg = loaded.transformer.config
     report.record("load", "done", time.monotonic() - started,
                   parameters=sum(p.numel() for p in loaded.transformer.parameters()),
-                  blocks=cfg.num_layers, hidden=cfg.num_attention_heads * cfg.attention_head_dim)
+                  blocks=cfg.num_layers, hidden=cfg.num_attention_heads * cfg.attention_head_dim,
+                  placement=calibration.placement.name)
     sampler = default_sampler(loaded)
 
     # Later stages work on the checkpoint as written, so what is exported is what was saved.
@@ -81,7 +85,7 @@ def run_build(model: str | None, recipe: Recipe, out_dir: Path, checkpoint: Path
         report.record("rewrite", "skipped", 0.0, reason=no_kernel)
     else:
         _rewrite(report, qdit, out_dir, timesteps)
-    _fidelity(report, loaded, quantized, sampler, out_dir, eval_samples, seed)
+    _fidelity(report, loaded, quantized, sampler, out_dir, eval_samples, seed, calibration.placement)
 
     if no_kernel:
         for stage in ("engine", "engine-validate"):
@@ -144,7 +148,8 @@ def _engines(report: BuildReport, loaded: LoadedDiT, out_dir: Path, timesteps: l
 
 
 def _fidelity(report: BuildReport, loaded: LoadedDiT, quantized: LoadedDiT, sampler: SamplerConfig, out_dir: Path,
-              eval_samples: int, seed: int) -> None:
+              eval_samples: int, seed: int, placement: Placement) -> None:
+    """FP samples in the placement's dtype; the quantized model's in float32, its simulation's arithmetic."""
     started = time.monotonic()
     if eval_samples <= 0:
         report.record("fidelity", "skipped", 0.0, reason="--eval-samples 0")
@@ -152,9 +157,10 @@ def _fidelity(report: BuildReport, loaded: LoadedDiT, quantized: LoadedDiT, samp
         report.record("fidelity", "skipped", 0.0,
                       reason="the digits benchmark needs a 1x16x16 model; use dit-export eval --metrics inception")
     else:
-        fp = evaluate(loaded, out_dir, eval_samples, seed, sampler, noise_floor=False, label="fp")
+        fp = evaluate(loaded, out_dir, eval_samples, seed, sampler, noise_floor=False, label="fp", placement=placement)
         q = evaluate(quantized, out_dir, eval_samples, seed, sampler, noise_floor=False, label=report.precision,
-                     reference_samples=out_dir / fp["samples_file"])
+                     reference_samples=out_dir / fp["samples_file"],
+                     placement=replace(placement, dtype=torch.float32))
         report.record("fidelity", "done", time.monotonic() - started, samples=eval_samples,
                       fp_frechet_distance=round(fp["frechet_distance"], 3),
                       quantized_frechet_distance=round(q["frechet_distance"], 3),

@@ -15,6 +15,7 @@ from exporter.atomic import atomic_write_bytes, atomic_write_text
 from exporter.errors import UserError
 from exporter.evaluation.plots import save_sample_grid
 from exporter.models.loading import LoadedDiT
+from exporter.models.placement import CPU, Placement, placed
 from exporter.models.sampling import SamplerConfig, balanced_labels, sample, sample_seeds, to_images
 
 METRICS = ("digits", "inception")
@@ -23,11 +24,11 @@ METRICS = ("digits", "inception")
 def evaluate(loaded: LoadedDiT, out_dir: Path, n: int, seed: int, sampler: SamplerConfig,
              metrics: str = "digits", noise_floor: bool = True, reference_images: Path | None = None,
              forward: Callable | None = None, label: str = "fp", progress: bool = True,
-             reference_samples: Path | None = None) -> dict[str, Any]:
+             reference_samples: Path | None = None, placement: Placement = CPU) -> dict[str, Any]:
     """Writes ``{label}_eval.json``, ``{label}_samples.png`` and the samples themselves
     (``{label}_samples.safetensors``) in out_dir and returns the report. With
     ``reference_samples`` (another run's samples file, same N and seed), also reports how far
-    these samples are from those, sample by sample."""
+    these samples are from those, sample by sample. The model samples on ``placement``."""
     if metrics not in METRICS:
         raise UserError(f"unknown metrics '{metrics}'; valid: {', '.join(METRICS)}")
     if n < 2:
@@ -50,15 +51,17 @@ def evaluate(loaded: LoadedDiT, out_dir: Path, n: int, seed: int, sampler: Sampl
     labels = balanced_labels(n, num_classes)
     started = time.monotonic()
 
+    transformer = placed(loaded.transformer, placement)
+
     def draw(run_seed: int) -> torch.Tensor:
-        return sample(loaded.transformer, loaded.scheduler_config, labels, sample_seeds(run_seed, n),
+        return sample(transformer, loaded.scheduler_config, labels, sample_seeds(run_seed, n),
                       sampler, forward=forward, progress=progress)
 
     samples = draw(seed)
     images = to_images(samples, loaded.vae_folder)
     report: dict[str, Any] = {
         "model": loaded.source, "label": label, "n": n, "seed": seed, "sampler": sampler.to_dict(),
-        "metrics": metrics,
+        "metrics": metrics, "placement": placement.name,
     }
     if judge is not None:
         report.update(judge.score(samples, labels))

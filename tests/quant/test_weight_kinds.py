@@ -47,7 +47,7 @@ class SignLinear(DecodedLinear):
         self.register_buffer("weight", self.signs.float() * self.scale[:, None], persistent=False)
 
 
-def quantize_signs(fp_transformer, recipe, calib, buckets, progress=True) -> QuantizedDiT:
+def quantize_signs(fp_transformer, recipe, calib, buckets, run) -> QuantizedDiT:
     model = copy.deepcopy(fp_transformer).eval()
     context = TimestepContext()
     context.attach(model)

@@ -133,10 +133,10 @@ def calibrate_block(teacher: nn.Module, targets: dict[str, nn.Linear], fmt: VqFo
         {"params": [m.codebook for m in soft.values()] + [m.bias for m in soft.values() if m.bias is not None],
          "lr": options.lr_codebook},
     ])
-    gen = torch.Generator().manual_seed(options.seed)
+    gen = torch.Generator(device="cpu").manual_seed(options.seed)
     losses = []
     for _ in range(options.iterations):
-        pick = torch.randint(len(hidden), (min(options.batch, len(hidden)),), generator=gen)
+        pick = torch.randint(len(hidden), (min(options.batch, len(hidden)),), generator=gen, device="cpu")
         out = student(hidden[pick], timestep=t[pick], class_labels=y[pick])
         reference = target[pick]
         distillation = (out - reference).pow(2).mean() / reference.pow(2).mean().clamp_min(1e-12)
@@ -154,9 +154,13 @@ def calibrate_block(teacher: nn.Module, targets: dict[str, nn.Linear], fmt: VqFo
 
 
 @torch.no_grad()
-def vq_quantize_model(fp_transformer: nn.Module, recipe, calib, buckets, progress: bool = True):
+def vq_quantize_model(fp_transformer: nn.Module, recipe, calib, buckets, run):
     """The QuantizedDiT of a VQ recipe: each block's targeted Linears calibrated against the FP
-    block on the FP model's own block inputs (VQ4DiT) or, with method kmeans, nearest codewords."""
+    block on the FP model's own block inputs (VQ4DiT) or, with method kmeans, nearest codewords.
+    ``run`` (exporter/quant/block_run.py): with a journal, the blocks it holds are rebuilt from it
+    and each block finished here is written to it. The block inputs stay in one tensor on the
+    device (VQ4DiT's batches draw from all of them); the run's memory budget does not apply."""
+    journal = run.journal
     spec = recipe.weight
     fmt = spec.codebook_format
     iterations = spec.iterations if spec.method == "vq4dit" else 0
@@ -166,13 +170,20 @@ def vq_quantize_model(fp_transformer: nn.Module, recipe, calib, buckets, progres
     context.attach(model)
     roles = {n: r for n, r in linear_roles(model).items() if r in recipe.policy.weights}
     blocks = fp_transformer.transformer_blocks
-    bar = Progress("calibrating VQ blocks (iterations)", len(blocks) * max(1, iterations), enabled=progress)
+    bar = Progress("calibrating VQ blocks (iterations)", len(blocks) * max(1, iterations), enabled=run.progress)
     hidden = torch.cat([fp_transformer.pos_embed(x) for x in calib.x.split(256)])
     losses: dict[str, list[float]] = {}
+    resumed = run.finished_blocks()
     for b, teacher in enumerate(blocks):
         prefix = f"transformer_blocks.{b}."
         targets = {n[len(prefix):]: teacher.get_submodule(n[len(prefix):]) for n in roles if n.startswith(prefix)}
-        if targets and iterations:
+        if b < resumed:
+            _, block_losses = journal.restore(b, prefix, model, buckets.bucket_of_t, context)
+            if block_losses is not None:
+                losses[f"block {b}"] = block_losses
+            bar.advance(max(1, iterations))
+            hard = {}  # rebuilt: only the FP block's outputs are still needed
+        elif targets and iterations:
             with torch.enable_grad():
                 hard, losses[f"block {b}"] = calibrate_block(teacher, targets, fmt, (hidden, calib.t, calib.y),
                                                              options, bar)
@@ -181,6 +192,8 @@ def vq_quantize_model(fp_transformer: nn.Module, recipe, calib, buckets, progres
             bar.advance(max(1, iterations))
         for name, module in hard.items():
             replace_module(model, prefix + name, module)
+        if journal is not None and b >= resumed:
+            journal.record(b, prefix, model, recipe.weight, {}, losses.get(f"block {b}"))
         hidden = torch.cat([teacher(h, timestep=t, class_labels=y)
                             for h, t, y in zip(hidden.split(256), calib.t.split(256), calib.y.split(256))])
     for name in roles:
