@@ -292,7 +292,6 @@ def quantize_scalar_model(fp_transformer: nn.Module, recipe: Recipe, calib: Cali
     return QuantizedDiT(model, context, recipe, buckets, quantized_roles, ranges, losses)
 
 
-
 # The block driver of each kind of weight config: quantizes the model for a recipe with those weights, on
 # the device its FP model and calibration data are on, making any tensor there.
 QUANTIZERS = {IntWeights: quantize_scalar_model, Fp4Weights: quantize_scalar_model, VqWeights: vq_quantize_model}
