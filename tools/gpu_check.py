@@ -262,6 +262,11 @@ def section_sampling(n: int = 256) -> dict:
             "kernels_vs_fp": judge.compare_paired(kernels, fp)}
 
 
+def _stored_codes(layer) -> torch.Tensor:
+    """What a quantized layer stores per weight: integer / FP4 codes, or codebook assignments."""
+    return layer.codes if hasattr(layer, "codes") else layer.assignments
+
+
 def section_calibration(precisions: tuple[str, ...] = ("w4a8", "w4a4", "vq2")) -> dict:
     """The same calibration data quantized on the CPU and on the GPU (float32 both): what share of
     the weight codes agree, and how close the two models' outputs are (float reordering only);
@@ -294,11 +299,9 @@ def section_calibration(precisions: tuple[str, ...] = ("w4a8", "w4a4", "vq2")) -
             models[device] = quantize_model(loaded.transformer, recipe, calib, 1000, progress=False,
                                             device=torch.device(device)).to(torch.device("cpu"))
             timed[device] = round(time.monotonic() - started, 1)
-        layers = models["cpu"].quant_linears()
-        codes = [(name, getattr(layer, "codes", getattr(layer, "assignments", None))) for name, layer in layers.items()]
-        other = models["cuda"].quant_linears()
-        same = sum(int((c == getattr(other[n], "codes", getattr(other[n], "assignments", None))).sum()) for n, c in codes)
-        total = sum(c.numel() for _, c in codes)
+        cpu, gpu = ({n: _stored_codes(m) for n, m in models[d].quant_linears().items()} for d in ("cpu", "cuda"))
+        same = sum(int((codes == gpu[n]).sum()) for n, codes in cpu.items())
+        total = sum(codes.numel() for codes in cpu.values())
         with torch.no_grad():
             out_cpu = models["cpu"].transformer(x, t, y).sample
             out_gpu = models["cuda"].transformer(x, t, y).sample

@@ -56,8 +56,9 @@ class ScalarWeights:
 
     @staticmethod
     def scales_fit(values: dict[str, Any]) -> bool:
-        """Whether the fields ``values`` allow their scales (float scales fit everything)."""
-        raise NotImplementedError
+        """Whether the fields ``values`` allow their scales: float scales fit everything; a kind with
+        other scales says when they fit."""
+        return values["scales"] == "float"
 
 
 @dataclass(frozen=True)
